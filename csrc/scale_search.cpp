@@ -1,0 +1,309 @@
+// Scale search kernels. Conventions are documented in scale_search.h.
+//
+// Entropy in O(num_quantized_bins) per candidate instead of O(i): with T the total count and S the
+// count inside the candidate range,
+//   KL = (1/T) [ sum_j P_j log P_j - sum_j P_j log Q_j ] - log T + log S,
+// the first sum is a prefix sum plus the folded last bin, and within a group g every non-zero bin
+// has the same Q = total_g / nonzero_g, so the second sum is sum_g total_g log(total_g / nonzero_g)
+// plus the outliers' share in the last bin. Group totals come from a long-double prefix sum so that
+// small groups far from the origin keep their precision.
+#include "scale_search.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "simd.h"
+
+namespace ptq {
+namespace {
+
+void check_range(bool ok, const char* what) {
+  if (!ok) throw StatsError(what);
+}
+
+// Natural log for positive normal doubles, to ~1 ulp of std::log, written so loops over arrays
+// vectorise: x = m * 2^e with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s), s = (m-1)/(m+1),
+// |s| < 0.172, series to s^23 (next term < 1e-19 relative).
+inline double log_vectorisable(double x) {
+  std::uint64_t bits;
+  std::memcpy(&bits, &x, 8);
+  const std::int32_t biased = static_cast<std::int32_t>(bits >> 52);
+  const std::uint64_t mbits = (bits & 0x000fffffffffffffULL) | 0x3ff0000000000000ULL;
+  double m;
+  std::memcpy(&m, &mbits, 8);
+  const double big = m > 1.4142135623730951 ? 1.0 : 0.0;
+  m = m * (1.0 - 0.5 * big);
+  const double e = static_cast<double>(biased - 1023) + big;
+  const double s = (m - 1.0) / (m + 1.0);
+  const double z = s * s;
+  double p = 1.0 / 23;
+  p = p * z + 1.0 / 21;
+  p = p * z + 1.0 / 19;
+  p = p * z + 1.0 / 17;
+  p = p * z + 1.0 / 15;
+  p = p * z + 1.0 / 13;
+  p = p * z + 1.0 / 11;
+  p = p * z + 1.0 / 9;
+  p = p * z + 1.0 / 7;
+  p = p * z + 1.0 / 5;
+  p = p * z + 1.0 / 3;
+  p = p * z + 1.0;
+  return e * 0.6931471805599453 + 2.0 * s * p;
+}
+
+// Reductions below keep kLanes partial sums, lane k taking elements k, k + kLanes, ..., combined in
+// a fixed order at the end. That lets the compiler vectorise without reassociating (no
+// -ffast-math), and gives the same bits on every machine whichever clone (SSE2/AVX2) runs.
+constexpr int kLanes = 8;
+
+inline double combine(const double* lanes) {
+  double acc = 0.0;
+  for (int k = 0; k < kLanes; ++k) acc += lanes[k];
+  return acc;
+}
+
+// total * (log(total) - log(nonzero)); empty groups (total 0) give 0 * (log 1 - x) = 0.
+inline double cross_term(double t, double log_nonzero) {
+  const double safe = t > 0.0 ? t : 1.0;
+  return t * (log_vectorisable(safe) - log_nonzero);
+}
+
+PTQ_HOT_LOOP double group_cross_term(const double* totals, const double* log_nonzero, int n) {
+  double lanes[kLanes] = {};
+  int g = 0;
+  for (; g + kLanes <= n; g += kLanes)
+    for (int k = 0; k < kLanes; ++k) lanes[k] += cross_term(totals[g + k], log_nonzero[g + k]);
+  for (int k = 0; g + k < n; ++k) lanes[k] += cross_term(totals[g + k], log_nonzero[g + k]);
+  return combine(lanes);
+}
+
+// Squared error of fake-quantising a bin centre x (units of the search-bin width).
+inline double centre_error(double count, double x, double inv_step, double step, double qmax) {
+  // Adding and removing 1.5 * 2^52 rounds half-to-even (like torch.round) and vectorises.
+  double q = (x * inv_step + 6755399441055744.0) - 6755399441055744.0;
+  q = q > qmax ? qmax : q;
+  const double d = x - q * step;
+  return count * d * d;
+}
+
+// Error of threshold `threshold_bin` (in bin widths) over all bins; centre of bin j is j + 0.5.
+PTQ_HOT_LOOP double quantisation_error(const double* bins, int nb, double threshold_bin,
+                                       double qmax) {
+  const double step = threshold_bin / qmax;
+  const double inv_step = qmax / threshold_bin;
+  double lanes[kLanes] = {};
+  int j = 0;
+  for (; j + kLanes <= nb; j += kLanes)
+    for (int k = 0; k < kLanes; ++k)
+      lanes[k] += centre_error(bins[j + k], j + k + 0.5, inv_step, step, qmax);
+  for (int k = 0; j + k < nb; ++k)
+    lanes[k] += centre_error(bins[j + k], j + k + 0.5, inv_step, step, qmax);
+  return combine(lanes);
+}
+
+}  // namespace
+
+std::vector<double> search_histogram(const TensorStats& stats, int num_bins) {
+  check_range(num_bins >= 1, "num_bins must be positive");
+  std::vector<double> out(static_cast<std::size_t>(num_bins), 0.0);
+  const double absmax = stats.absmax();
+  if (stats.finite_count() == 0) return out;
+  const std::vector<count_t> abs = stats.abs_counts();
+  if (absmax == 0.0) {
+    out[0] = static_cast<double>(abs[0]);
+    return out;
+  }
+  const double w = stats.bin_width();
+  const double W = absmax / num_bins;
+  for (std::size_t f = 0; f < abs.size(); ++f) {
+    if (abs[f] == 0) continue;
+    const double c = static_cast<double>(abs[f]);
+    const double lo = f * w;
+    const double hi = std::min((f + 1) * w, absmax);
+    if (!(hi > lo)) {  // absmax sits exactly on this bin's lower edge: all its values equal absmax
+      out[num_bins - 1] += c;
+      continue;
+    }
+    int j = std::min(static_cast<int>(lo / W), num_bins - 1);
+    double a = lo;
+    while (a < hi) {
+      const double edge = j >= num_bins - 1 ? hi : std::min((j + 1) * W, hi);
+      if (edge > a) out[j] += c * (edge - a) / (hi - lo);
+      a = edge;
+      ++j;
+    }
+  }
+  return out;
+}
+
+double amax_percentile(const TensorStats& stats, double percentile) {
+  check_range(percentile > 0.0 && percentile <= 100.0, "percentile must be in (0, 100]");
+  const double absmax = stats.absmax();
+  if (stats.finite_count() == 0 || absmax == 0.0) return 0.0;
+  if (percentile == 100.0) return absmax;
+  const std::vector<count_t> abs = stats.abs_counts();
+  const double target = percentile / 100.0 * static_cast<double>(stats.finite_count());
+  const double w = stats.bin_width();
+  count_t cum = 0;
+  for (std::size_t f = 0; f < abs.size(); ++f) {
+    cum += abs[f];
+    if (static_cast<double>(cum) >= target) return std::min((f + 1) * w, absmax);
+  }
+  return absmax;
+}
+
+std::vector<double> entropy_curve(const std::vector<double>& bins, int nq, int start_bin,
+                                  int stride) {
+  const int nb = static_cast<int>(bins.size());
+  check_range(nq >= 1 && nq <= start_bin && start_bin <= nb,
+              "entropy needs 1 <= num_quantized_bins <= start_bin <= num_bins");
+  check_range(stride >= 1, "stride must be >= 1");
+  std::vector<double> cum(nb + 1, 0.0);
+  std::vector<double> blogb(nb + 1, 0.0);
+  std::vector<int> nz(nb + 1, 0);
+  for (int j = 0; j < nb; ++j) {
+    const double b = bins[j];
+    cum[j + 1] = cum[j] + b;
+    blogb[j + 1] = blogb[j] + (b > 0.0 ? b * std::log(b) : 0.0);
+    nz[j + 1] = nz[j] + (b > 0.0);
+  }
+  std::vector<double> log_int(nb + 1, 0.0);
+  for (int k = 1; k <= nb; ++k) log_int[k] = std::log(static_cast<double>(k));
+  const double total = static_cast<double>(cum[nb]);
+  std::vector<double> curve;
+  const double inf = std::numeric_limits<double>::infinity();
+  if (!(total > 0.0)) return std::vector<double>((nb - start_bin) / stride + 1, inf);
+  const double log_total = std::log(total);
+  std::vector<double> totals(nq), log_nonzero(nq);
+  for (int i = start_bin; i <= nb; i += stride) {
+    const double inside = static_cast<double>(cum[i]);
+    const double outliers = std::max(0.0, static_cast<double>(cum[nb] - cum[i]));
+    const double last_p = bins[i - 1] + outliers;
+    if (bins[i - 1] <= 0.0 && outliers > 0.0) {
+      curve.push_back(inf);
+      continue;
+    }
+    double plogp = blogb[i - 1] + (last_p > 0.0 ? last_p * std::log(last_p) : 0.0);
+    // Group totals first (integer bounds, long-double prefix sums), then one vectorised pass of logs.
+    // Group g covers bins [ceil(g*i/nq), ceil((g+1)*i/nq)); the bounds advance by i/nq each step,
+    // tracked as quotient and remainder to keep divisions out of the inner loop.
+    const int step_q = i / nq, step_r = i % nq;
+    int bound = 0, rem = nq - 1;  // ceil(g*i/nq) == (g*i + nq - 1) / nq, held as bound*nq + rem
+    int last_group = 0;
+    for (int g = 0; g < nq; ++g) {
+      const int lo = bound;
+      bound += step_q;
+      rem += step_r;
+      if (rem >= nq) {
+        rem -= nq;
+        ++bound;
+      }
+      const int hi = bound;
+      if (lo <= i - 1 && i - 1 < hi) last_group = g;
+      const int nonzero = nz[hi] - nz[lo];
+      totals[g] = nonzero == 0 ? 0.0 : static_cast<double>(cum[hi] - cum[lo]);
+      log_nonzero[g] = log_int[nonzero];
+    }
+    double plogq = group_cross_term(totals.data(), log_nonzero.data(), nq);
+    const double log_q_last =
+        totals[last_group] > 0.0 ? std::log(totals[last_group]) - log_nonzero[last_group] : 0.0;
+    plogq += outliers * log_q_last;
+    curve.push_back((plogp - plogq) / total - log_total + std::log(inside));
+  }
+  return curve;
+}
+
+double amax_entropy(const TensorStats& stats, int nq, int start_bin, int stride) {
+  const int nb = stats.num_bins();
+  if (stats.finite_count() == 0 || stats.absmax() == 0.0f) return 0.0;
+  const std::vector<double> bins = search_histogram(stats, nb);
+  const std::vector<double> curve = entropy_curve(bins, nq, start_bin, stride);
+  std::size_t best = curve.size();
+  double best_kl = std::numeric_limits<double>::infinity();
+  for (std::size_t k = 0; k < curve.size(); ++k) {
+    if (curve[k] <= best_kl && std::isfinite(curve[k])) {  // <=: the LAST minimum wins
+      best_kl = curve[k];
+      best = k;
+    }
+  }
+  if (best == curve.size()) return stats.absmax();  // every candidate undefined: keep the range
+  const int i = start_bin + static_cast<int>(best) * stride;
+  return static_cast<double>(stats.absmax()) / nb * i;
+}
+
+double amax_mse(const TensorStats& stats, int num_bits, int start_bin) {
+  check_range(num_bits >= 2 && num_bits <= 16, "num_bits must be between 2 and 16");
+  const int nb = stats.num_bins();
+  check_range(start_bin >= 0 && start_bin < nb, "start_bin must be in [0, num_bins)");
+  if (stats.finite_count() == 0 || stats.absmax() == 0.0f) return 0.0;
+  const std::vector<double> bins = search_histogram(stats, nb);
+  const double qmax = std::ldexp(1.0, num_bits - 1) - 1.0;
+  int best = start_bin;
+  double best_err = std::numeric_limits<double>::infinity();
+  for (int i = start_bin; i < nb; ++i) {
+    const double err = quantisation_error(bins.data(), nb, i + 0.5, qmax);
+    if (err < best_err) {  // <: the FIRST minimum wins
+      best_err = err;
+      best = i;
+    }
+  }
+  return static_cast<double>(stats.absmax()) / nb * (best + 0.5);
+}
+
+AsymmetricRange asymmetric_range(const TensorStats& stats, double percentile, int num_bits,
+                                 bool is_signed) {
+  check_range(percentile > 0.0 && percentile <= 100.0, "percentile must be in (0, 100]");
+  check_range(num_bits >= 2 && num_bits <= 16, "num_bits must be between 2 and 16");
+  AsymmetricRange r{};
+  r.qmin = is_signed ? -(1LL << (num_bits - 1)) : 0;
+  r.qmax = is_signed ? (1LL << (num_bits - 1)) - 1 : (1LL << num_bits) - 1;
+  double lo = 0.0, hi = 0.0;
+  if (stats.finite_count() > 0) {
+    lo = stats.min();
+    hi = stats.max();
+    if (percentile < 100.0) {
+      const std::vector<count_t>& c = stats.signed_counts();
+      const std::size_t g = static_cast<std::size_t>(stats.grid_bins());
+      count_t pos_total = 0, neg_total = 0;
+      for (std::size_t b = 0; b < g; ++b) {
+        pos_total += c[b];
+        neg_total += c[g + b];
+      }
+      const double target = percentile / 100.0 * static_cast<double>(stats.finite_count());
+      const double w = stats.bin_width();
+      // hi: smallest edge e >= 0 with count(x < e) >= target; values below 0 all count.
+      count_t cum = neg_total;
+      for (std::size_t b = 0; b < g && hi > 0.0; ++b) {
+        cum += c[b];
+        if (static_cast<double>(cum) >= target) {
+          hi = std::min((b + 1) * w, hi);
+          break;
+        }
+      }
+      // lo: mirror image on the negative side.
+      cum = pos_total;
+      for (std::size_t b = 0; b < g && lo < 0.0; ++b) {
+        cum += c[g + b];
+        if (static_cast<double>(cum) >= target) {
+          lo = std::max(-((b + 1) * w), lo);
+          break;
+        }
+      }
+    }
+  }
+  lo = std::min(lo, 0.0);
+  hi = std::max(hi, 0.0);
+  r.lo = lo;
+  r.hi = hi;
+  r.scale = (hi - lo) / static_cast<double>(r.qmax - r.qmin);
+  if (!(r.scale > 0.0)) r.scale = 1.0;  // all zeros: any scale represents them
+  double zp = std::nearbyint(static_cast<double>(r.qmin) - lo / r.scale);
+  zp = std::min(std::max(zp, static_cast<double>(r.qmin)), static_cast<double>(r.qmax));
+  r.zero_point = static_cast<long long>(zp);
+  return r;
+}
+
+}  // namespace ptq

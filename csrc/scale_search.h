@@ -1,0 +1,48 @@
+// Scale search: from a tensor's statistics to a clipping threshold (amax) or an asymmetric range.
+//
+// Conventions (documented here once; the Python docs point to this file):
+// - Symmetric searches run on the "search histogram": num_bins bins of |x| over [0, absmax], the
+//   grid used by TensorRT's EntropyCalibration2 and ModelOpt. It is re-binned from the exact
+//   power-of-two grid by splitting each grid bin's count in proportion to its overlap (values are
+//   taken as uniform inside a grid bin; the grid bin holding absmax is cut at absmax). With
+//   grid_bins >= 16 * num_bins this tracks the exact [0, absmax] histogram to within a fraction
+//   of a bin.
+// - entropy: for each candidate i = start_bin, start_bin + stride, ... <= num_bins:
+//   P = bins[0:i] with sum(bins[i:]) added to P[i-1]; Q = bins[0:i] (outliers not folded) merged
+//   into num_quantized_bins groups, bin j in group floor(j * nq / i), each group's total spread
+//   evenly over its non-zero bins, zero bins stay zero; KL(P||Q) on the normalised P and Q. A
+//   candidate whose P[i-1] > 0 meets Q[i-1] = 0 has infinite divergence. Ties: the LAST minimum
+//   (larger threshold), as ModelOpt. Threshold = i * bin width (the upper edge of the last bin in P).
+// - percentile: on the exact grid; the smallest grid edge e with count(|x| < e) >= p% of the
+//   finite values, capped at absmax. 100 gives absmax.
+// - mse: candidates at search-bin centres (i + 0.5) * w for i >= start_bin; bin centres are
+//   fake-quantised with scale c / qmax (qmax = 2^(bits-1) - 1), clamped to [0, qmax]; squared error
+//   weighted by counts; the FIRST minimum.
+// - Asymmetric ranges include 0; zero point = round-half-even(qmin - lo / scale), clamped.
+#pragma once
+#include <vector>
+
+#include "tensor_stats.h"
+
+namespace ptq {
+
+std::vector<double> search_histogram(const TensorStats& stats, int num_bins);
+
+double amax_percentile(const TensorStats& stats, double percentile);
+double amax_entropy(const TensorStats& stats, int num_quantized_bins, int start_bin, int stride);
+double amax_mse(const TensorStats& stats, int num_bits, int start_bin);
+// KL divergence per candidate (for plots and tests); +inf where undefined. Index k is candidate
+// start_bin + k * stride.
+std::vector<double> entropy_curve(const std::vector<double>& bins, int num_quantized_bins,
+                                  int start_bin, int stride);
+
+struct AsymmetricRange {
+  double lo, hi, scale;
+  long long zero_point;
+  long long qmin, qmax;
+};
+// lo/hi percentiles of the signed values (pass 100 for min/max).
+AsymmetricRange asymmetric_range(const TensorStats& stats, double percentile, int num_bits,
+                                 bool is_signed);
+
+}  // namespace ptq

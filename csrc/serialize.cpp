@@ -1,0 +1,131 @@
+// Binary form of one TensorStats, little-endian, version 1:
+//   "PTQS" u32 version | i32 num_bins, grid_bins, axis, exponent | u64 count, nan, inf |
+//   f32 min, max | u32 C, f32 channel_min[C], f32 channel_max[C] |
+//   per sign side (non-negative, negative): u32 first, u32 length, u64 counts[length]
+// Only the span between the first and last non-zero bin of each side is stored, so a tensor
+// costs bytes in proportion to the range it actually used. Equal statistics give equal bytes.
+#include <cstring>
+
+#include "tensor_stats.h"
+
+namespace ptq {
+namespace {
+
+constexpr std::uint32_t kFormatVersion = 1;
+
+struct Writer {
+  std::vector<std::uint8_t> out;
+  void u32(std::uint32_t v) {
+    for (int i = 0; i < 4; ++i) out.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
+  }
+  void u64(std::uint64_t v) {
+    for (int i = 0; i < 8; ++i) out.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
+  }
+  void i32(std::int32_t v) { u32(static_cast<std::uint32_t>(v)); }
+  void f32(float v) {
+    std::uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    u32(bits);
+  }
+};
+
+struct Reader {
+  const std::uint8_t* p;
+  std::size_t left;
+  void need(std::size_t n) {
+    if (left < n) throw StatsError("statistics bytes are truncated or corrupt");
+  }
+  std::uint32_t u32() {
+    need(4);
+    std::uint32_t v = 0;
+    for (int i = 0; i < 4; ++i) v |= static_cast<std::uint32_t>(p[i]) << (8 * i);
+    p += 4;
+    left -= 4;
+    return v;
+  }
+  std::uint64_t u64() {
+    need(8);
+    std::uint64_t v = 0;
+    for (int i = 0; i < 8; ++i) v |= static_cast<std::uint64_t>(p[i]) << (8 * i);
+    p += 8;
+    left -= 8;
+    return v;
+  }
+  std::int32_t i32() { return static_cast<std::int32_t>(u32()); }
+  float f32() {
+    std::uint32_t bits = u32();
+    float v;
+    std::memcpy(&v, &bits, 4);
+    return v;
+  }
+};
+
+}  // namespace
+
+std::vector<std::uint8_t> TensorStats::to_bytes() const {
+  Writer w;
+  for (char ch : {'P', 'T', 'Q', 'S'}) w.out.push_back(static_cast<std::uint8_t>(ch));
+  w.u32(kFormatVersion);
+  w.i32(num_bins_);
+  w.i32(grid_bins_);
+  w.i32(axis_);
+  w.i32(s_.exponent);
+  w.u64(s_.count);
+  w.u64(s_.nan_count);
+  w.u64(s_.inf_count);
+  w.f32(s_.min);
+  w.f32(s_.max);
+  w.u32(static_cast<std::uint32_t>(s_.channel_min.size()));
+  for (float v : s_.channel_min) w.f32(v);
+  for (float v : s_.channel_max) w.f32(v);
+  for (int side = 0; side < 2; ++side) {
+    const count_t* c = s_.counts.data() + static_cast<std::size_t>(side) * grid_bins_;
+    std::uint32_t first = 0, end = 0;
+    for (std::uint32_t b = 0; b < static_cast<std::uint32_t>(grid_bins_); ++b) {
+      if (c[b] == 0) continue;
+      if (end == 0) first = b;
+      end = b + 1;
+    }
+    w.u32(first);
+    w.u32(end - first);
+    for (std::uint32_t b = first; b < end; ++b) w.u64(c[b]);
+  }
+  return w.out;
+}
+
+TensorStats TensorStats::from_bytes(const std::uint8_t* data, std::size_t size) {
+  Reader r{data, size};
+  r.need(4);
+  if (std::memcmp(data, "PTQS", 4) != 0) throw StatsError("not ptqengine statistics (bad magic)");
+  r.p += 4;
+  r.left -= 4;
+  const std::uint32_t version = r.u32();
+  if (version != kFormatVersion)
+    throw StatsError("unsupported statistics format version " + std::to_string(version));
+  const int num_bins = r.i32(), grid_bins = r.i32(), axis = r.i32();
+  TensorStats t(num_bins, grid_bins, axis);
+  t.s_.exponent = r.i32();
+  t.s_.count = r.u64();
+  t.s_.nan_count = r.u64();
+  t.s_.inf_count = r.u64();
+  t.s_.min = r.f32();
+  t.s_.max = r.f32();
+  const std::uint32_t channels = r.u32();
+  r.need(static_cast<std::size_t>(channels) * 8);
+  t.s_.channel_min.resize(channels);
+  t.s_.channel_max.resize(channels);
+  for (auto& v : t.s_.channel_min) v = r.f32();
+  for (auto& v : t.s_.channel_max) v = r.f32();
+  for (int side = 0; side < 2; ++side) {
+    const std::uint32_t first = r.u32(), length = r.u32();
+    if (static_cast<std::uint64_t>(first) + length > static_cast<std::uint64_t>(grid_bins))
+      throw StatsError("statistics bytes are corrupt (histogram span out of range)");
+    r.need(static_cast<std::size_t>(length) * 8);
+    count_t* c = t.s_.counts.data() + static_cast<std::size_t>(side) * grid_bins;
+    for (std::uint32_t b = 0; b < length; ++b) c[first + b] = r.u64();
+  }
+  if (r.left != 0) throw StatsError("statistics bytes have trailing data");
+  return t;
+}
+
+}  // namespace ptq

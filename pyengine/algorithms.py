@@ -1,0 +1,130 @@
+"""Registry of scale-search algorithms: name -> documented options -> native kernel.
+
+Conventions (bins, ties, thresholds) are written once, in csrc/scale_search.h.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .stats import TensorStats
+
+
+@dataclass(frozen=True)
+class AsymmetricRange:
+    """Range and affine quantisation parameters: q = clamp(round(x / scale) + zero_point)."""
+
+    lo: float
+    hi: float
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    summary: str
+    symmetric: bool
+    defaults: Dict[str, Any] = field(default_factory=dict)
+    run: Callable[..., Any] = None  # (native stats, **options) -> result
+
+
+def _max(native, per_channel: bool = False):
+    if not per_channel:
+        return float(native.absmax)
+    if native.axis == -(1 << 30):
+        raise ValueError("per_channel=True needs statistics created with an axis")
+    lo, hi = native.channel_min(), native.channel_max()
+    amax = np.maximum(np.abs(lo), np.abs(hi)).astype(np.float64)
+    amax[~np.isfinite(amax)] = 0.0
+    return amax
+
+
+def _check_bits(num_bits: int) -> int:
+    if not 2 <= int(num_bits) <= 16:
+        raise ValueError(f"num_bits must be between 2 and 16, got {num_bits}")
+    return int(num_bits)
+
+
+def _asym(native, percentile: float, num_bits: int, signed: bool) -> AsymmetricRange:
+    lo, hi, scale, zp, qmin, qmax = native.asymmetric_range(float(percentile), _check_bits(num_bits), bool(signed))
+    return AsymmetricRange(lo, hi, scale, int(zp), int(qmin), int(qmax))
+
+
+ALGORITHMS: Dict[str, Algorithm] = {
+    a.name: a
+    for a in [
+        Algorithm("max", "absmax of the observed values (per channel with per_channel=True)", True,
+                  {"per_channel": False}, _max),
+        Algorithm("percentile", "percentile of |x| on the exact grid", True, {"percentile": 99.99},
+                  lambda n, percentile: float(n.amax_percentile(float(percentile)))),
+        Algorithm("entropy", "TensorRT EntropyCalibration2: minimum KL divergence", True,
+                  {"num_quantized_bins": 128, "start_bin": 128, "stride": 1},
+                  lambda n, num_quantized_bins, start_bin, stride: float(
+                      n.amax_entropy(int(num_quantized_bins), int(start_bin), int(stride)))),
+        Algorithm("mse", "minimum expected squared quantisation error", True,
+                  {"num_bits": 8, "start_bin": 128},
+                  lambda n, num_bits, start_bin: float(n.amax_mse(_check_bits(num_bits), int(start_bin)))),
+        Algorithm("minmax_asym", "asymmetric [min, max] with a zero point", False,
+                  {"num_bits": 8, "signed": False},
+                  lambda n, num_bits, signed: _asym(n, 100.0, num_bits, signed)),
+        Algorithm("percentile_asym", "asymmetric percentile range with a zero point", False,
+                  {"percentile": 99.99, "num_bits": 8, "signed": False}, _asym),
+    ]
+}
+
+SYMMETRIC_METHODS = tuple(n for n, a in ALGORITHMS.items() if a.symmetric)
+
+
+def get_algorithm(method: str) -> Algorithm:
+    try:
+        return ALGORITHMS[method]
+    except KeyError:
+        raise ValueError(f"unknown calibration method {method!r}; valid: {', '.join(ALGORITHMS)}") from None
+
+
+def resolve_options(method: str, options: Dict[str, Any]) -> Dict[str, Any]:
+    """Defaults filled in; unknown option names rejected with the valid ones listed."""
+    algo = get_algorithm(method)
+    unknown = sorted(set(options) - set(algo.defaults))
+    if unknown:
+        valid = ", ".join(algo.defaults) or "none"
+        raise ValueError(f"method {method!r} has no option {unknown[0]!r}; valid: {valid}")
+    return {**algo.defaults, **options}
+
+
+def compute_amax(stats: "TensorStats", method: str, **options: Any):
+    algo = get_algorithm(method)
+    return algo.run(stats._native, **resolve_options(method, options))
+
+
+def compute_amax_many(stats: Sequence["TensorStats"], method: str, threads: Optional[int] = None,
+                      **options: Any) -> list:
+    """compute_amax over many tensors; the native searches release the GIL, so threads overlap."""
+    opts = resolve_options(method, options)
+    algo = get_algorithm(method)
+    workers = max(1, threads or 1)
+    if workers == 1 or len(stats) < 2:
+        return [algo.run(s._native, **opts) for s in stats]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda s: algo.run(s._native, **opts), stats))
+
+
+def symmetric_scale(amax: float, num_bits: int = 8) -> float:
+    """Scale of symmetric quantisation: amax / (2^(bits-1) - 1), e.g. amax / 127 for int8."""
+    return float(amax) / float(2 ** (_check_bits(num_bits) - 1) - 1)
+
+
+def entropy_curve(bins: np.ndarray, num_quantized_bins: int = 128, start_bin: int = 128,
+                  stride: int = 1) -> np.ndarray:
+    """KL divergence of every entropy candidate on a given |x| histogram (inf where undefined)."""
+    from . import _core
+
+    return _core.entropy_curve(np.asarray(bins, dtype=np.float64), int(num_quantized_bins),
+                               int(start_bin), int(stride))

@@ -1,0 +1,72 @@
+"""Thin CMake driver (after pybind11's cmake_example): Python-side facts become -D flags.
+
+CMakeLists.txt owns the source list; this file only knows where the extension must land.
+Environment knobs: PTQ_CUDA=AUTO|ON|OFF (default AUTO), CMAKE_BUILD_PARALLEL_LEVEL.
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+def read_version() -> str:
+    text = (ROOT / "pyengine" / "_version.py").read_text()
+    return re.search(r'__version__\s*=\s*"([^"]+)"', text).group(1)
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name: str, sourcedir: str = "") -> None:
+        super().__init__(name, sources=[])
+        self.sourcedir = os.fspath(Path(sourcedir).resolve())
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext: CMakeExtension) -> None:
+        ext_fullpath = Path.cwd() / self.get_ext_fullpath(ext.name)
+        extdir = ext_fullpath.parent.resolve()
+        cfg = "Debug" if self.debug else "Release"
+        cmake_args = [
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={extdir}{os.sep}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-DCMAKE_BUILD_TYPE={cfg}",
+            f"-DPTQ_VERSION={read_version()}",
+            f"-DPTQ_CUDA={os.environ.get('PTQ_CUDA', 'AUTO')}",
+            "-DPTQ_BUILD_TESTS=OFF",
+        ]
+        try:
+            import pybind11
+
+            cmake_args.append(f"-Dpybind11_DIR={pybind11.get_cmake_dir()}")
+        except ImportError:
+            pass
+        try:
+            import ninja  # noqa: F401
+
+            cmake_args.append("-GNinja")
+        except ImportError:
+            pass
+        build_temp = Path(self.build_temp) / ext.name
+        build_temp.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cmake", ext.sourcedir, *cmake_args], cwd=build_temp, check=True)
+        subprocess.run(["cmake", "--build", ".", "--config", cfg], cwd=build_temp, check=True)
+
+
+setup(
+    version=read_version(),
+    packages=["ptqengine", "ptqengine.formats", "ptqengine.cli", "ptqengine.cli.commands"],
+    package_dir={
+        "ptqengine": "pyengine",
+        "ptqengine.formats": "pyengine/formats",
+        "ptqengine.cli": "cli",
+        "ptqengine.cli.commands": "cli/commands",
+    },
+    ext_modules=[CMakeExtension("ptqengine._core")],
+    cmdclass={"build_ext": CMakeBuild},
+    zip_safe=False,
+)
