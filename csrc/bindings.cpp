@@ -127,10 +127,12 @@ PYBIND11_MODULE(_core, m) {
            [](const TensorStats& s, int num_bins) { return to_numpy(ptq::search_histogram(s, num_bins)); },
            py::arg("num_bins"))
       .def("amax_percentile", &ptq::amax_percentile, py::arg("percentile"))
-      .def("amax_entropy", &ptq::amax_entropy, py::arg("num_quantized_bins"), py::arg("start_bin"),
-           py::arg("stride"), py::call_guard<py::gil_scoped_release>())
-      .def("amax_mse", &ptq::amax_mse, py::arg("num_bits"), py::arg("start_bin"),
+      .def("amax_entropy",
+           py::overload_cast<const TensorStats&, int, int, int>(&ptq::amax_entropy),
+           py::arg("num_quantized_bins"), py::arg("start_bin"), py::arg("stride"),
            py::call_guard<py::gil_scoped_release>())
+      .def("amax_mse", py::overload_cast<const TensorStats&, int, int>(&ptq::amax_mse),
+           py::arg("num_bits"), py::arg("start_bin"), py::call_guard<py::gil_scoped_release>())
       .def("asymmetric_range",
            [](const TensorStats& s, double percentile, int num_bits, bool is_signed) {
              const auto r = ptq::asymmetric_range(s, percentile, num_bits, is_signed);
@@ -145,6 +147,17 @@ PYBIND11_MODULE(_core, m) {
           return to_numpy(ptq::entropy_curve(v, nq, start_bin, stride));
         },
         py::arg("bins"), py::arg("num_quantized_bins"), py::arg("start_bin"), py::arg("stride"));
+  m.def("amax_entropy_bins",
+        [](const std::vector<double>& bins, double width, int nq, int start_bin, int stride) {
+          return ptq::amax_entropy(bins, width, nq, start_bin, stride);
+        },
+        py::arg("bins"), py::arg("bin_width"), py::arg("num_quantized_bins"), py::arg("start_bin"),
+        py::arg("stride"));
+  m.def("amax_mse_bins",
+        [](const std::vector<double>& bins, double width, int num_bits, int start_bin) {
+          return ptq::amax_mse(bins, width, num_bits, start_bin);
+        },
+        py::arg("bins"), py::arg("bin_width"), py::arg("num_bits"), py::arg("start_bin"));
   m.def("update_many", &update_many, py::arg("stats"), py::arg("arrays"), py::arg("threads"));
   m.def("default_threads", &ptq::default_threads);
 }

@@ -1,12 +1,10 @@
 // Scale search kernels. Conventions are documented in scale_search.h.
 //
-// Entropy in O(num_quantized_bins) per candidate instead of O(i): with T the total count and S the
-// count inside the candidate range,
-//   KL = (1/T) [ sum_j P_j log P_j - sum_j P_j log Q_j ] - log T + log S,
-// the first sum is a prefix sum plus the folded last bin, and within a group g every non-zero bin
-// has the same Q = total_g / nonzero_g, so the second sum is sum_g total_g log(total_g / nonzero_g)
-// plus the outliers' share in the last bin. Group totals come from a long-double prefix sum so that
-// small groups far from the origin keep their precision.
+// Entropy in O(num_quantized_bins) per candidate instead of O(i): P and Q both sum to the total
+// count T, so KL = (1/T) [ sum_j P_j log P_j - sum_j P_j log Q_j ]. The first sum is a prefix sum
+// plus the folded last bin; within a group g every non-zero bin has the same Q = total_g /
+// nonzero_g, so the second sum is sum_g total_g log(total_g / nonzero_g). Group totals come from
+// prefix sums; the curve agrees with the O(n^2) NumPy transcription to ~1e-13.
 #include "scale_search.h"
 
 #include <algorithm>
@@ -176,18 +174,12 @@ std::vector<double> entropy_curve(const std::vector<double>& bins, int nq, int s
   std::vector<double> curve;
   const double inf = std::numeric_limits<double>::infinity();
   if (!(total > 0.0)) return std::vector<double>((nb - start_bin) / stride + 1, inf);
-  const double log_total = std::log(total);
   std::vector<double> totals(nq), log_nonzero(nq);
+  std::vector<int> nonzero_of(nq);
   for (int i = start_bin; i <= nb; i += stride) {
-    const double inside = static_cast<double>(cum[i]);
     const double outliers = std::max(0.0, static_cast<double>(cum[nb] - cum[i]));
     const double last_p = bins[i - 1] + outliers;
-    if (bins[i - 1] <= 0.0 && outliers > 0.0) {
-      curve.push_back(inf);
-      continue;
-    }
-    double plogp = blogb[i - 1] + (last_p > 0.0 ? last_p * std::log(last_p) : 0.0);
-    // Group totals first (integer bounds, long-double prefix sums), then one vectorised pass of logs.
+    const double plogp = blogb[i - 1] + (last_p > 0.0 ? last_p * std::log(last_p) : 0.0);
     // Group g covers bins [ceil(g*i/nq), ceil((g+1)*i/nq)); the bounds advance by i/nq each step,
     // tracked as quotient and remainder to keep divisions out of the inner loop.
     const int step_q = i / nq, step_r = i % nq;
@@ -205,21 +197,24 @@ std::vector<double> entropy_curve(const std::vector<double>& bins, int nq, int s
       if (lo <= i - 1 && i - 1 < hi) last_group = g;
       const int nonzero = nz[hi] - nz[lo];
       totals[g] = nonzero == 0 ? 0.0 : static_cast<double>(cum[hi] - cum[lo]);
-      log_nonzero[g] = log_int[nonzero];
+      nonzero_of[g] = nonzero;
     }
-    double plogq = group_cross_term(totals.data(), log_nonzero.data(), nq);
-    const double log_q_last =
-        totals[last_group] > 0.0 ? std::log(totals[last_group]) - log_nonzero[last_group] : 0.0;
-    plogq += outliers * log_q_last;
-    curve.push_back((plogp - plogq) / total - log_total + std::log(inside));
+    // Q is built from P, outliers folded in: the last group holds them, and the last bin counts as
+    // non-zero when the outliers make it so.
+    if (outliers > 0.0) {
+      if (bins[i - 1] <= 0.0) ++nonzero_of[last_group];
+      totals[last_group] += outliers;
+    }
+    for (int g = 0; g < nq; ++g) log_nonzero[g] = log_int[nonzero_of[g]];
+    const double plogq = group_cross_term(totals.data(), log_nonzero.data(), nq);
+    // P and Q both sum to the total count, so KL = sum P (log P - log Q) / total.
+    curve.push_back((plogp - plogq) / total);
   }
   return curve;
 }
 
-double amax_entropy(const TensorStats& stats, int nq, int start_bin, int stride) {
-  const int nb = stats.num_bins();
-  if (stats.finite_count() == 0 || stats.absmax() == 0.0f) return 0.0;
-  const std::vector<double> bins = search_histogram(stats, nb);
+double amax_entropy(const std::vector<double>& bins, double bin_width, int nq, int start_bin,
+                    int stride) {
   const std::vector<double> curve = entropy_curve(bins, nq, start_bin, stride);
   std::size_t best = curve.size();
   double best_kl = std::numeric_limits<double>::infinity();
@@ -229,17 +224,21 @@ double amax_entropy(const TensorStats& stats, int nq, int start_bin, int stride)
       best = k;
     }
   }
-  if (best == curve.size()) return stats.absmax();  // every candidate undefined: keep the range
-  const int i = start_bin + static_cast<int>(best) * stride;
-  return static_cast<double>(stats.absmax()) / nb * i;
+  if (best == curve.size()) return bin_width * bins.size();  // all undefined: keep the range
+  return bin_width * (start_bin + static_cast<int>(best) * stride);
 }
 
-double amax_mse(const TensorStats& stats, int num_bits, int start_bin) {
-  check_range(num_bits >= 2 && num_bits <= 16, "num_bits must be between 2 and 16");
+double amax_entropy(const TensorStats& stats, int nq, int start_bin, int stride) {
   const int nb = stats.num_bins();
-  check_range(start_bin >= 0 && start_bin < nb, "start_bin must be in [0, num_bins)");
   if (stats.finite_count() == 0 || stats.absmax() == 0.0f) return 0.0;
-  const std::vector<double> bins = search_histogram(stats, nb);
+  return amax_entropy(search_histogram(stats, nb), static_cast<double>(stats.absmax()) / nb, nq,
+                      start_bin, stride);
+}
+
+double amax_mse(const std::vector<double>& bins, double bin_width, int num_bits, int start_bin) {
+  check_range(num_bits >= 2 && num_bits <= 16, "num_bits must be between 2 and 16");
+  const int nb = static_cast<int>(bins.size());
+  check_range(start_bin >= 0 && start_bin < nb, "start_bin must be in [0, num_bins)");
   const double qmax = std::ldexp(1.0, num_bits - 1) - 1.0;
   int best = start_bin;
   double best_err = std::numeric_limits<double>::infinity();
@@ -250,7 +249,16 @@ double amax_mse(const TensorStats& stats, int num_bits, int start_bin) {
       best = i;
     }
   }
-  return static_cast<double>(stats.absmax()) / nb * (best + 0.5);
+  return bin_width * (best + 0.5);
+}
+
+double amax_mse(const TensorStats& stats, int num_bits, int start_bin) {
+  const int nb = stats.num_bins();
+  check_range(num_bits >= 2 && num_bits <= 16, "num_bits must be between 2 and 16");
+  check_range(start_bin >= 0 && start_bin < nb, "start_bin must be in [0, num_bins)");
+  if (stats.finite_count() == 0 || stats.absmax() == 0.0f) return 0.0;
+  return amax_mse(search_histogram(stats, nb), static_cast<double>(stats.absmax()) / nb, num_bits,
+                  start_bin);
 }
 
 AsymmetricRange asymmetric_range(const TensorStats& stats, double percentile, int num_bits,

@@ -8,11 +8,13 @@
 //   grid_bins >= 16 * num_bins this tracks the exact [0, absmax] histogram to within a fraction
 //   of a bin.
 // - entropy: for each candidate i = start_bin, start_bin + stride, ... <= num_bins:
-//   P = bins[0:i] with sum(bins[i:]) added to P[i-1]; Q = bins[0:i] (outliers not folded) merged
-//   into num_quantized_bins groups, bin j in group floor(j * nq / i), each group's total spread
-//   evenly over its non-zero bins, zero bins stay zero; KL(P||Q) on the normalised P and Q. A
-//   candidate whose P[i-1] > 0 meets Q[i-1] = 0 has infinite divergence. Ties: the LAST minimum
-//   (larger threshold), as ModelOpt. Threshold = i * bin width (the upper edge of the last bin in P).
+//   P = bins[0:i] with sum(bins[i:]) added to P[i-1]; Q = P merged into num_quantized_bins groups
+//   (bin j in group floor(j * nq / i)), each group's total spread evenly over the group's bins that
+//   are non-zero in P, zero bins stay zero; KL(P||Q) on the normalised P and Q. Q is built from the
+//   folded P, as the issue and Migacz's slides word it; ModelOpt builds Q from the unfolded bins,
+//   which makes every candidate whose last bin is empty infinite, so one far outlier behind an
+//   empty gap forces amax = absmax. Ties: the LAST minimum (larger threshold), as ModelOpt.
+//   Threshold = i * bin width (the upper edge of the last bin in P).
 // - percentile: on the exact grid; the smallest grid edge e with count(|x| < e) >= p% of the
 //   finite values, capped at absmax. 100 gives absmax.
 // - mse: candidates at search-bin centres (i + 0.5) * w for i >= start_bin; bin centres are
@@ -31,6 +33,10 @@ std::vector<double> search_histogram(const TensorStats& stats, int num_bins);
 double amax_percentile(const TensorStats& stats, double percentile);
 double amax_entropy(const TensorStats& stats, int num_quantized_bins, int start_bin, int stride);
 double amax_mse(const TensorStats& stats, int num_bits, int start_bin);
+// The same searches on a given |x| histogram whose bins all have width bin_width.
+double amax_entropy(const std::vector<double>& bins, double bin_width, int num_quantized_bins,
+                    int start_bin, int stride);
+double amax_mse(const std::vector<double>& bins, double bin_width, int num_bits, int start_bin);
 // KL divergence per candidate (for plots and tests); +inf where undefined. Index k is candidate
 // start_bin + k * stride.
 std::vector<double> entropy_curve(const std::vector<double>& bins, int num_quantized_bins,

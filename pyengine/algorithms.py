@@ -128,3 +128,21 @@ def entropy_curve(bins: np.ndarray, num_quantized_bins: int = 128, start_bin: in
 
     return _core.entropy_curve(np.asarray(bins, dtype=np.float64), int(num_quantized_bins),
                                int(start_bin), int(stride))
+
+
+def amax_from_histogram(bins: np.ndarray, bin_width: float, method: str, **options: Any) -> float:
+    """Run a symmetric search on a given |x| histogram (equal bins of `bin_width` from 0).
+
+    For comparing with other tools' histograms; TensorStats.compute_amax is the normal route.
+    """
+    from . import _core
+
+    opts = resolve_options(method, options)
+    b = np.asarray(bins, dtype=np.float64)
+    if method == "entropy":
+        return float(_core.amax_entropy_bins(b, float(bin_width), int(opts["num_quantized_bins"]),
+                                             int(opts["start_bin"]), int(opts["stride"])))
+    if method == "mse":
+        return float(_core.amax_mse_bins(b, float(bin_width), _check_bits(opts["num_bits"]),
+                                         int(opts["start_bin"])))
+    raise ValueError(f"amax_from_histogram supports entropy and mse, not {method!r}")
