@@ -103,8 +103,12 @@ PTQ_HOT_LOOP void bin_indices_f32(const float* q, std::int64_t m, float scale, s
   }
 }
 
-void count_indices(const std::int32_t* idx, std::int64_t m, count_t* counts /* OUT */) {
-  for (std::int64_t i = 0; i < m; ++i) ++counts[idx[i]];
+void count_indices(const std::int32_t* idx, std::int64_t m, count_t* counts /* OUT */,
+                   const float* next, std::int64_t next_len) {
+  for (std::int64_t i = 0; i < m; ++i) {
+    if ((i & 15) == 0 && i < next_len) __builtin_prefetch(next + i, 0, 3);
+    ++counts[idx[i]];
+  }
 }
 
 }  // namespace
@@ -226,7 +230,8 @@ void TensorStats::process(State& s, const float* data, std::int64_t n,
                              scale >= static_cast<double>(FLT_MIN);
     if (b.nonfinite == 0 && float_exact) {
       bin_indices_f32(q, m, static_cast<float>(scale), g, idx);
-      count_indices(idx, m, s.counts.data());
+      const std::int64_t next_len = std::min(kBlock, n - off - m);
+      count_indices(idx, m, s.counts.data(), q + m, next_len);
     } else {
       // Rare path: non-finite values in the block, or a grid so small/large that the float
       // multiplier would leave the normal range. Same bins, computed in double.
