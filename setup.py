@@ -57,15 +57,23 @@ class CMakeBuild(build_ext):
         subprocess.run(["cmake", "--build", ".", "--config", cfg], cwd=build_temp, check=True)
 
 
+def discover_packages(package: str, directory: str) -> dict:
+    """Map package names to folders for `directory` and every sub-folder with an __init__.py."""
+    found = {}
+    for init in sorted((ROOT / directory).rglob("__init__.py")):
+        rel = init.parent.relative_to(ROOT / directory)
+        name = ".".join((package, *rel.parts)) if rel.parts else package
+        found[name] = init.parent.relative_to(ROOT).as_posix()
+    return found
+
+
+# The layout the project asked for: pyengine/ is the package `ptqengine`, cli/ is `ptqengine.cli`.
+PACKAGE_DIR = {**discover_packages("ptqengine", "pyengine"), **discover_packages("ptqengine.cli", "cli")}
+
 setup(
     version=read_version(),
-    packages=["ptqengine", "ptqengine.formats", "ptqengine.cli", "ptqengine.cli.commands"],
-    package_dir={
-        "ptqengine": "pyengine",
-        "ptqengine.formats": "pyengine/formats",
-        "ptqengine.cli": "cli",
-        "ptqengine.cli.commands": "cli/commands",
-    },
+    packages=list(PACKAGE_DIR),
+    package_dir=PACKAGE_DIR,
     ext_modules=[CMakeExtension("ptqengine._core")],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,
