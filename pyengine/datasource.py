@@ -1,0 +1,370 @@
+"""Calibration data sources, all reduced to one stream: batches of feeds for the model.
+
+Accepted: a directory of images, a .npy/.npz file or a directory of them, a list of arrays, an iterable
+of feed dicts, an onnxruntime CalibrationDataReader. Every source yields samples (input name -> one
+sample without the batch dim); `batches` regroups them into the batch size the model takes, so the
+same samples give the same batches whatever form they came in. Sources run in a producer thread behind a
+bounded queue (`prefetch`), and images are decoded by a thread pool (PIL releases the GIL while
+decoding), so data loading overlaps inference while memory stays bounded.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import DataError, PtqError
+from .images import ARRAY_SUFFIXES, IMAGE_SUFFIXES, find_arrays, find_images, manifest_sha256, sample_files
+from .model import InputSpec
+from .preprocess import ImagePlan, is_grayscale, open_image, preprocess_pil
+
+log = logging.getLogger(__name__)
+
+Sample = Dict[str, np.ndarray]
+Feeds = Dict[str, np.ndarray]
+
+
+@dataclass
+class SourceLog:
+    """What a source noticed while reading: filled in by the producer, read after the run."""
+
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    grayscale: List[str] = field(default_factory=list)
+
+
+@dataclass
+class DataSource:
+    """A stream of samples plus what is known about it up front."""
+
+    kind: str  # "images", "arrays", "feeds", "reader"
+    description: str
+    samples: Callable[[], Iterator[Sample]]
+    total: Optional[int]
+    manifest: Callable[[], str]  # valid after the samples were consumed
+    log: SourceLog
+
+
+# --- checking and splitting feeds ----------------------------------------------------------------
+def _cast(name: str, array: Any, spec: InputSpec, origin: str) -> np.ndarray:
+    a = np.asarray(array)
+    if a.dtype == spec.dtype:
+        return a
+    same_family = (a.dtype.kind == "f" and spec.dtype.kind == "f") or \
+        (a.dtype.kind in "iub" and np.can_cast(a.dtype, spec.dtype, "same_kind"))
+    if not same_family:
+        raise DataError(f"{origin}: input {name!r} expects {spec.dtype}, got {a.dtype}")
+    return a.astype(spec.dtype)
+
+
+def _check_sample_shape(spec: InputSpec, shape: Tuple[int, ...], origin: str) -> None:
+    expected = spec.shape[1:]
+    ok = len(shape) == len(expected) and all(not isinstance(e, int) or e <= 0 or e == g
+                                             for e, g in zip(expected, shape))
+    if not ok:
+        raise DataError(f"{origin}: input {spec.name!r} expects shape {spec.shape_text()}, "
+                        f"got [{','.join(str(d) for d in shape)}]")
+
+
+def split_feed(feed: Mapping[str, Any], specs: Sequence[InputSpec], origin: str) -> Iterator[Sample]:
+    """One feed dict (batched arrays, or single samples without the batch dim) -> samples."""
+    names = [s.name for s in specs]
+    missing = [n for n in names if n not in feed]
+    if missing:
+        raise DataError(f"{origin}: no data for input {missing[0]!r} (got keys: {', '.join(map(str, feed)) or 'none'})")
+    extra = [k for k in feed if k not in names]
+    if extra:
+        raise DataError(f"{origin}: {extra[0]!r} is not a model input (inputs: {', '.join(names)})")
+    per_input: Dict[str, np.ndarray] = {}
+    count = None
+    for spec in specs:
+        a = _cast(spec.name, feed[spec.name], spec, origin)
+        if a.ndim == spec.rank - 1 and spec.rank > 0:
+            a = a[np.newaxis]
+        elif a.ndim != spec.rank:
+            raise DataError(f"{origin}: input {spec.name!r} expects shape {spec.shape_text()}, "
+                            f"got [{','.join(str(d) for d in a.shape)}]")
+        _check_sample_shape(spec, a.shape[1:], origin)
+        if count is not None and a.shape[0] != count:
+            raise DataError(f"{origin}: inputs have different batch sizes ({count} and {a.shape[0]} for {spec.name!r})")
+        count = a.shape[0]
+        per_input[spec.name] = a
+    for i in range(count or 0):
+        yield {n: a[i] for n, a in per_input.items()}
+
+
+def _hash_samples(samples: Iterator[Sample], digest: "hashlib._Hash") -> Iterator[Sample]:
+    """Pass samples through, hashing name, dtype, shape and bytes of each (array data manifest)."""
+    for sample in samples:
+        for name in sorted(sample):
+            a = np.ascontiguousarray(sample[name])
+            digest.update(f"{name}|{a.dtype.str}|{a.shape}\n".encode())
+            digest.update(memoryview(a).cast("B"))
+        yield sample
+
+
+def _array_source(kind: str, description: str, feeds: Callable[[], Iterator[Tuple[Mapping[str, Any], str]]],
+                  specs: Sequence[InputSpec], total: Optional[int] = None) -> DataSource:
+    digest = hashlib.sha256()
+
+    def samples() -> Iterator[Sample]:
+        for feed, origin in feeds():
+            yield from _hash_samples(split_feed(feed, specs, origin), digest)
+
+    return DataSource(kind, description, samples, total, digest.hexdigest, SourceLog())
+
+
+# --- array sources -------------------------------------------------------------------------------
+def _single_input(specs: Sequence[InputSpec], what: str) -> InputSpec:
+    if len(specs) != 1:
+        raise DataError(f"{what} can only feed a single-input model; this one has inputs "
+                        f"{', '.join(s.name for s in specs)}: use .npz files or feed dicts")
+    return specs[0]
+
+
+def _load_array_file(path: Path, specs: Sequence[InputSpec]) -> Mapping[str, Any]:
+    try:
+        if path.suffix.lower() == ".npy":
+            return {_single_input(specs, f"{path}: a .npy file").name: np.load(path, mmap_mode="r")}
+        with np.load(path) as npz:
+            keys = list(npz.files)
+            if len(specs) == 1 and len(keys) == 1 and keys[0] != specs[0].name:
+                return {specs[0].name: npz[keys[0]]}  # arr_0 and friends for a one-input model
+            return {k: npz[k] for k in keys}
+    except PtqError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read array file ({exc})") from None
+
+
+def array_files_source(files: Sequence[Path], specs: Sequence[InputSpec], description: str) -> DataSource:
+    def feeds():
+        for f in files:
+            yield _load_array_file(f, specs), str(f)
+
+    return _array_source("arrays", description, feeds, specs)
+
+
+def arrays_source(arrays: Sequence[Any], specs: Sequence[InputSpec]) -> DataSource:
+    spec = _single_input(specs, "a list of arrays")
+
+    def feeds():
+        for i, a in enumerate(arrays):
+            yield {spec.name: a}, f"array {i}"
+
+    return _array_source("arrays", f"{len(arrays)} arrays", feeds, specs)
+
+
+def feeds_source(feed_dicts: Iterable[Mapping[str, Any]], specs: Sequence[InputSpec], kind: str = "feeds",
+                 description: str = "feed dicts") -> DataSource:
+    def feeds():
+        for i, f in enumerate(feed_dicts):
+            if not isinstance(f, Mapping):
+                raise DataError(f"feed {i}: expected a dict of input name -> array, got {type(f).__name__}")
+            yield f, f"feed {i}"
+
+    return _array_source(kind, description, feeds, specs)
+
+
+def reader_source(reader: Any, specs: Sequence[InputSpec]) -> DataSource:
+    """onnxruntime CalibrationDataReader: get_next() until it returns None."""
+    def iterate():
+        while True:
+            feed = reader.get_next()
+            if feed is None:
+                return
+            yield feed
+
+    return feeds_source(iterate(), specs, "reader", f"{type(reader).__name__} (CalibrationDataReader)")
+
+
+# --- images ------------------------------------------------------------------------------------------
+def _decode(path: Path, plans: Sequence[ImagePlan]) -> Tuple[Sample, bool]:
+    img = open_image(path)
+    gray = is_grayscale(img) and any(p.channels == 3 for p in plans)
+    return {p.input_name: preprocess_pil(img, p) for p in plans}, gray
+
+
+def image_source(directory: Path, files: Sequence[Path], plans: Sequence[ImagePlan], *, strict: bool,
+                 workers: int, depth: int) -> DataSource:
+    source_log = SourceLog()
+
+    def samples() -> Iterator[Sample]:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ptq-decode") as pool:
+            pending: deque = deque()
+            it = iter(files)
+            for f in it:  # keep at most `depth` decodes in flight, consume in file order
+                pending.append((f, pool.submit(_decode, f, plans)))
+                if len(pending) >= depth:
+                    yield from _take(pending.popleft(), source_log, strict)
+            while pending:
+                yield from _take(pending.popleft(), source_log, strict)
+
+    def manifest() -> str:
+        return manifest_sha256(directory, files)
+
+    return DataSource("images", f"{len(files)} images in {directory}", samples, len(files), manifest, source_log)
+
+
+def _take(item: Tuple[Path, Any], source_log: SourceLog, strict: bool) -> Iterator[Sample]:
+    path, future = item
+    try:
+        sample, gray = future.result()
+    except DataError as exc:
+        if strict:
+            raise
+        log.warning("skipped: %s", exc)
+        source_log.skipped.append((str(path), str(exc).split(": ", 1)[-1]))
+        return
+    if gray:
+        if not source_log.grayscale:
+            log.info("%s: grayscale image converted to 3 channels (later ones are converted too)", path)
+        source_log.grayscale.append(str(path))
+    yield sample
+
+
+# --- choosing a source ---------------------------------------------------------------------------
+def open_source(data: Any, specs: Sequence[InputSpec], plans: Callable[[], Sequence[ImagePlan]], *,
+                limit: Optional[int], seed: int, strict: bool, workers: int, depth: int) -> DataSource:
+    """Pick the source for `data`. plans() is called only for image data (it may raise OptionError)."""
+    if isinstance(data, (str, Path)):
+        return _path_source(Path(data), specs, plans, limit=limit, seed=seed, strict=strict,
+                            workers=workers, depth=depth)
+    if hasattr(data, "get_next") and callable(data.get_next):
+        return _limited(reader_source(data, specs), limit)
+    if isinstance(data, np.ndarray):
+        return _limited(arrays_source([data], specs), limit)
+    if isinstance(data, Mapping):
+        return _limited(feeds_source([data], specs), limit)
+    if isinstance(data, (list, tuple)):
+        if not data:
+            raise DataError("calibration data is an empty list")
+        if all(isinstance(d, Mapping) for d in data):
+            return _limited(feeds_source(data, specs, description=f"{len(data)} feed dicts"), limit)
+        if all(isinstance(d, np.ndarray) for d in data):
+            return _limited(arrays_source(data, specs), limit)
+        raise DataError("a data list must hold only numpy arrays or only feed dicts (input name -> array)")
+    if isinstance(data, Iterable):
+        return _limited(_peeked_iterable(iter(data), specs), limit)
+    raise DataError(f"unsupported calibration data of type {type(data).__name__}")
+
+
+def _peeked_iterable(it: Iterator[Any], specs: Sequence[InputSpec]) -> DataSource:
+    def items():
+        for i, item in enumerate(it):
+            if isinstance(item, np.ndarray):
+                yield {_single_input(specs, "an iterable of arrays").name: item}
+            elif isinstance(item, Mapping):
+                yield item
+            else:
+                raise DataError(f"item {i} of the data iterable is a {type(item).__name__}, "
+                                "not an array or a feed dict")
+    return feeds_source(items(), specs, "feeds", "iterable")
+
+
+def _path_source(path: Path, specs, plans, *, limit, seed, strict, workers, depth) -> DataSource:
+    if path.is_file():
+        if path.suffix.lower() in ARRAY_SUFFIXES:
+            return _limited(array_files_source([path], specs, str(path)), limit)
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            return image_source(path.parent, [path], plans(), strict=strict, workers=workers, depth=depth)
+        raise DataError(f"{path}: not a data directory, image or .npy/.npz file")
+    images = find_images(path)  # raises DataError for a missing or empty directory
+    if images:
+        chosen = sample_files(images, limit, seed)
+        return image_source(path, chosen, plans(), strict=strict, workers=workers, depth=depth)
+    arrays = find_arrays(path)
+    if arrays:
+        return _limited(array_files_source(arrays, specs, f"{len(arrays)} array files in {path}"), limit)
+    raise DataError(f"{path}: no images ({', '.join(sorted(s[1:] for s in IMAGE_SUFFIXES))}) "
+                    "or .npy/.npz files found")
+
+
+def _limited(source: DataSource, limit: Optional[int]) -> DataSource:
+    """Array data: the first `limit` samples (their order is the caller's, so no sampling)."""
+    if limit is None:
+        return source
+    inner = source.samples
+
+    def samples() -> Iterator[Sample]:
+        for i, s in enumerate(inner()):
+            if i >= limit:
+                return
+            yield s
+
+    total = min(limit, source.total) if source.total is not None else limit
+    return DataSource(source.kind, source.description, samples, total, source.manifest, source.log)
+
+
+# --- batching and prefetch ---------------------------------------------------------------------------
+def batches(samples: Iterable[Sample], batch_size: int) -> Iterator[Tuple[Feeds, int]]:
+    """Stack samples into batches of batch_size; a sample whose shapes differ starts a new batch."""
+    current: List[Sample] = []
+
+    def stacked() -> Tuple[Feeds, int]:
+        return {n: np.stack([s[n] for s in current]) for n in current[0]}, len(current)
+
+    for s in samples:
+        if current and any(s[n].shape != current[0][n].shape for n in s):
+            yield stacked()
+            current = []
+        current.append(s)
+        if len(current) == batch_size:
+            yield stacked()
+            current = []
+    if current:
+        yield stacked()
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterable[Any], depth: int) -> Iterator[Any]:
+    """Iterate `items` in a producer thread, at most `depth` items ahead; errors re-raised here."""
+    q: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        it = iter(items)
+        try:
+            for item in it:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put((_DONE, exc))
+        finally:  # close generators here, so their cleanup (decode pool) runs in this thread
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="ptq-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if exc is not None:
+                raise exc
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)

@@ -1,0 +1,110 @@
+"""Finding, sampling and generating calibration images, deterministically.
+
+Order never depends on how the file system lists a directory: files are sorted by their path relative
+to the data directory, and a seeded sample is drawn from that sorted list and returned sorted.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import DataError, OptionError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+ARRAY_SUFFIXES = frozenset({".npy", ".npz"})
+
+# Colour photos shipped inside scikit-image (no download needed).
+_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
+
+
+def _files_with(directory: Path, suffixes: frozenset) -> List[Path]:
+    found = [p for p in directory.rglob("*") if p.suffix.lower() in suffixes and p.is_file()]
+    return sorted(found, key=lambda p: p.relative_to(directory).as_posix())
+
+
+def check_data_dir(directory: Union[str, Path]) -> Path:
+    d = Path(directory)
+    if not d.exists():
+        raise DataError(f"{d}: data directory not found")
+    if not d.is_dir():
+        raise DataError(f"{d}: not a directory")
+    if not any(d.iterdir()):
+        raise DataError(f"{d}: data directory is empty")
+    return d
+
+
+def find_images(directory: Union[str, Path]) -> List[Path]:
+    """Images (jpg, jpeg, png, bmp, webp; any case) under directory, recursively, sorted by relative path."""
+    d = check_data_dir(directory)
+    return _files_with(d, IMAGE_SUFFIXES)
+
+
+def find_arrays(directory: Union[str, Path]) -> List[Path]:
+    """.npy / .npz files under directory, recursively, sorted by relative path."""
+    return _files_with(check_data_dir(directory), ARRAY_SUFFIXES)
+
+
+def sample_files(files: Sequence[Path], limit: Optional[int], seed: int = 0) -> List[Path]:
+    """A seeded sample of `limit` files (all when limit is None or >= len), returned sorted.
+
+    The input is sorted first, so the sample depends on the set of paths, not on their order.
+    """
+    ordered = sorted(files, key=lambda p: Path(p).as_posix())
+    if limit is None or limit >= len(ordered):
+        return ordered
+    if limit < 1:
+        raise OptionError(f"limit must be >= 1, got {limit}")
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(len(ordered), size=int(limit), replace=False))
+    return [ordered[i] for i in picked]
+
+
+def manifest_sha256(directory: Path, files: Sequence[Path]) -> str:
+    """Hash of the sorted relative file names and sizes: what data was used, without reading it."""
+    h = hashlib.sha256()
+    for rel, size in sorted((Path(f).relative_to(directory).as_posix(), Path(f).stat().st_size) for f in files):
+        h.update(f"{rel}\t{size}\n".encode())
+    return h.hexdigest()
+
+
+def _photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    img = getattr(skimage.data, name)()
+    return img[..., :3] if img.ndim == 3 else np.stack([img] * 3, axis=-1)
+
+
+def generate_calibration_images(out_dir: Union[str, Path], count: int, size: Tuple[int, int] = (256, 256),
+                                seed: int = 0) -> List[Path]:
+    """Write `count` JPEGs (H, W = size) cut from scikit-image's photos: random crops, flips, rotations.
+
+    Same arguments -> same files, byte for byte.
+    """
+    from PIL import Image
+
+    if count < 1:
+        raise OptionError(f"count must be >= 1, got {count}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    photos = [_photo(n) for n in _PHOTOS]
+    height, width = size
+    paths = []
+    for i in range(count):
+        src = photos[int(rng.integers(len(photos)))]
+        h, w = src.shape[:2]
+        frac = rng.uniform(0.35, 1.0)
+        ch, cw = max(8, int(h * frac)), max(8, int(w * frac))
+        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        crop = src[top:top + ch, left:left + cw]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        crop = np.rot90(crop, k=int(rng.integers(4)))
+        img = Image.fromarray(np.ascontiguousarray(crop)).resize((width, height), Image.BILINEAR)
+        path = out / f"calib_{i:05d}.jpg"
+        img.save(path, format="JPEG", quality=90)
+        paths.append(path)
+    return paths

@@ -1,0 +1,243 @@
+"""ONNX model loading and inspection: inputs, and every float activation worth calibrating.
+
+An activation is a graph input or a node output whose element type is float32 or float16; initializers,
+integer / bool tensors (shapes, indices) are not. Shape inference supplies the types; a node output it
+leaves untyped is asked of onnxruntime, which types every tensor when it builds a session.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+Dim = Union[int, str, None]
+
+FLOAT_TYPES = {TensorProto.FLOAT: np.dtype(np.float32), TensorProto.FLOAT16: np.dtype(np.float16)}
+_ORT_FLOAT_TYPES = {"tensor(float)", "tensor(float16)"}
+# Names onnxruntime reports for input types we can feed from numpy.
+_ORT_TO_NUMPY = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_,
+}
+
+
+@dataclass
+class InputSpec:
+    """One graph input: shape as declared (int, symbolic name or None), numpy dtype, layout guess."""
+
+    name: str
+    shape: List[Dim]
+    dtype: np.dtype
+    layout_guess: Optional[str] = None
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def fixed_batch(self) -> Optional[int]:
+        """The batch dimension when it is a fixed positive int, else None (dynamic)."""
+        if self.shape and isinstance(self.shape[0], int) and self.shape[0] > 0:
+            return self.shape[0]
+        return None
+
+    def shape_text(self) -> str:
+        return "[" + ",".join("?" if d is None else str(d) for d in self.shape) + "]"
+
+
+@dataclass
+class ModelInfo:
+    path: Path
+    sha256: str
+    inputs: List[InputSpec]
+    activations: List[str]  # graph order: graph inputs first, then node outputs
+    activation_dtypes: Dict[str, np.dtype] = field(default_factory=dict, repr=False)
+
+
+def load_model(path: PathLike, load_external_data: bool = True) -> onnx.ModelProto:
+    """Parse an ONNX file (external data read from beside it unless load_external_data=False)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"{p}: model file not found")
+    try:
+        return onnx.load(str(p), load_external_data=load_external_data)
+    except FileNotFoundError as exc:  # external data file missing
+        raise ModelError(f"{p}: external data file missing ({exc.filename or exc})") from None
+    except Exception as exc:  # protobuf DecodeError and friends: not an ONNX file
+        raise ModelError(f"{p}: not a valid ONNX model ({type(exc).__name__})") from None
+
+
+def file_sha256(path: PathLike, model: Optional[onnx.ModelProto] = None) -> str:
+    """sha256 of the model file, followed by its external data files (sorted) when it has any."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = [p] + [p.parent / loc for loc in sorted(external_data_locations(model))]
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError as exc:
+            raise ModelError(f"{f}: cannot read ({exc.strerror})") from None
+    return h.hexdigest()
+
+
+def external_data_locations(model: Optional[onnx.ModelProto]) -> set:
+    locations = set()
+    if model is None:
+        return locations
+    for init in model.graph.initializer:
+        if init.data_location == TensorProto.EXTERNAL:
+            for entry in init.external_data:
+                if entry.key == "location":
+                    locations.add(entry.value)
+    return locations
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> List[Dim]:
+    dims: List[Dim] = []
+    for d in value_info.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return dims
+
+
+def guess_layout(shape: Sequence[Dim]) -> Optional[str]:
+    """NCHW when dim 1 looks like channels (1, 3 or 4), NHWC when the last dim does; 4-D only."""
+    if len(shape) != 4:
+        return None
+    chan = (1, 3, 4)
+    if shape[1] in chan and shape[3] not in chan:
+        return "NCHW"
+    if shape[3] in chan and shape[1] not in chan:
+        return "NHWC"
+    if shape[1] in chan and shape[3] in chan:  # e.g. 1x3x3x3: ONNX convention wins
+        return "NCHW"
+    return None
+
+
+def _infer(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:  # a model onnx cannot type may still run in onnxruntime
+        log.warning("%s: shape inference failed (%s); asking onnxruntime for tensor types", path.name, exc)
+        return model
+
+
+def _elem_types(model: onnx.ModelProto) -> Dict[str, int]:
+    types: Dict[str, int] = {}
+    g = model.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    return types
+
+
+def graph_inputs(model: onnx.ModelProto) -> List[onnx.ValueInfoProto]:
+    """Graph inputs that are real inputs (older exporters also list initializers as inputs)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [vi for vi in model.graph.input if vi.name not in inits]
+
+
+def node_outputs(model: onnx.ModelProto) -> List[str]:
+    """Node outputs in graph (topological) order, each once, empty optional outputs left out."""
+    seen, names = set(), []
+    for node in model.graph.node:
+        for out in node.output:
+            if out and out not in seen:
+                seen.add(out)
+                names.append(out)
+    return names
+
+
+def ort_output_types(model: onnx.ModelProto, names: Sequence[str]) -> Dict[str, str]:
+    """onnxruntime's type string for each name, exposing them as untyped graph outputs."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    for n in names:
+        if n not in existing:
+            probe.graph.output.append(helper.make_empty_tensor_value_info(n))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
+    return {o.name: o.type for o in sess.get_outputs()}
+
+
+def find_activations(model: onnx.ModelProto, path: PathLike = "<model>") -> Dict[str, np.dtype]:
+    """Every float activation (name -> dtype) in graph order: graph inputs, then node outputs."""
+    inferred = _infer(model, Path(path))
+    types = _elem_types(inferred)
+    inits = {i.name for i in model.graph.initializer}
+    found: Dict[str, Optional[np.dtype]] = {}
+    for vi in graph_inputs(model):
+        if types.get(vi.name) in FLOAT_TYPES:
+            found[vi.name] = FLOAT_TYPES[types[vi.name]]
+    untyped = []
+    for name in node_outputs(model):
+        if name in inits or name in found:
+            continue
+        if name not in types:
+            untyped.append(name)
+            found[name] = None  # placeholder keeps graph order
+        elif types[name] in FLOAT_TYPES:
+            found[name] = FLOAT_TYPES[types[name]]
+    if untyped:
+        ort_types = ort_output_types(model, untyped)
+        for name in untyped:
+            t = ort_types.get(name)
+            found[name] = np.dtype(np.float32 if t == "tensor(float)" else np.float16) \
+                if t in _ORT_FLOAT_TYPES else None
+    return {n: d for n, d in found.items() if d is not None}
+
+
+def input_specs(model: onnx.ModelProto) -> List[InputSpec]:
+    specs = []
+    for vi in graph_inputs(model):
+        tt = vi.type.tensor_type
+        if tt.elem_type in FLOAT_TYPES:
+            dtype = FLOAT_TYPES[tt.elem_type]
+        else:
+            try:
+                dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+            except Exception:
+                raise ModelError(f"input {vi.name!r}: unsupported element type {tt.elem_type}") from None
+        shape = _dims(vi)
+        specs.append(InputSpec(vi.name, shape, dtype, guess_layout(shape)))
+    return specs
+
+
+def inspect_model(path: PathLike) -> ModelInfo:
+    """Inputs and float activations of the model at path (weights are not loaded)."""
+    p = Path(path)
+    model = load_model(p, load_external_data=False)
+    return info_from_model(model, p)
+
+
+def info_from_model(model: onnx.ModelProto, path: Path) -> ModelInfo:
+    if not model.graph.node:
+        raise ModelError(f"{path}: the model graph has no nodes")
+    acts = find_activations(model, path)
+    return ModelInfo(path=path, sha256=file_sha256(path, model), inputs=input_specs(model),
+                     activations=list(acts), activation_dtypes=acts)
