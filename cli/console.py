@@ -1,0 +1,120 @@
+"""Terminal output shared by the commands: error / warning lines, the progress bar, the closing summary.
+
+Consoles are created per call so they follow the current sys.stdout / sys.stderr (test runners swap
+them) and the COLUMNS of the moment. Messages are printed with soft wrapping so that one message is
+always one line, whatever the terminal width.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, Tuple
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ptqengine.pipeline import CalibrationResult
+
+ProgressCallback = Callable[[int, Optional[int]], None]
+Outputs = List[Tuple[str, Path]]  # (what, where) for the summary
+
+
+def stdout_console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def print_error(message: str) -> None:
+    stderr_console().print(Text(f"ptqengine: error: {one_line(message)}", style="bold red"))
+
+
+def print_warning(message: str) -> None:
+    stderr_console().print(Text(f"warning: {one_line(message)}", style="yellow"))
+
+
+class RateColumn(ProgressColumn):
+    """Samples per second (the finished speed once the task is done)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-- img/s" if speed is None else f"{speed:,.1f} img/s", style="cyan")
+
+
+class LazyProgressBar:
+    """A progress(done, total) callback that draws a rich bar on stderr from its first call on.
+
+    Starting lazily keeps the bar off the screen when the run fails during set-up (bad model, empty
+    data directory), so such an error stays a single line.
+    """
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.progress: Optional[Progress] = None
+        self.task = None
+
+    def __call__(self, done: int, total: Optional[int]) -> None:
+        if self.progress is None:
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=stderr_console())
+            self.progress.start()
+            self.task = self.progress.add_task(self.label, total=total)
+        self.progress.update(self.task, completed=done, total=total)
+
+    def stop(self, keep: bool) -> None:
+        """Leave the final bar on screen (and in logs) after success; remove it after a failure."""
+        if self.progress is not None:
+            self.progress.live.transient = not keep
+            self.progress.stop()
+
+
+@contextlib.contextmanager
+def calibration_progress(quiet: bool, label: str = "calibrating") -> Iterator[ProgressCallback]:
+    """A progress(done, total) callback for the library; a no-op when quiet."""
+    if quiet:
+        yield lambda done, total: None
+        return
+    bar = LazyProgressBar(label)
+    try:
+        yield bar
+    except BaseException:
+        bar.stop(keep=False)
+        raise
+    bar.stop(keep=True)
+
+
+def print_summary(result: "CalibrationResult", outputs: Outputs, verb: str = "Calibrated") -> None:
+    """Tensors, samples, time, throughput, peak memory and where the files went."""
+    report = result.report
+    console = stdout_console()
+    line = f"{verb} {len(result.amax)} tensors with {result.algo}"
+    if report.seconds > 0:
+        line += (f" from {report.samples} samples in {report.seconds:.1f} s ({report.samples_per_s:,.1f} images/s, "
+                 f"peak memory {report.peak_rss_mb:,.0f} MB)")
+    elif report.samples:
+        line += f" (statistics of {report.samples} samples)"
+    console.print(Text(line, style="bold green"))
+    width = max((len(what) for what, _ in outputs), default=0)
+    for what, where in outputs:
+        console.print(f"  {what:<{width}}  {where}")
+
+
+def print_report_warnings(result: "CalibrationResult", extra: Sequence[str] = ()) -> None:
+    """Skipped inputs, notes and writer warnings: stderr, shown even with --quiet (NaN/Inf are logged by the library)."""
+    report = result.report
+    if report.skipped:
+        shown = "; ".join(f"{name} ({reason})" for name, reason in report.skipped[:3])
+        more = f" and {len(report.skipped) - 3} more" if len(report.skipped) > 3 else ""
+        print_warning(f"skipped {len(report.skipped)} input(s): {shown}{more}")
+    for note in list(report.notes) + list(extra):
+        print_warning(note)

@@ -1,0 +1,113 @@
+"""The `ptqengine` command: subcommands in cli/commands/, one file each.
+
+User errors (PtqError from the library, bad option values from the parser) become ONE red line on
+stderr and exit code 2, with no traceback. Anything else is a bug and shows its traceback.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated, Any, Optional, Sequence
+
+import typer
+from typer.core import TyperGroup
+
+from ptqengine import __version__
+from ptqengine.errors import PtqError
+
+from .commands.calibrate import calibrate
+from .commands.demo import demo
+from .commands.export import export
+from .commands.inspect import inspect
+from .console import print_error, print_warning
+
+EXIT_USAGE = 2
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """click's UsageError, whether typer vendors click or uses the package (checked by shape, not class)."""
+    return getattr(exc, "exit_code", None) == EXIT_USAGE and callable(getattr(exc, "format_message", None))
+
+
+class PtqGroup(TyperGroup):
+    """Runs click in non-standalone mode so every user error is reported the same single-line way."""
+
+    def main(self, args: Optional[Sequence[str]] = None, prog_name: Optional[str] = None,
+             complete_var: Optional[str] = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                standalone_mode=False, **extra)
+        try:
+            code = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                standalone_mode=False, **extra)
+        except PtqError as exc:
+            print_error(str(exc))
+            sys.exit(EXIT_USAGE)
+        except (typer.Abort, KeyboardInterrupt):
+            print_error("interrupted")
+            sys.exit(130)
+        except Exception as exc:
+            if not _is_usage_error(exc):
+                raise
+            command = getattr(getattr(exc, "ctx", None), "command_path", None) or "ptqengine"
+            print_error(f"{exc.format_message()} (see '{command} --help')")
+            sys.exit(EXIT_USAGE)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+class WarningLines(logging.Handler):
+    """Library log records as one-line messages on stderr (warnings by default, more with --verbose)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = self.format(record)
+        if record.levelno >= logging.WARNING:
+            print_warning(message)
+        else:
+            print(message, file=sys.stderr)
+
+
+def setup_logging(verbose: bool) -> None:
+    logger = logging.getLogger("ptqengine")
+    for handler in [h for h in logger.handlers if isinstance(h, WarningLines)]:
+        logger.removeHandler(handler)
+    logger.addHandler(WarningLines())
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    logger.propagate = False
+
+
+def show_version(value: bool) -> None:
+    if value:
+        print(f"ptqengine {__version__}")
+        raise typer.Exit()
+
+
+app = typer.Typer(cls=PtqGroup, name="ptqengine", add_completion=False, pretty_exceptions_show_locals=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  help="Post-training-quantization calibration for ONNX models: TensorRT INT8 caches and scale tables.")
+
+
+@app.callback(invoke_without_command=True)
+def root(
+    ctx: typer.Context,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=show_version,
+                                          help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what the library does.")] = False,
+) -> None:
+    setup_logging(verbose)
+    if ctx.invoked_subcommand is None:
+        print(ctx.get_help())
+
+
+app.command("calibrate")(calibrate)
+app.command("export")(export)
+app.command("inspect")(inspect)
+app.command("demo")(demo)
+
+
+def main() -> None:
+    """Console-script entry point (`ptqengine`)."""
+    app(prog_name="ptqengine")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
