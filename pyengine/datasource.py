@@ -58,10 +58,13 @@ def _cast(name: str, array: Any, spec: InputSpec, origin: str) -> np.ndarray:
     a = np.asarray(array)
     if a.dtype == spec.dtype:
         return a
+    # float -> float and int -> int convert; int data for a float input is refused, because it is
+    # usually raw pixels that missed their normalisation.
     same_family = (a.dtype.kind == "f" and spec.dtype.kind == "f") or \
-        (a.dtype.kind in "iub" and np.can_cast(a.dtype, spec.dtype, "same_kind"))
+        (a.dtype.kind in "iub" and spec.dtype.kind in "iub" and np.can_cast(a.dtype, spec.dtype, "same_kind"))
     if not same_family:
-        raise DataError(f"{origin}: input {name!r} expects {spec.dtype}, got {a.dtype}")
+        raise DataError(f"{origin}: input {name!r} expects {spec.dtype}, got {a.dtype} "
+                        "(convert the data to the input's type)")
     return a.astype(spec.dtype)
 
 
