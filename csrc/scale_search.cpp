@@ -28,13 +28,18 @@ void check_range(bool ok, const char* what) {
 inline double log_vectorisable(double x) {
   std::uint64_t bits;
   std::memcpy(&bits, &x, 8);
-  const std::int32_t biased = static_cast<std::int32_t>(bits >> 52);
+  // Biased exponent as a double without an int -> double conversion (AVX2 has none for 64-bit
+  // lanes): place it in the mantissa of 2^52 and subtract 2^52.
+  const std::uint64_t ebits = 0x4330000000000000ULL | (bits >> 52);
+  double biased;
+  std::memcpy(&biased, &ebits, 8);
+  biased -= 4503599627370496.0;
   const std::uint64_t mbits = (bits & 0x000fffffffffffffULL) | 0x3ff0000000000000ULL;
   double m;
   std::memcpy(&m, &mbits, 8);
   const double big = m > 1.4142135623730951 ? 1.0 : 0.0;
   m = m * (1.0 - 0.5 * big);
-  const double e = static_cast<double>(biased - 1023) + big;
+  const double e = (biased - 1023.0) + big;
   const double s = (m - 1.0) / (m + 1.0);
   const double z = s * s;
   double p = 1.0 / 23;
@@ -69,12 +74,19 @@ inline double cross_term(double t, double log_nonzero) {
   return t * (log_vectorisable(safe) - log_nonzero);
 }
 
-PTQ_HOT_LOOP double group_cross_term(const double* totals, const double* log_nonzero, int n) {
+// Element-wise first (vectorises: no reduction), then a fixed-order lane sum.
+PTQ_HOT_LOOP void cross_terms(const double* totals, const double* log_nonzero, int n,
+                              double* out /* OUT */) {
+  for (int g = 0; g < n; ++g) out[g] = cross_term(totals[g], log_nonzero[g]);
+}
+
+double group_cross_term(const double* totals, const double* log_nonzero, int n, double* scratch) {
+  cross_terms(totals, log_nonzero, n, scratch);
   double lanes[kLanes] = {};
   int g = 0;
   for (; g + kLanes <= n; g += kLanes)
-    for (int k = 0; k < kLanes; ++k) lanes[k] += cross_term(totals[g + k], log_nonzero[g + k]);
-  for (int k = 0; g + k < n; ++k) lanes[k] += cross_term(totals[g + k], log_nonzero[g + k]);
+    for (int k = 0; k < kLanes; ++k) lanes[k] += scratch[g + k];
+  for (int k = 0; g + k < n; ++k) lanes[k] += scratch[g + k];
   return combine(lanes);
 }
 
@@ -109,28 +121,35 @@ std::vector<double> search_histogram(const TensorStats& stats, int num_bins) {
   std::vector<double> out(static_cast<std::size_t>(num_bins), 0.0);
   const double absmax = stats.absmax();
   if (stats.finite_count() == 0) return out;
-  const std::vector<count_t> abs = stats.abs_counts();
+  const std::vector<count_t>& sc = stats.signed_counts();
+  const std::size_t g = static_cast<std::size_t>(stats.grid_bins());
   if (absmax == 0.0) {
-    out[0] = static_cast<double>(abs[0]);
+    out[0] = static_cast<double>(sc[0] + sc[g]);
     return out;
   }
   const double w = stats.bin_width();
   const double W = absmax / num_bins;
-  for (std::size_t f = 0; f < abs.size(); ++f) {
-    if (abs[f] == 0) continue;
-    const double c = static_cast<double>(abs[f]);
+  const double inv_W = num_bins / absmax;
+  // Grid bins above the one holding absmax are empty.
+  const std::size_t used = std::min(g, static_cast<std::size_t>(absmax / w) + 1);
+  for (std::size_t f = 0; f < used; ++f) {
+    const count_t n = sc[f] + sc[g + f];
+    if (n == 0) continue;
+    const double c = static_cast<double>(n);
     const double lo = f * w;
     const double hi = std::min((f + 1) * w, absmax);
     if (!(hi > lo)) {  // absmax sits exactly on this bin's lower edge: all its values equal absmax
       out[num_bins - 1] += c;
       continue;
     }
-    int j = std::min(static_cast<int>(lo / W), num_bins - 1);
+    int j = std::min(static_cast<int>(lo * inv_W), num_bins - 1);
     double a = lo;
     while (a < hi) {
       const double edge = j >= num_bins - 1 ? hi : std::min((j + 1) * W, hi);
-      if (edge > a) out[j] += c * (edge - a) / (hi - lo);
-      a = edge;
+      if (edge > a) {  // lo * inv_W may round one bin low: then this bin takes nothing
+        out[j] += c * (edge - a) / (hi - lo);
+        a = edge;
+      }
       ++j;
     }
   }
@@ -176,6 +195,7 @@ std::vector<double> entropy_curve(const std::vector<double>& bins, int nq, int s
   if (!(total > 0.0)) return std::vector<double>((nb - start_bin) / stride + 1, inf);
   std::vector<double> totals(nq), log_nonzero(nq);
   std::vector<int> nonzero_of(nq);
+  std::vector<double> scratch(nq);
   for (int i = start_bin; i <= nb; i += stride) {
     const double outliers = std::max(0.0, static_cast<double>(cum[nb] - cum[i]));
     const double last_p = bins[i - 1] + outliers;
@@ -206,7 +226,7 @@ std::vector<double> entropy_curve(const std::vector<double>& bins, int nq, int s
       totals[last_group] += outliers;
     }
     for (int g = 0; g < nq; ++g) log_nonzero[g] = log_int[nonzero_of[g]];
-    const double plogq = group_cross_term(totals.data(), log_nonzero.data(), nq);
+    const double plogq = group_cross_term(totals.data(), log_nonzero.data(), nq, scratch.data());
     // P and Q both sum to the total count, so KL = sum P (log P - log Q) / total.
     curve.push_back((plogp - plogq) / total);
   }
