@@ -1,0 +1,163 @@
+"""Calibration data for Horizon's converters, and the per-channel ranges pass.
+
+Horizon inserts the (x - mean) * scale preprocessing into the compiled model, so its calibration
+samples are the image BEFORE normalisation: resized, colour-converted and laid out as input_type_train /
+input_layout_train / input_shape, float32. hb_mapper (X3/J3, J5, X5) reads headerless files written with
+numpy `tofile` (read back with `fromfile`); hb_compile (J6) reads `.npy` (D-Robotics/rdk_doc
+.../intermediate/ptq_process.md, "准备校准数据"; shared/REFERENCES.md). We get the un-normalised image
+from the same preprocessing `calibrate` uses, with mean 0 and std 1 (x - 0) / 1 = x, so the files and
+our statistics see exactly the same pixels.
+
+Files are named `NNNN_<image stem>.bin|.npy`: the index fixes the order (Horizon pairs the inputs of a
+multi-input model by file order), the stem says where each came from. One directory per input.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from ..atomic import write_bytes_atomic
+from ..errors import ModelError
+from ..model import InputSpec
+from ..preprocess import ImagePlan, open_image, preprocess_pil
+
+log = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str) -> str:
+    return _UNSAFE.sub("_", text).strip("._") or "x"
+
+
+@dataclass(frozen=True)
+class HorizonInput:
+    """One model input as Horizon sees it."""
+
+    name: str
+    plan: ImagePlan  # the preprocessing calibrate uses (with the user's mean/std)
+    directory: str  # calibration directory name, relative to the output directory
+
+    @property
+    def shape(self) -> List[int]:
+        p = self.plan
+        return [1, p.channels, p.height, p.width] if p.layout == "NCHW" else [1, p.height, p.width, p.channels]
+
+    @property
+    def raw_plan(self) -> ImagePlan:
+        """The same plan without normalisation: mean 0, std 1."""
+        c = self.plan.channels
+        return replace(self.plan, mean=np.zeros(c, np.float32), std=np.ones(c, np.float32))
+
+
+def horizon_inputs(specs: Sequence[InputSpec], plans: Sequence[ImagePlan]) -> List[HorizonInput]:
+    for spec in specs:
+        if spec.fixed_batch not in (None, 1):
+            raise ModelError(f"input {spec.name!r} has a fixed batch of {spec.fixed_batch}; Horizon calibration "
+                             "files hold one sample each (export the model with batch 1 or a dynamic batch)")
+    if len(specs) == 1:
+        return [HorizonInput(specs[0].name, plans[0], "calibration_data_f32")]
+    return [HorizonInput(s.name, p, f"calibration_data_{i}_{safe_name(s.name)}_f32")
+            for i, (s, p) in enumerate(zip(specs, plans))]
+
+
+def raw_sample(image_path: Path, hin: HorizonInput) -> np.ndarray:
+    """One calibration sample with its batch dim: float32, in input_shape, before mean/scale."""
+    return preprocess_pil(open_image(image_path), hin.raw_plan)[np.newaxis]
+
+
+def sample_file_name(index: int, image: Path, npy: bool) -> str:
+    return f"{index:04d}_{safe_name(image.stem)}{'.npy' if npy else '.bin'}"
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_calibration_data(out_dir: Path, inputs: Sequence[HorizonInput], images: Sequence[Path], npy: bool,
+                           progress: Optional[Callable[[int, Optional[int]], None]] = None) -> List[str]:
+    """Write every input's directory (built beside it, then swapped in). Returns the sample file names."""
+    names = [sample_file_name(i, img, npy) for i, img in enumerate(images)]
+    staging = [Path(tempfile.mkdtemp(prefix=f".{h.directory}.", dir=out_dir)) for h in inputs]
+    try:
+        for done, (image, name) in enumerate(zip(images, names), start=1):
+            decoded = open_image(image)
+            for hin, stage in zip(inputs, staging):
+                sample = preprocess_pil(decoded, hin.raw_plan)[np.newaxis]
+                data = _npy_bytes(sample) if npy else np.ascontiguousarray(sample, np.float32).tobytes()
+                write_bytes_atomic(stage / name, data)
+            if progress is not None:
+                progress(done, len(images))
+        for hin, stage in zip(inputs, staging):
+            _swap_in(stage, out_dir / hin.directory)
+    finally:
+        for stage in staging:
+            shutil.rmtree(stage, ignore_errors=True)
+    return names
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Replace target (a directory we wrote before, or nothing) by new."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    new.chmod(0o755)
+    new.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def normalized_feeds(images: Sequence[Path], inputs: Sequence[HorizonInput]) -> Iterator[Dict[str, np.ndarray]]:
+    """What the model sees in `calibrate`: one feed dict (batch of 1) per image."""
+    for image in images:
+        decoded = open_image(image)
+        yield {h.name: preprocess_pil(decoded, h.plan)[np.newaxis] for h in inputs}
+
+
+def channel_absmax(model_path: Path, feeds: Iterator[Dict[str, np.ndarray]], threads: Optional[int] = None
+                   ) -> Dict[str, np.ndarray]:
+    """Per-channel max |x| of every rank-4 float node output (channel axis 1, ONNX's NCHW convention).
+
+    A second, light inference pass: the statistics pipeline keeps per-tensor histograms only, and the
+    per_channel decision needs the spread between channels. Outputs are reduced one sample at a time.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    from ..model import find_activations, graph_inputs
+
+    model = onnx.load(str(model_path))
+    inputs = {vi.name for vi in graph_inputs(model)}
+    dtypes = {n: d for n, d in find_activations(model, model_path).items() if n not in inputs}
+    existing = {o.name for o in model.graph.output}
+    for name, dtype in dtypes.items():
+        if name not in existing:
+            model.graph.output.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(dtype), None))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor's name
+    so.intra_op_num_threads = int(threads or 0)
+    so.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = list(dtypes)
+    result: Dict[str, np.ndarray] = {}
+    for feed in feeds:
+        for name, value in zip(names, session.run(names, feed)):
+            if value.ndim != 4 or value.shape[1] < 2:
+                continue
+            a = np.abs(np.nan_to_num(np.asarray(value, np.float32), nan=0.0, posinf=0.0, neginf=0.0))
+            per_channel = a.max(axis=(0, 2, 3))
+            result[name] = per_channel if name not in result else np.maximum(result[name], per_channel)
+    return result
