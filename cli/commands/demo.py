@@ -23,3 +23,5 @@ def demo(
     print_report_warnings(result)
     if not quiet:
         print_summary(result, [(what, out / name) for what, name in OUTPUT_FILES])
+        print(f"Next: ptqengine inspect {out / 'calibration.cache'}   or   "
+              f"ptqengine export {out / 'stats.ptqs'} --algo percentile -o other.cache")
