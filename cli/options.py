@@ -184,6 +184,9 @@ class OutputPlan:
 
         outputs: Outputs = []
         warnings: List[str] = []
+        if self.stats is not None:  # first: if a later write fails, `export` can still recover the run
+            result.save_stats(self.stats)
+            outputs.append(("statistics", self.stats))
         if self.cache is not None:
             warnings += write_trt_cache(self.cache, result.amax, self.trt_version, self.trt_calibrator)
             header = f"TRT-{trt_version_code(self.trt_version)}-{calibrator_class(self.trt_calibrator)}"
@@ -191,9 +194,6 @@ class OutputPlan:
         if self.scales_json is not None:
             write_scales_json(self.scales_json, result)
             outputs.append(("scales JSON", self.scales_json))
-        if self.stats is not None:
-            result.save_stats(self.stats)
-            outputs.append(("statistics", self.stats))
         return outputs, warnings
 
 
