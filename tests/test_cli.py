@@ -205,14 +205,14 @@ def test_inspect_one_file_of_each_kind(tmp_path, tiny_model, small_images):
     result = run("calibrate", tiny_model, "--data", small_images, "-o", tmp_path / "c.cache",
                  "--scales-json", tmp_path / "s.json", "--save-stats", tmp_path / "s.ptqs", "-q")
     assert result.exit_code == 0, result.output
-    amax = read_trt_cache(tmp_path / "c.cache").amax
-    for name in ("c.cache", "s.json"):
+    tables = {"c.cache": read_trt_cache(tmp_path / "c.cache").amax, "s.json": read_scales_json(tmp_path / "s.json")}
+    for name, amax in tables.items():
         result = run("inspect", tmp_path / name)
         assert result.exit_code == 0, result.output
         assert f"{len(amax)} tensors" in result.stdout
         for tensor, value in amax.items():
             row = next(line for line in result.stdout.splitlines() if f" {tensor} " in line)
-            assert f"{value:.4g}"[:5] in row
+            assert f" {value:.6g} " in row and f" {value / 127:.6g} " in row
     result = run("inspect", tmp_path / "s.ptqs")
     assert result.exit_code == 0, result.output
     stats = load_stats(tmp_path / "s.ptqs")
