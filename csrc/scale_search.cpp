@@ -1,10 +1,12 @@
 // Scale search kernels. Conventions are documented in scale_search.h.
 //
-// Entropy in O(num_quantized_bins) per candidate instead of O(i): P and Q both sum to the total
-// count T, so KL = (1/T) [ sum_j P_j log P_j - sum_j P_j log Q_j ]. The first sum is a prefix sum
-// plus the folded last bin; within a group g every non-zero bin has the same Q = total_g /
-// nonzero_g, so the second sum is sum_g total_g log(total_g / nonzero_g). Group totals come from
-// prefix sums; the curve agrees with the O(n^2) NumPy transcription to ~1e-13.
+// Entropy in O(num_quantized_bins) per candidate instead of O(i): with T the total count and S the
+// count inside the candidate range (P sums to T, Q to S),
+//   KL = (1/T) [ sum_j P_j log P_j - sum_j P_j log Q_j ] - log T + log S.
+// The first sum is a prefix sum plus the folded last bin; within a group g every non-zero bin has
+// the same Q = total_g / nonzero_g, so the second sum is sum_g total_g log(total_g / nonzero_g)
+// plus the outliers' share in the last bin. The curve agrees with the O(n^2) NumPy transcription
+// to ~1e-13.
 #include "scale_search.h"
 
 #include <algorithm>
@@ -193,10 +195,12 @@ std::vector<double> entropy_curve(const std::vector<double>& bins, int nq, int s
   std::vector<double> curve;
   const double inf = std::numeric_limits<double>::infinity();
   if (!(total > 0.0)) return std::vector<double>((nb - start_bin) / stride + 1, inf);
+  const double log_total = std::log(total);
   std::vector<double> totals(nq), log_nonzero(nq);
   std::vector<int> nonzero_of(nq);
   std::vector<double> scratch(nq);
   for (int i = start_bin; i <= nb; i += stride) {
+    const double inside = static_cast<double>(cum[i]);
     const double outliers = std::max(0.0, static_cast<double>(cum[nb] - cum[i]));
     const double last_p = bins[i - 1] + outliers;
     const double plogp = blogb[i - 1] + (last_p > 0.0 ? last_p * std::log(last_p) : 0.0);
@@ -219,16 +223,22 @@ std::vector<double> entropy_curve(const std::vector<double>& bins, int nq, int s
       totals[g] = nonzero == 0 ? 0.0 : static_cast<double>(cum[hi] - cum[lo]);
       nonzero_of[g] = nonzero;
     }
-    // Q is built from P, outliers folded in: the last group holds them, and the last bin counts as
-    // non-zero when the outliers make it so.
-    if (outliers > 0.0) {
-      if (bins[i - 1] <= 0.0) ++nonzero_of[last_group];
-      totals[last_group] += outliers;
+    // Q's group totals come from the unfolded bins; its zero pattern is P's, so the last bin is
+    // non-zero when outliers fold into it. Q = 0 where P > 0 (an empty last group receiving
+    // outliers) makes the divergence infinite.
+    if (outliers > 0.0 && bins[i - 1] <= 0.0) {
+      if (totals[last_group] <= 0.0) {
+        curve.push_back(inf);
+        continue;
+      }
+      ++nonzero_of[last_group];
     }
     for (int g = 0; g < nq; ++g) log_nonzero[g] = log_int[nonzero_of[g]];
-    const double plogq = group_cross_term(totals.data(), log_nonzero.data(), nq, scratch.data());
-    // P and Q both sum to the total count, so KL = sum P (log P - log Q) / total.
-    curve.push_back((plogp - plogq) / total);
+    double plogq = group_cross_term(totals.data(), log_nonzero.data(), nq, scratch.data());
+    // Every P_j in a group meets the same Q; the outliers in P[i-1] meet the last group's Q.
+    if (outliers > 0.0) plogq += outliers * (std::log(totals[last_group]) - log_nonzero[last_group]);
+    // p = P / T and q = Q / S with T the total count and S the count inside the candidate range.
+    curve.push_back((plogp - plogq) / total - log_total + std::log(inside));
   }
   return curve;
 }

@@ -8,12 +8,13 @@
 //   grid_bins >= 16 * num_bins this tracks the exact [0, absmax] histogram to within a fraction
 //   of a bin.
 // - entropy: for each candidate i = start_bin, start_bin + stride, ... <= num_bins:
-//   P = bins[0:i] with sum(bins[i:]) added to P[i-1]; Q = P merged into num_quantized_bins groups
-//   (bin j in group floor(j * nq / i)), each group's total spread evenly over the group's bins that
-//   are non-zero in P, zero bins stay zero; KL(P||Q) on the normalised P and Q. Q is built from the
-//   folded P, as the issue and Migacz's slides word it; ModelOpt builds Q from the unfolded bins,
-//   which makes every candidate whose last bin is empty infinite, so one far outlier behind an
-//   empty gap forces amax = absmax. Ties: the LAST minimum (larger threshold), as ModelOpt.
+//   P = bins[0:i] with sum(bins[i:]) added to P[i-1]; Q = bins[0:i] (outliers NOT folded, as
+//   Migacz's slides, ModelOpt and MXNet build it) merged into num_quantized_bins groups (bin j in
+//   group floor(j * nq / i)), each group's total spread evenly over the group's bins that are
+//   non-zero in P; bins zero in P stay zero. KL(P||Q) on the normalised P and Q. Where P > 0 meets
+//   Q = 0 (outliers folded into an empty last group) the divergence is infinite. (Building Q from
+//   the folded P instead would make candidate i = nq lossless, KL = 0, and always chosen.)
+//   Ties: the LAST minimum (larger threshold), as ModelOpt.
 //   Threshold = i * bin width (the upper edge of the last bin in P).
 // - percentile: on the exact grid; the smallest grid edge e with count(|x| < e) >= p% of the
 //   finite values, capped at absmax. 100 gives absmax.

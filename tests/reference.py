@@ -2,8 +2,8 @@
 
 They are what the native kernels are checked against (see ../shared/REFERENCES.md for the sources):
 - entropy: TensorRT EntropyCalibration2 as described by Migacz (GTC 2017), with the conventions of
-  csrc/scale_search.h (Q from the folded P, group j -> floor(j*nq/i), zero bins stay zero, last
-  minimum, threshold i*w);
+  csrc/scale_search.h (Q from the unfolded bins with P's zero pattern, group j -> floor(j*nq/i),
+  last minimum, threshold i*w);
 - percentile, mse: as ModelOpt's HistogramCalibrator describes them.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ def entropy_curve(bins: np.ndarray, num_quantized_bins: int = 128, start_bin: in
             members = groups == g
             nonzero = members & (p > 0)
             if nonzero.any():
-                q[nonzero] = p[members].sum() / nonzero.sum()
+                q[nonzero] = bins[:i][members].sum() / nonzero.sum()
         out.append(kl_divergence(p, q))
     return np.array(out)
 
