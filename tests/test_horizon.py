@@ -288,7 +288,7 @@ def test_light_tails_choose_plain_max():
 def test_heavy_tails_where_the_percentile_agrees_with_kl_choose_a_percentile():
     facts = [fact(f"t{i}", pct=0.3, kl=0.33) for i in range(5)] + [fact(f"u{i}", pct=0.9) for i in range(5)]
     choice = ch.choose_calibration(facts)
-    assert (choice.calibration_type, choice.max_percentile) == ("max", ch.PERCENTILE / 100)
+    assert (choice.calibration_type, choice.max_percentile) == ("max", 0.9999)
     assert sorted(choice.heavy) == [f"t{i}" for i in range(5)]
     assert choice.amax(facts[0]) == 0.3
 
@@ -354,3 +354,12 @@ def test_cli_writes_a_kit_and_reports_bad_targets_in_one_line(tmp_path, named_co
                               "-o", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "J6E" in bad.stderr and "Traceback" not in bad.output
     assert not (tmp_path / "x").exists()
+
+
+def test_percentile_written_as_horizon_reads_it():
+    from ptqengine.horizon.writer import build_quant_config, dump_json
+
+    facts = [fact(f"t{i}", pct=0.3, kl=0.33) for i in range(5)]
+    choice = ch.choose_calibration(facts)
+    text = dump_json(build_quant_config("bayes", choice, False, False, [], []))
+    assert '"max_percentile": 0.9999,' in text and '"calibration_type": "max"' in text

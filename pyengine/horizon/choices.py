@@ -42,7 +42,8 @@ from ..statsfile import StatsBundle
 TAIL_RATIO = 2.0
 LIGHT_SHARE = 0.05
 AGREE_FACTOR = 1.25
-PERCENTILE = 99.99  # the percentile compared with max and KL; Horizon's max_percentile = PERCENTILE / 100
+PERCENTILE = 99.99  # the percentile compared with max and KL
+MAX_PERCENTILE = 0.9999  # the same cut in Horizon's units (a fraction; written literally: 99.99 / 100 is not 0.9999)
 ASYM_SHARE = 0.5
 CHANNEL_RATIO = 16.0
 PER_CHANNEL_SHARE = 0.25
@@ -157,7 +158,7 @@ def choose_calibration(facts: Sequence[TensorFacts]) -> CalibrationChoice:
     agree = [f for f in heavy if 1.0 / AGREE_FACTOR <= _ratio(f.amax_entropy, f.amax_percentile) <= AGREE_FACTOR]
     names = [f.name for f in heavy]
     if 2 * len(agree) >= len(heavy):
-        return CalibrationChoice("max", PERCENTILE / 100.0, f"{_share(len(heavy), len(usable))} tensors are heavy-"
+        return CalibrationChoice("max", MAX_PERCENTILE, f"{_share(len(heavy), len(usable))} tensors are heavy-"
                                  f"tailed (max/p{PERCENTILE:g} >= {TAIL_RATIO:g}); on {_share(len(agree), len(heavy))} "
                                  f"of them p{PERCENTILE:g} is within {AGREE_FACTOR:g}x of the KL threshold, so one "
                                  "global percentile clips them as KL would", names)
