@@ -12,7 +12,7 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from ptqengine import TensorStats, save_stats
+from ptqengine import TensorStats
 from ptqengine.cli.main import app
 from ptqengine.errors import ModelError, OptionError
 from ptqengine.horizon import (MARCHES, TARGETS, march_for, validate_config, validate_quant_config,

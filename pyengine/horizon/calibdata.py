@@ -69,11 +69,6 @@ def horizon_inputs(specs: Sequence[InputSpec], plans: Sequence[ImagePlan]) -> Li
             for i, (s, p) in enumerate(zip(specs, plans))]
 
 
-def raw_sample(image_path: Path, hin: HorizonInput) -> np.ndarray:
-    """One calibration sample with its batch dim: float32, in input_shape, before mean/scale."""
-    return preprocess_pil(open_image(image_path), hin.raw_plan)[np.newaxis]
-
-
 def sample_file_name(index: int, image: Path, npy: bool) -> str:
     return f"{index:04d}_{safe_name(image.stem)}{'.npy' if npy else '.bin'}"
 
