@@ -13,7 +13,8 @@ import os
 import resource
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -150,7 +151,7 @@ class ActivationRunner:
     buffer), that shape falls back to plain runs.
     """
 
-    MAX_SHAPES = 2  # the full batch and the one short batch at the end
+    MAX_BUFFER_SETS = 4  # two slots x (the full batch, the one short batch at the end)
 
     def __init__(self, session: Any, outputs: Sequence[str]) -> None:
         self._session = session
@@ -158,8 +159,10 @@ class ActivationRunner:
         self._buffers: "OrderedDict[tuple, List[np.ndarray]]" = OrderedDict()
         self._unbindable: set = set()
 
-    def run(self, feeds: Feeds) -> List[np.ndarray]:
-        key = tuple((n, a.shape, a.dtype.str) for n, a in feeds.items())
+    def run(self, feeds: Feeds, slot: int = 0) -> List[np.ndarray]:
+        """Outputs for feeds, in buffers of `slot` (two slots: one being filled, one being read)."""
+        shapes = tuple((n, a.shape, a.dtype.str) for n, a in feeds.items())
+        key = (slot, shapes)
         buffers = self._buffers.get(key)
         if buffers is not None:
             try:
@@ -167,11 +170,11 @@ class ActivationRunner:
             except Exception as exc:  # data-dependent output shapes
                 log.debug("output buffers not reusable (%s); running without IOBinding", exc)
                 del self._buffers[key]
-                self._unbindable.add(key)
+                self._unbindable.add(shapes)
         results = self._run_plain(feeds)
-        if key not in self._unbindable:
+        if shapes not in self._unbindable:
             self._buffers[key] = results
-            while len(self._buffers) > self.MAX_SHAPES:
+            while len(self._buffers) > self.MAX_BUFFER_SETS:
                 self._buffers.popitem(last=False)
         return results
 
@@ -197,6 +200,71 @@ def _ort_error_line(exc: Exception, feeds: Feeds) -> str:
 
 
 # --- the run -----------------------------------------------------------------------------------
+def _timed(items, timings: Dict[str, float]):
+    """Iterate items, adding the time spent waiting for each to timings["data_wait"]."""
+    it = iter(items)
+    while True:
+        t0 = time.perf_counter()
+        item = next(it, None)
+        timings["data_wait"] += time.perf_counter() - t0
+        if item is None:
+            return
+        yield item
+
+
+class _BatchFolder:
+    """Runs batch k+1 through onnxruntime while batch k's activations are folded into the statistics.
+
+    onnxruntime keeps about one core busy on a graph of small unfused ops, so the statistics of the
+    previous batch (native threads, GIL released) fill the other. Two output-buffer slots alternate; a
+    slot is reused only after its statistics update has finished, so at most two batches are alive.
+    """
+
+    def __init__(self, runner: ActivationRunner, targets: Sequence[TensorStats], input_acts: Sequence[str],
+                 threads: Optional[int], progress: Optional[Progress], total: Optional[int]) -> None:
+        self._runner, self._targets, self._input_acts = runner, list(targets), list(input_acts)
+        self._threads, self._progress, self._total = threads, progress, total
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptq-stats")
+        self._pending: Optional[Tuple[Future, int]] = None
+        self._slot = 0
+        self.samples, self.nbytes = 0, 0
+        self.timings = {"data_wait": 0.0, "inference": 0.0, "stats": 0.0, "stats_wait": 0.0}
+
+    def fold(self, feeds: Feeds, count: int) -> None:
+        t0 = time.perf_counter()
+        outputs = self._runner.run(feeds, self._slot)
+        self.timings["inference"] += time.perf_counter() - t0
+        self._wait()  # the previous batch's statistics: its slot is next to be overwritten
+        arrays = [feeds[n] for n in self._input_acts] + outputs
+        self.nbytes += sum(a.nbytes for a in arrays)
+        self._pending = (self._pool.submit(self._update, arrays), count)
+        self._slot ^= 1
+
+    def _update(self, arrays: List[np.ndarray]) -> None:
+        t0 = time.perf_counter()
+        update_many(self._targets, arrays, threads=self._threads)  # one native call per batch
+        self.timings["stats"] += time.perf_counter() - t0
+
+    def _wait(self) -> None:
+        if self._pending is None:
+            return
+        future, count = self._pending
+        t0 = time.perf_counter()
+        self._pending = None
+        future.result()
+        self.timings["stats_wait"] += time.perf_counter() - t0
+        self.samples += count
+        if self._progress is not None:
+            self._progress(self.samples, self._total)
+
+    def finish(self) -> None:
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+
 def _batch_size_for(specs: Sequence[InputSpec], batch_size: int, notes: List[str]) -> int:
     if batch_size < 1:
         raise OptionError(f"batch_size must be >= 1, got {batch_size}")
@@ -257,32 +325,19 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
     input_acts = [n for n in info.activations if n in input_names]
     targets = [stats[n] for n in input_acts] + [stats[n] for n in node_acts]
 
-    timings = {"setup": time.perf_counter() - start, "inference": 0.0, "stats": 0.0, "data_wait": 0.0}
-    done, nbytes = 0, 0
-    batch_iter = prefetch(batches(source.samples(), run_batch), depth=2)
-    while True:
-        t0 = time.perf_counter()
-        item = next(batch_iter, None)
-        t1 = time.perf_counter()
-        timings["data_wait"] += t1 - t0
-        if item is None:
-            break
-        feeds, count = item
-        if count != run_batch and any(s.fixed_batch for s in info.inputs):
-            notes.append(f"last {count} sample(s) dropped: the model takes exactly {run_batch} per run")
-            break
-        feeds = {s.name: np.ascontiguousarray(feeds[s.name]) for s in info.inputs}
-        outputs = runner.run(feeds)
-        t2 = time.perf_counter()
-        arrays = [feeds[n] for n in input_acts] + outputs
-        update_many(targets, arrays, threads=threads)
-        timings["stats"] += time.perf_counter() - t2
-        timings["inference"] += t2 - t1
-        nbytes += sum(a.nbytes for a in arrays)
-        done += count
-        del feeds, outputs, arrays
-        if progress is not None:
-            progress(done, source.total)
+    timings = {"setup": time.perf_counter() - start}
+    folder = _BatchFolder(runner, targets, input_acts, threads, progress, source.total)
+    fixed_batch = any(s.fixed_batch for s in info.inputs)
+    try:
+        for feeds, count in _timed(prefetch(batches(source.samples(), run_batch), depth=2), folder.timings):
+            if count != run_batch and fixed_batch:
+                notes.append(f"last {count} sample(s) dropped: the model takes exactly {run_batch} per run")
+                break
+            folder.fold({s.name: np.ascontiguousarray(feeds[s.name]) for s in info.inputs}, count)
+    finally:
+        folder.finish()
+    timings.update(folder.timings)
+    done, nbytes = folder.samples, folder.nbytes
 
     if done == 0:
         raise DataError(_nothing_usable(source, data))
