@@ -1,0 +1,125 @@
+"""ptqengine quantize MODEL (--data DIR | --stats STATS) -o OUT: write an int8 Q/DQ ONNX model."""
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from .. import options as opt
+from ..console import calibration_progress, print_report_warnings, print_warning, stdout_console
+
+RUN = "Calibration run"
+QDQ = "Quantization"
+
+
+class Mode(str, Enum):
+    static = "static"
+    dynamic = "dynamic"
+
+
+def _split_op_types(values: Optional[List[str]]) -> List[str]:
+    """--exclude-op-types Softmax,Concat --exclude-op-types Resize -> [Softmax, Concat, Resize]."""
+    return [op.strip() for value in values or [] for op in value.split(",") if op.strip()]
+
+
+def quantize(
+    model: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="FP32 ONNX model to quantize.")],
+    output: Annotated[Path, typer.Option("-o", "--output", rich_help_panel=opt.OUTPUT,
+                                         help="Quantized ONNX model to write.")],
+    data: Annotated[Optional[str], typer.Option(
+        "--data", metavar="DIR", rich_help_panel=RUN,
+        help="Calibration images (or .npy/.npz); static mode needs --data or --stats.")] = None,
+    stats: Annotated[Optional[Path], typer.Option(
+        "--stats", metavar="STATS.ptqs", rich_help_panel=RUN, help="Statistics saved by calibrate --save-stats.")] = None,
+    algo: opt.AlgoOpt = opt.Algo.entropy,
+    percentile: opt.PercentileOpt = None,
+    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", rich_help_panel=QDQ,
+                                              help="Weight scales per output channel (default) or per tensor.")] = True,
+    exclude: Annotated[Optional[List[str]], typer.Option(
+        "--exclude", metavar="PATTERN", rich_help_panel=QDQ,
+        help="Keep nodes whose name matches this glob pattern in float (repeatable).")] = None,
+    exclude_op_types: Annotated[Optional[List[str]], typer.Option(
+        "--exclude-op-types", metavar="OP,...", rich_help_panel=QDQ,
+        help="Keep every node of these op types in float, e.g. Softmax,MatMul.")] = None,
+    fp16_fallback: Annotated[Optional[List[str]], typer.Option(
+        "--fp16-fallback", metavar="NODE", rich_help_panel=QDQ,
+        help="Run this node in FP16 instead of INT8 (exact node name; repeatable; static mode).")] = None,
+    mode: Annotated[Mode, typer.Option("--mode", case_sensitive=False, rich_help_panel=QDQ,
+                                       help="static: Q/DQ from calibration (TensorRT, onnxruntime); dynamic: "
+                                            "activations quantized at run time (onnxruntime; LSTM/transformers).")
+                    ] = Mode.static,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, rich_help_panel=RUN,
+                                            help="Samples per inference call.")] = 8,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, rich_help_panel=RUN,
+                                                 help="Use at most N samples (a seeded random subset).")] = None,
+    seed: Annotated[int, typer.Option("--seed", rich_help_panel=RUN, help="Seed of the --limit subset.")] = 0,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, rich_help_panel=RUN,
+                                                   help="CPU threads (default: all cores).")] = None,
+    size: opt.SizeOpt = None,
+    resize: opt.ResizeOpt = None,
+    mean: opt.MeanOpt = None,
+    std: opt.StdOpt = None,
+    color: opt.ColorOpt = None,
+    layout: opt.LayoutOpt = None,
+    config: opt.ConfigOpt = None,
+    quiet: opt.QuietOpt = False,
+) -> None:
+    """Quantize MODEL to INT8: Q/DQ for TensorRT explicit quantization and onnxruntime, or dynamic."""
+    from ptqengine.errors import OptionError
+    from ptqengine.qdq import quantize_model
+
+    opt.check_writable(output, "-o")
+    algo_name, algo_options = opt.algorithm_options(algo, percentile)
+    calibration = None
+    if mode is Mode.static:
+        if (data is None) == (stats is None):
+            raise OptionError("static mode needs exactly one of --data DIR or --stats STATS (or use --mode dynamic)")
+        calibration = _calibration(model, data, stats, algo_name, algo_options, batch_size, limit, seed, threads,
+                                   opt.preprocess_config(size, resize, mean, std, color, layout, config), quiet)
+    elif data is not None or stats is not None:
+        print_warning("--mode dynamic needs no calibration: --data / --stats ignored")
+    result = quantize_model(model, output, calibration=calibration, mode=mode.value, per_channel=per_channel,
+                            exclude=exclude or (), exclude_op_types=_split_op_types(exclude_op_types),
+                            fp16_fallback=fp16_fallback or ())
+    for note in result.report.notes:
+        print_warning(note)
+    if not quiet:
+        _summary(model, output, result.report)
+
+
+def _calibration(model, data, stats, algo, algo_options, batch_size, limit, seed, threads, preprocess, quiet):
+    if stats is not None:
+        from ptqengine.pipeline import result_from_stats
+        from ptqengine.statsfile import load_stats
+
+        return result_from_stats(load_stats(stats), algo, **algo_options)
+    from ptqengine.pipeline import calibrate
+
+    with calibration_progress(quiet) as progress:
+        result = calibrate(model, data, algo=algo, algo_options=algo_options, batch_size=batch_size, limit=limit,
+                           seed=seed, threads=threads, preprocess=preprocess, progress=progress)
+    print_report_warnings(result)
+    return result
+
+
+def _summary(model: Path, output: Path, report) -> None:
+    console = stdout_console()
+    source = model.stat().st_size
+    what = (f"{report.activation_qdq} activation Q/DQ, {report.weight_dq} int8 weights"
+            if report.mode == "static" else f"{report.weight_dq} int8 weight tensors, dynamic activations")
+    console.print(f"[bold green]Quantized ({report.mode}{', ' + report.algo if report.algo else ''}, "
+                  f"{'per-channel' if report.per_channel else 'per-tensor'} weights): {what}[/]")
+    if report.folded_bn:
+        console.print(f"  folded {report.folded_bn} BatchNormalization into Conv")
+    if report.source_opset != report.opset:
+        console.print(f"  opset {report.source_opset} -> {report.opset}")
+    if report.excluded_nodes:
+        console.print(f"  kept in float: {len(report.excluded_nodes)} node(s)")
+    if report.fp16_nodes:
+        console.print(f"  FP16 fallback: {', '.join(report.fp16_nodes)}")
+    if report.skipped:
+        console.print(f"  no Q/DQ (no usable range): {len(report.skipped)} tensor(s)")
+    ratio = source / report.output_bytes if report.output_bytes else 0.0
+    console.print(f"  {output}  {report.output_bytes / 1e6:.2f} MB ({ratio:.1f}x smaller than {source / 1e6:.2f} MB)")

@@ -1,0 +1,74 @@
+"""Dynamic mode: int8 per-channel weights, activations quantised at run time, no calibration data.
+
+For sequence models (LSTM, transformers) whose activation ranges move with the input. The graph is
+prepared here (Constant-held weights to initializers, weight plumbing folded so that weights reach the
+ops as initializers, in subgraphs too) and then handed to onnxruntime's documented `quantize_dynamic`
+(https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html, "Dynamic quantization")
+with per_channel=True, int8 weights, and subgraph quantisation on (extra option EnableSubgraph, listed in
+quantize_dynamic's docstring). It writes onnxruntime's integer ops: DynamicQuantizeLinear + MatMulInteger
+for MatMul, DynamicQuantizeLSTM for LSTM (com.microsoft domain), Attention where present.
+
+Conv is not quantised here by default: onnxruntime turns it into ConvInteger, which on the models tried
+(silero-vad's STFT front end) cost far more accuracy than it saved. These are onnxruntime ops: this mode
+targets onnxruntime, not TensorRT (TensorRT takes the static Q/DQ model).
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Dict, Sequence
+
+import onnx
+
+from ..errors import ModelError
+from .graph import _drop_unused_initializers, all_graphs, constants_to_initializers, fold_weight_plumbing, topological_sort
+
+log = logging.getLogger(__name__)
+
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "LSTM", "Attention")
+
+
+def prepare_dynamic(model: onnx.ModelProto) -> Dict[str, int]:
+    """In place: Constant weights to initializers, shape-only weight plumbing folded, unused ones dropped."""
+    moved = constants_to_initializers(model)
+    folded = fold_weight_plumbing(model)
+    _drop_unused_initializers(model.graph)  # weights now read only through their folded copies
+    return {"constants_moved": moved, "folded": folded}
+
+
+def quantize_dynamic_model(model: onnx.ModelProto, *, per_channel: bool = True,
+                           op_types: Sequence[str] = DYNAMIC_OP_TYPES, exclude_nodes: Sequence[str] = (),
+                           origin: str = "<model>") -> onnx.ModelProto:
+    """The dynamically quantised model (a new proto); the input is not modified."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    prepared = onnx.ModelProto()
+    prepared.CopyFrom(model)
+    counts = prepare_dynamic(prepared)
+    log.info("%s: %d Constant node(s) to initializers, %d weight op(s) folded", origin,
+             counts["constants_moved"], counts["folded"])
+    with tempfile.TemporaryDirectory(prefix="ptq-dynamic-") as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        onnx.save(prepared, str(src))
+        try:
+            quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(op_types), per_channel=per_channel,
+                             reduce_range=False, weight_type=QuantType.QInt8,
+                             nodes_to_exclude=list(exclude_nodes) or None,
+                             extra_options={"EnableSubgraph": True, "MatMulConstBOnly": True})
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{origin}: onnxruntime's dynamic quantisation failed: {first}") from None
+        result = onnx.load(str(dst))
+    topological_sort(result.graph)  # onnxruntime's subgraph pass can leave an If after its readers
+    _declare_domains(result)
+    return result
+
+
+def _declare_domains(model: onnx.ModelProto) -> None:
+    """Add opset imports for domains used only inside subgraphs (onnxruntime's pass does not declare them)."""
+    declared = {entry.domain for entry in model.opset_import}
+    used = sorted({n.domain for g in all_graphs(model.graph) for n in g.node if n.domain not in ("", "ai.onnx")})
+    for domain in used:
+        if domain not in declared:
+            model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
