@@ -1,0 +1,118 @@
+"""FP32 vs INT8 evaluation on a tiny classifier: metrics against hand-computed values, labels, JSON, verdict."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from ptqengine.errors import DataError, ModelError, OptionError
+from ptqengine.evaluate import evaluate
+
+CLASSES = 5
+
+
+def classifier(path, weight_scale: float = 1.0, noise: float = 0.0):
+    """x [N,3,8,8] -> GlobalAveragePool -> Flatten -> MatMul -> logits [N, 5]."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, CLASSES)).astype(np.float32) * weight_scale
+    w += noise * np.random.default_rng(1).standard_normal(w.shape).astype(np.float32)
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("MatMul", ["f", "w"], ["logits"])]
+    graph = helper.make_graph(nodes, "clf", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path, w
+
+
+@pytest.fixture
+def images(tmp_path):
+    directory = tmp_path / "images"
+    directory.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(directory / f"img_{i}.png")
+    return directory
+
+
+def batch(directory):
+    return np.stack([np.asarray(Image.open(p), dtype=np.float32).transpose(2, 0, 1)
+                     for p in sorted(directory.glob("*.png"))])
+
+
+def test_model_against_itself_is_perfect(tmp_path, images):
+    path, _ = classifier(tmp_path / "a.onnx")
+    report = evaluate(path, path, images, latency=False)
+    (m,) = report.outputs
+    assert report.samples == 10 and m.cosine == pytest.approx(1.0) and math.isinf(m.sqnr_db)
+    assert m.max_abs_error == 0 and m.top1_agreement == 1.0 and report.passed and report.verdict.startswith("PASS")
+
+
+def test_metrics_match_numpy(tmp_path, images):
+    path_a, w_a = classifier(tmp_path / "a.onnx")
+    path_b, w_b = classifier(tmp_path / "b.onnx", noise=0.4)
+    report = evaluate(path_a, path_b, images, batch_size=3)
+    pooled = batch(images).mean(axis=(2, 3)).astype(np.float64)
+    ref, test = pooled @ w_a, pooled @ w_b
+    (m,) = report.outputs
+    assert m.cosine == pytest.approx(float((ref * test).sum() / np.sqrt((ref**2).sum() * (test**2).sum())), rel=1e-5)
+    assert m.sqnr_db == pytest.approx(10 * np.log10((ref**2).sum() / ((ref - test) ** 2).sum()), rel=1e-4)
+    assert m.max_abs_error == pytest.approx(np.abs(ref - test).max(), rel=1e-4)
+    assert m.top1_agreement == pytest.approx(np.mean(ref.argmax(1) == test.argmax(1)))
+    assert report.fp32.latency_ms > 0 and report.int8.latency_ms > 0
+    assert report.fp32.size_bytes == path_a.stat().st_size
+
+
+def test_drifting_model_gets_review_verdict(tmp_path, images):
+    path_a, _ = classifier(tmp_path / "a.onnx")
+    path_b, _ = classifier(tmp_path / "b.onnx", noise=3.0)
+    report = evaluate(path_a, path_b, images, latency=False)
+    assert not report.passed and report.verdict.startswith("REVIEW")
+
+
+def test_labels_give_accuracy_and_json_holds_everything(tmp_path, images):
+    path, w = classifier(tmp_path / "a.onnx")
+    predicted = (batch(images).mean(axis=(2, 3)) @ w).argmax(1)
+    files = sorted(p.name for p in images.glob("*.png"))
+    truth = predicted.copy()
+    truth[:3] = (truth[:3] + 1) % CLASSES  # three wrong labels: accuracy 70%
+    (tmp_path / "labels.txt").write_text("".join(f"{f} {t}\n" for f, t in zip(files, truth)))
+    report = evaluate(path, path, images, labels=tmp_path / "labels.txt", latency=False)
+    assert report.outputs[0].accuracy_fp32 == pytest.approx(0.7) and report.outputs[0].accuracy_int8 == pytest.approx(0.7)
+    report.write_json(tmp_path / "out.json")
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert saved["outputs"][0]["accuracy_fp32"] == pytest.approx(0.7) and saved["samples"] == 10
+    assert set(saved) >= {"fp32", "int8", "verdict", "passed", "outputs"}
+
+
+def test_labels_errors(tmp_path, images):
+    path, _ = classifier(tmp_path / "a.onnx")
+    (tmp_path / "short.txt").write_text("img_0.png 1\n")
+    with pytest.raises(DataError, match="no label for image img_1.png"):
+        evaluate(path, path, images, labels=tmp_path / "short.txt", latency=False)
+    (tmp_path / "bad.txt").write_text("img_0.png cat\n")
+    with pytest.raises(DataError, match="bad.txt:1"):
+        evaluate(path, path, images, labels=tmp_path / "bad.txt", latency=False)
+    with pytest.raises(OptionError, match="batch_size"):
+        evaluate(path, path, images, batch_size=0)
+
+
+def test_feed_dicts_and_mismatched_outputs(tmp_path):
+    path, _ = classifier(tmp_path / "a.onnx")
+    feeds = [{"x": np.random.default_rng(i).standard_normal((2, 3, 8, 8)).astype(np.float32)} for i in range(3)]
+    report = evaluate(path, path, feeds, latency=False)
+    assert report.samples == 6
+    other = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])]), opset_imports=[helper.make_opsetid("", 13)])
+    other.ir_version = 8
+    onnx.save(other, str(tmp_path / "other.onnx"))
+    with pytest.raises(ModelError, match="outputs"):
+        evaluate(path, tmp_path / "other.onnx", feeds, latency=False)
