@@ -17,8 +17,11 @@ from ptqengine.errors import PtqError
 
 from .commands.calibrate import calibrate
 from .commands.demo import demo
+from .commands.evaluate import evaluate
 from .commands.export import export
+from .commands.horizon import horizon
 from .commands.inspect import inspect
+from .commands.quantize import quantize
 from .console import print_error, print_warning
 
 EXIT_USAGE = 2
@@ -100,8 +103,11 @@ def root(
 
 app.command("calibrate")(calibrate)
 app.command("export")(export)
+app.command("quantize")(quantize)
+app.command("evaluate")(evaluate)
 app.command("inspect")(inspect)
 app.command("demo")(demo)
+app.command("horizon")(horizon)
 
 
 def main() -> None:
