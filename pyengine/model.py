@@ -237,7 +237,8 @@ def inspect_model(path: PathLike) -> ModelInfo:
 
 def info_from_model(model: onnx.ModelProto, path: Path) -> ModelInfo:
     if not model.graph.node:
-        raise ModelError(f"{path}: the model graph has no nodes")
+        # protobuf parses many non-ONNX files (an empty one, say) into an empty model
+        raise ModelError(f"{path}: not a valid ONNX model (the graph has no nodes)")
     acts = find_activations(model, path)
     return ModelInfo(path=path, sha256=file_sha256(path, model), inputs=input_specs(model),
                      activations=list(acts), activation_dtypes=acts)

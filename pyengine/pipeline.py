@@ -112,6 +112,23 @@ def result_from_stats(bundle: StatsBundle, algo: str = "entropy", **options: Any
     return CalibrationResult(bundle, algo, resolved, amax, report)
 
 
+# Ops whose first output holds exactly the values of their first input, rearranged. The statistics are
+# order-independent, so such an output's statistics are a copy of its input's: it need not be exposed
+# from onnxruntime nor folded in (transformers are full of Reshape / Transpose).
+VALUE_PRESERVING_OPS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
+
+
+def value_preserving_copies(model: onnx.ModelProto, dtypes: Mapping[str, np.dtype]) -> Dict[str, str]:
+    """activation -> the activation whose statistics it shares (through chains of value-preserving ops)."""
+    copies: Dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type in VALUE_PRESERVING_OPS and node.domain in ("", "ai.onnx") and node.input and node.output:
+            src, out = node.input[0], node.output[0]
+            if out in dtypes and src in dtypes and dtypes[src] == dtypes[out]:
+                copies[out] = copies.get(src, src)
+    return copies
+
+
 # --- the onnxruntime side --------------------------------------------------------------------------
 def _expose(model: onnx.ModelProto, names: Sequence[str], dtypes: Mapping[str, np.dtype]) -> bytes:
     """The model with `names` added as graph outputs, serialised (the proto is modified in place)."""
@@ -212,6 +229,12 @@ def _timed(items, timings: Dict[str, float]):
         yield item
 
 
+def _done_future() -> Future:
+    f: Future = Future()
+    f.set_result(None)
+    return f
+
+
 class _BatchFolder:
     """Runs batch k+1 through onnxruntime while batch k's activations are folded into the statistics.
 
@@ -219,6 +242,8 @@ class _BatchFolder:
     previous batch (native threads, GIL released) fill the other. Two output-buffer slots alternate; a
     slot is reused only after its statistics update has finished, so at most two batches are alive.
     """
+
+    OVERLAP = True  # False: strictly alternate inference and statistics (for measurements)
 
     def __init__(self, runner: ActivationRunner, targets: Sequence[TensorStats], input_acts: Sequence[str],
                  threads: Optional[int], progress: Optional[Progress], total: Optional[int]) -> None:
@@ -237,8 +262,12 @@ class _BatchFolder:
         self._wait()  # the previous batch's statistics: its slot is next to be overwritten
         arrays = [feeds[n] for n in self._input_acts] + outputs
         self.nbytes += sum(a.nbytes for a in arrays)
-        self._pending = (self._pool.submit(self._update, arrays), count)
-        self._slot ^= 1
+        if self.OVERLAP:
+            self._pending = (self._pool.submit(self._update, arrays), count)
+            self._slot ^= 1
+        else:
+            self._update(arrays)
+            self._pending = (_done_future(), count)
 
     def _update(self, arrays: List[np.ndarray]) -> None:
         t0 = time.perf_counter()
@@ -316,12 +345,13 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
         notes.append("no mean/std given: images fed as raw 0-255 pixel values")
 
     input_names = {s.name for s in info.inputs}
-    node_acts = [n for n in info.activations if n not in input_names]
+    copies = value_preserving_copies(proto, info.activation_dtypes)
+    node_acts = [n for n in info.activations if n not in input_names and n not in copies]
     session = _create_session(_expose(proto, node_acts, info.activation_dtypes), model_path,
                               bool(external_data_locations(proto)), threads)
     del proto  # the session holds its own copy of the weights
     runner = ActivationRunner(session, node_acts)
-    stats = {n: TensorStats(num_bins) for n in info.activations}
+    stats = {n: TensorStats(num_bins) for n in info.activations}  # graph order, kept by the copies below
     input_acts = [n for n in info.activations if n in input_names]
     targets = [stats[n] for n in input_acts] + [stats[n] for n in node_acts]
 
@@ -337,6 +367,8 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
     finally:
         folder.finish()
     timings.update(folder.timings)
+    for name, source_name in copies.items():  # same values, so the same statistics, byte for byte
+        stats[name] = stats[source_name].copy()
     done, nbytes = folder.samples, folder.nbytes
 
     if done == 0:

@@ -115,6 +115,10 @@ def test_missing_and_non_onnx_files(tmp_path):
     bad.write_text("this is not a protobuf \x00\xff" * 10)
     with pytest.raises(ModelError, match="bad.onnx: not a valid ONNX model"):
         inspect_model(bad)
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelError, match="empty.onnx: not a valid ONNX model"):
+        inspect_model(empty)
 
 
 @pytest.mark.parametrize("shape,layout", [

@@ -357,3 +357,55 @@ def test_unwritable_outputs_are_errors(conv_and_images, tmp_path):
         result.write_trt_cache(tmp_path / "no" / "such" / "dir" / "c.cache")
     with pytest.raises(PtqError, match="does not exist"):
         result.save_stats(tmp_path / "no" / "stats.ptqs")
+
+
+def _reference_stats(model_path, batches):
+    """Independent of the pipeline: expose every tensor with onnx + onnxruntime, update one by one."""
+    import onnxruntime as ort
+
+    from ptqengine.stats import TensorStats
+
+    model = onnx.load(str(model_path))
+    names = [o for n in model.graph.node for o in n.output]
+    for n in names:
+        if n not in {o.name for o in model.graph.output}:
+            model.graph.output.append(helper.make_empty_tensor_value_info(n))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    stats = {}
+    for feed in batches:
+        for name, value in [*feed.items(), *zip(names, sess.run(names, feed))]:
+            if value.dtype == np.float32:
+                stats.setdefault(name, TensorStats()).update(value)
+    return {n: s.to_bytes() for n, s in stats.items()}
+
+
+def test_stats_equal_a_direct_reference_with_value_preserving_ops(tmp_path):
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 3, 1]),
+        helper.make_node("Relu", ["xt"], ["r"]),
+        helper.make_node("Reshape", ["r", "flat"], ["rs"]),
+        helper.make_node("Identity", ["rs"], ["id"]),
+        helper.make_node("Mul", ["id", "two"], ["m"]),
+        helper.make_node("Flatten", ["m"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "views", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[onnx.numpy_helper.from_array(np.array([0, -1], np.int64), "flat"),
+                     onnx.numpy_helper.from_array(np.array(2, np.float32), "two")])
+    model = save_model(graph, tmp_path / "views.onnx")
+    data = np.random.default_rng(0).standard_normal((6, 2, 3, 4)).astype(np.float32)
+    result = calibrate(model, [data], batch_size=4, algo="max")
+    expected = _reference_stats(model, [{"x": data[:4]}, {"x": data[4:]}])
+    assert list(result.stats.tensors) == ["x", "xt", "r", "rs", "id", "m", "y"]
+    assert tensor_bytes(result) == expected
+    assert result.report.activation_bytes == 3 * data.nbytes  # x, r, m folded; the rest are copies
+
+
+def test_conv_stats_equal_a_direct_reference(conv_and_images):
+    model, arrays, reference = conv_and_images
+    batch = np.stack(arrays)
+    expected = _reference_stats(model, [{"x": batch[i:i + 4]} for i in range(0, 10, 4)])
+    assert tensor_bytes(reference) == expected
