@@ -11,6 +11,9 @@
 #include "parallel.h"
 #include "scale_search.h"
 #include "tensor_stats.h"
+#ifdef PTQ_HAVE_CUDA
+#include "cuda/stats_cuda.h"
+#endif
 
 namespace py = pybind11;
 using ptq::TensorStats;
@@ -80,8 +83,10 @@ PYBIND11_MODULE(_core, m) {
   m.attr("__version__") = PTQ_VERSION;
 #ifdef PTQ_HAVE_CUDA
   m.attr("cuda_built") = true;
+  m.def("cuda_available", &ptq::cuda::device_available);
 #else
   m.attr("cuda_built") = false;
+  m.def("cuda_available", [] { return false; });
 #endif
   m.attr("NO_AXIS") = TensorStats::kNoAxis;
   py::register_exception<ptq::StatsError>(m, "StatsError", PyExc_ValueError);
@@ -95,6 +100,17 @@ PYBIND11_MODULE(_core, m) {
              s.update(v, threads);
            },
            py::arg("array"), py::arg("threads"))
+      .def("update_device",
+           [](TensorStats& s, std::uintptr_t ptr, std::int64_t n, bool is_half) {
+#ifdef PTQ_HAVE_CUDA
+             py::gil_scoped_release release;
+             ptq::cuda::update_from_device(s, reinterpret_cast<const void*>(ptr), n, is_half);
+#else
+             (void)s, (void)ptr, (void)n, (void)is_half;
+             throw py::value_error("ptqengine was built without CUDA: copy the array to the host first");
+#endif
+           },
+           py::arg("pointer"), py::arg("size"), py::arg("is_half"))
       .def("merge", &TensorStats::merge, py::arg("other"))
       .def_property_readonly("num_bins", &TensorStats::num_bins)
       .def_property_readonly("grid_bins", &TensorStats::grid_bins)

@@ -337,6 +337,20 @@ void TensorStats::channel_minmax_strided(const TensorView& view, std::int64_t ch
   }
 }
 
+void TensorStats::absorb_counts(int exponent, const count_t* signed_counts, count_t count,
+                                count_t nan_count, count_t inf_count, float min, float max) {
+  if (axis_ != kNoAxis) throw StatsError("per-channel statistics are collected on the CPU only");
+  State part = fresh_state(0);
+  part.exponent = exponent;
+  std::copy(signed_counts, signed_counts + part.counts.size(), part.counts.begin());
+  part.count = count;
+  part.nan_count = nan_count;
+  part.inf_count = inf_count;
+  part.min = min;
+  part.max = max;
+  absorb(s_, part);
+}
+
 void TensorStats::merge(const TensorStats& other) {
   if (other.num_bins_ != num_bins_ || other.grid_bins_ != grid_bins_ || other.axis_ != axis_)
     throw StatsError("cannot merge statistics with different num_bins, grid_bins or axis");

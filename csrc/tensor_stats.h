@@ -59,6 +59,11 @@ class TensorStats {
   // |x| histogram on the grid: positive + negative side, bin by bin.
   std::vector<count_t> abs_counts() const;
 
+  // Folds in observations counted elsewhere (the CUDA path) on this object's grid definition:
+  // signed_counts has 2 * grid_bins entries on the grid of `exponent`. Per-tensor only (no axis).
+  void absorb_counts(int exponent, const count_t* signed_counts, count_t count, count_t nan_count,
+                     count_t inf_count, float min, float max);
+
   std::vector<std::uint8_t> to_bytes() const;
   static TensorStats from_bytes(const std::uint8_t* data, std::size_t size);
 

@@ -65,9 +65,36 @@ class TensorStats:
 
     # --- updating ---------------------------------------------------------------------------
     def update(self, array: Any, threads: Optional[int] = None) -> "TensorStats":
-        """Fold an array in (float32 or float16, any shape and strides). Returns self."""
+        """Fold an array in (float32 or float16, any shape and strides). Returns self.
+
+        Arrays on a GPU (anything with __cuda_array_interface__: CuPy, PyTorch CUDA tensors) are
+        counted there by the CUDA kernels when ptqengine was built with CUDA; the result is the
+        same, bit for bit, as for the same values on the host.
+        """
+        cuda = getattr(array, "__cuda_array_interface__", None)
+        if cuda is not None:
+            self._update_device(cuda)
+            return self
         self._native.update(_as_input(array), _resolve_threads(threads))
         return self
+
+    def _update_device(self, cai: dict) -> None:
+        typestr = cai["typestr"]
+        if typestr not in ("<f4", "<f2"):
+            raise ValueError(f"expected a float32 or float16 GPU array, got typestr {typestr}")
+        itemsize = 4 if typestr == "<f4" else 2
+        shape = tuple(cai["shape"])
+        size = int(np.prod(shape)) if shape else 1
+        strides = cai.get("strides")
+        contiguous = strides is None or tuple(strides) == tuple(
+            int(np.prod(shape[i + 1:])) * itemsize for i in range(len(shape)))
+        if not contiguous:
+            raise ValueError("GPU arrays must be C-contiguous (call .copy() or ascontiguousarray first)")
+        if self.axis is not None:
+            raise ValueError("per-channel statistics of GPU arrays are not supported: pass a host array")
+        if size == 0:
+            raise ValueError("cannot update statistics with an empty array")
+        self._native.update_device(int(cai["data"][0]), size, typestr == "<f2")
 
     def merge(self, other: "TensorStats") -> "TensorStats":
         """Add other's observations to self. Returns self."""
