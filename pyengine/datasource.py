@@ -191,7 +191,7 @@ def reader_source(reader: Any, specs: Sequence[InputSpec]) -> DataSource:
 
 # --- images ------------------------------------------------------------------------------------------
 def _decode(path: Path, plans: Sequence[ImagePlan]) -> Tuple[Sample, bool]:
-    img = open_image(path)
+    img = open_image(path, (max(p.width for p in plans), max(p.height for p in plans)))
     gray = is_grayscale(img) and any(p.channels == 3 for p in plans)
     return {p.input_name: preprocess_pil(img, p) for p in plans}, gray
 

@@ -112,3 +112,19 @@ def test_yaml_config_common_and_per_input(tmp_path):
                                        ([7, 9], (7, 9))])
 def test_parse_size(text, size):
     assert parse_size(text) == size
+
+
+def test_large_jpeg_decoded_at_reduced_scale_but_not_below_target(tmp_path):
+    from ptqengine.preprocess import open_image
+
+    big = tmp_path / "big.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (1000, 1400, 3), dtype=np.uint8)).save(big, quality=80)
+    assert open_image(big).size == (1400, 1000)
+    w, h = open_image(big, (224, 224)).size
+    assert 224 <= w < 1400 and 224 <= h < 1000
+    png = tmp_path / "big.png"
+    Image.open(big).save(png)
+    assert open_image(png, (224, 224)).size == (1400, 1000)  # only JPEG has DCT scaling
+    out = preprocess_image(big, PreprocessConfig(), NCHW)
+    assert out.shape == (3, 4, 6)
