@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated, Any, Optional, Sequence
+from typing import Annotated, Any, Callable, Optional, Sequence
 
 import typer
 from typer.core import TyperGroup
@@ -69,13 +69,22 @@ class WarningLines(logging.Handler):
             print(message, file=sys.stderr)
 
 
-def setup_logging(verbose: bool) -> None:
+def setup_logging(verbose: bool) -> Callable[[], None]:
+    """Route library logs to one-line messages; returns the undo (for in-process callers)."""
     logger = logging.getLogger("ptqengine")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
     for handler in [h for h in logger.handlers if isinstance(h, WarningLines)]:
         logger.removeHandler(handler)
     logger.addHandler(WarningLines())
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
     logger.propagate = False
+
+    def restore() -> None:
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
+
+    return restore
 
 
 def show_version(value: bool) -> None:
@@ -96,7 +105,8 @@ def root(
                                           help="Print the version and exit.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what the library does.")] = False,
 ) -> None:
-    setup_logging(verbose)
+    # Undone when the command ends, so in-process callers (tests, notebooks) keep their logging.
+    ctx.call_on_close(setup_logging(verbose))
     if ctx.invoked_subcommand is None:
         print(ctx.get_help())
 
