@@ -324,8 +324,50 @@ def test_dynamic_mode_on_silero_vad(tmp_path):
     audio = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
     ref_s, test_s = session(SILERO), session(tmp_path / "vad.int8.onnx")
     state_r = state_t = np.zeros((2, 1, 128), np.float32)
-    for chunk in audio.reshape(-1, 512):
-        feed = {"input": chunk[None], "sr": np.array(16000, np.int64)}
+    context = np.zeros(64, np.float32)
+    for chunk in audio.reshape(-1, 512):  # silero's wrapper prepends the previous chunk's last 64 samples
+        feed = {"input": np.concatenate([context, chunk])[None], "sr": np.array(16000, np.int64)}
+        context = chunk[-64:]
         p_ref, state_r = ref_s.run(None, {**feed, "state": state_r})
         p_test, state_t = test_s.run(None, {**feed, "state": state_t})
         assert abs(float(p_ref[0, 0]) - float(p_test[0, 0])) < 0.05
+
+
+@pytest.mark.parametrize("op, attrs, shape, axis", [
+    ("Gemm", {"transB": 1}, (5, 6), 0),  # B [N, K]: output channels on axis 0
+    ("Gemm", {}, (6, 5), 1),  # B [K, N]
+    ("ConvTranspose", {}, (6, 5, 1, 1), 1),  # W [C_in, C_out, kH, kW]
+    ("ConvTranspose", {"group": 2}, (6, 2, 1, 1), None),  # grouped: axis 1 is not the output channels
+])
+def test_weight_axis_per_op(op, attrs, shape, axis):
+    w = np.random.default_rng(6).standard_normal(shape).astype(np.float32)
+    x_shape, y_shape = ([2, 6], [2, 5]) if op == "Gemm" else ([1, 6, 3, 3], [1, shape[1] * attrs.get("group", 1), 3, 3])
+    node = helper.make_node(op, ["x", "w"], ["y"], name="op", **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    out = quantize_model(model, calibration={"x": 3.0})
+    dq = next(n for n in out.model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "w_quantized")
+    got = {a.name: helper.get_attribute_value(a) for a in dq.attribute}.get("axis")
+    assert got == axis
+    scale = next(numpy_helper.to_array(i) for i in out.model.graph.initializer if i.name == "w_scale")
+    assert scale.shape == (() if axis is None else (shape[axis],))
+    x = np.random.default_rng(7).uniform(-3, 3, x_shape).astype(np.float32)
+    ref, test = session(model).run(None, {"x": x})[0], session(out.model).run(None, {"x": x})[0]
+    assert np.max(np.abs(ref - test)) < 0.05 * np.max(np.abs(ref))
+
+
+def test_cli_dynamic_mode(tmp_path):
+    from ptqengine.cli.main import app
+
+    onnx.save(_lstm_model(), str(tmp_path / "lstm.onnx"))
+    r = CliRunner().invoke(app, ["quantize", str(tmp_path / "lstm.onnx"), "--mode", "dynamic",
+                                 "-o", str(tmp_path / "lstm.int8.onnx")])
+    assert r.exit_code == 0, r.output
+    assert "dynamic" in r.output
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "lstm.int8.onnx")).graph.node)
+    assert ops["DynamicQuantizeLSTM"] == 1
+    r = CliRunner().invoke(app, ["quantize", str(tmp_path / "lstm.onnx"), "--mode", "dynamic", "--fp16-fallback", "head",
+                                 "-o", str(tmp_path / "x.onnx")])
+    assert r.exit_code == 2 and "static" in r.output

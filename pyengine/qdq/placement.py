@@ -120,11 +120,6 @@ def _weight_slots(node: onnx.NodeProto) -> Tuple[int, ...]:
     return (0, 1)  # MatMul: either operand may be constant
 
 
-def _data_slots(node: onnx.NodeProto) -> Tuple[int, ...]:
-    """Input slots of a weighted op that get Q/DQ (the bias, slot 2, never does)."""
-    return (0, 1)
-
-
 class _Planner:
     def __init__(self, graph: onnx.GraphProto, amax: Mapping[str, float], per_channel: bool,
                  excluded: Set[int]) -> None:
@@ -150,7 +145,7 @@ class _Planner:
 
     def weighted(self, index: int, node: onnx.NodeProto) -> None:
         weight_slots = _weight_slots(node)
-        for slot in _data_slots(node):
+        for slot in (0, 1):  # data and weight; the bias (slot 2) stays float
             if slot >= len(node.input) or not node.input[slot]:
                 continue
             name = node.input[slot]
