@@ -21,6 +21,7 @@ from .commands.evaluate import evaluate
 from .commands.export import export
 from .commands.horizon import horizon
 from .commands.inspect import inspect
+from .commands.merge import merge
 from .commands.quantize import quantize
 from .console import print_error, print_warning
 
@@ -116,6 +117,7 @@ app.command("export")(export)
 app.command("quantize")(quantize)
 app.command("evaluate")(evaluate)
 app.command("inspect")(inspect)
+app.command("merge")(merge)
 app.command("demo")(demo)
 app.command("horizon")(horizon)
 

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .. import distributed_options as dopt
 from .. import options as opt
 from ..console import calibration_progress, print_report_warnings, print_summary
 
@@ -44,18 +45,37 @@ def calibrate(
     scales_json: opt.ScalesJsonOpt = None,
     save_stats: opt.SaveStatsOpt = None,
     quiet: opt.QuietOpt = False,
+    engine: dopt.EngineOpt = None,
+    ray_address: dopt.RayAddressOpt = None,
+    workers: dopt.WorkersOpt = None,
+    gpus_per_worker: dopt.GpusPerWorkerOpt = 0.0,
+    shard_size: dopt.ShardSizeOpt = None,
+    max_retries: dopt.MaxRetriesOpt = dopt.DEFAULT_MAX_RETRIES,
+    resume: dopt.ResumeOpt = False,
+    shards_dir: dopt.ShardsDirOpt = None,
+    shard: dopt.ShardOpt = None,
 ) -> None:
     """Calibrate MODEL on --data and write a TensorRT INT8 calibration cache."""
     from ptqengine.pipeline import calibrate as run_calibration
 
     algo_name, algo_options = opt.algorithm_options(algo, percentile)
     preprocess = opt.preprocess_config(size, resize, mean, std, color, layout, config)
+    scale_out = dopt.ScaleOut(engine, ray_address, workers, gpus_per_worker, shard_size, max_retries, resume,
+                              shards_dir, shard).check()
+    run_args = dict(algo=algo_name, algo_options=algo_options, batch_size=batch_size, limit=limit, seed=seed,
+                    threads=threads, preprocess=preprocess, strict=strict, num_bins=num_bins)
+    if scale_out.shard is not None:
+        dopt.write_shard(scale_out, model, data, save_stats, scales_json, quiet, **run_args)
+        return
     outputs = opt.OutputPlan(output, trt_version, trt_calibrator, scales_json, save_stats).check()
     with calibration_progress(quiet) as progress:
-        result = run_calibration(model, data, algo=algo_name, algo_options=algo_options, batch_size=batch_size,
-                                 limit=limit, seed=seed, threads=threads, preprocess=preprocess, strict=strict,
-                                 num_bins=num_bins, progress=progress)
+        if scale_out.sharded:
+            result = scale_out.run(model, data, output, progress, **run_args)
+        else:
+            result = run_calibration(model, data, progress=progress, **run_args)
     written, warnings = outputs.write(result)
+    if scale_out.sharded:
+        scale_out.cleanup(output, result)
     print_report_warnings(result, warnings)
     if not quiet:
         print_summary(result, written)

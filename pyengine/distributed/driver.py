@@ -19,7 +19,7 @@ from ..pipeline import CalibrationResult, RunReport, _peak_rss_mb, _resolve_algo
 from ..statsfile import StatsBundle, load_stats
 from .executors import Executor, LocalExecutor, RayExecutor
 from .shards import (ShardPlan, TreeMerger, cut_shards, default_shard_size, finish, list_manifest, plan_for_count,
-                     shard_ids, skipped_files, tree_merge)
+                     run_notes, shard_ids, skipped_files, tree_merge)
 from .worker import CrashOnce, Preprocess, ShardJob, ShardWorker, save_shard, shard_file
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ def collect_sharded(job: ShardJob, executor: Executor, *, resume_dir: Optional[P
         executor.run(job, todo, on_result)
     merged = merger.result()
     facts = {"resumed": resumed, "computed": sorted(computed), "skipped_files": skipped_files(merged),
+             "notes": run_notes(merged),
              "startup_seconds": executor.startup_seconds if todo else 0.0}
     bundle = finish(merged)
     if int(bundle.metadata.get("samples", 0)) == 0:
@@ -166,7 +167,8 @@ def calibrate_sharded(model: PathLike, data: PathLike, *, engine: str = "local",
     t_amax = time.perf_counter()
     result = result_from_stats(bundle, algo, threads=threads, **(algo_options or {}))
     seconds = time.perf_counter() - start
-    notes = [f"{engine} engine: {job.plan.count} shards of {job.plan.size} images"]
+    log.info("%s engine: %d shards of %d images", engine, job.plan.count, job.plan.size)
+    notes = facts["notes"]
     if facts["resumed"]:
         notes.append(f"resumed: {len(facts['resumed'])} of {job.plan.count} shards were already in {resume_dir}")
     samples = result.report.samples

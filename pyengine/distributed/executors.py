@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import time
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
 
@@ -84,29 +84,40 @@ class LocalExecutor(Executor):
         running: Dict[Future, int] = {}
         try:
             while todo or running:
-                while todo and len(running) < self.workers:
-                    shard_id = todo.popleft()
-                    running[pool.submit(run_in_process, shard_id)] = shard_id
-                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                broken: List[int] = []
-                for future in finished:
-                    shard_id = running.pop(future)
+                broken = False
+                while todo and len(running) < self.workers and not broken:
                     try:
-                        sid, data = future.result()
-                    except BrokenProcessPool:
-                        broken.append(shard_id)
-                        continue
-                    except Exception as exc:  # the shard's own error (bad image with --strict, model error)
-                        raise shard_error(job, shard_id, exc) from None
-                    on_result(sid, data)
-                if broken:  # a process died: every in-flight shard failed with it
-                    broken += [running.pop(f) for f in list(running)]
-                    self._charge(job, broken, attempts)
+                        running[pool.submit(run_in_process, todo[0])] = todo[0]
+                        todo.popleft()
+                    except BrokenProcessPool:  # a process died since the last wait
+                        broken = True
+                # after a break every running future resolves (result or BrokenProcessPool): collect all
+                finished, _ = wait(list(running), return_when=ALL_COMPLETED if broken else FIRST_COMPLETED)
+                failed = self._collect(job, finished, running, on_result)
+                if failed or broken:
+                    failed += [running.pop(f) for f in list(running)]
+                    self._charge(job, failed, attempts)
                     pool.shutdown(wait=True, cancel_futures=True)
-                    todo.extendleft(sorted(broken, reverse=True))
+                    todo.extendleft(sorted(failed, reverse=True))
                     pool = self._pool(job)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    @staticmethod
+    def _collect(job: ShardJob, finished: Any, running: Dict[Future, int], on_result: OnResult) -> List[int]:
+        """Hand finished results to on_result; the ids whose process died (BrokenProcessPool)."""
+        died: List[int] = []
+        for future in finished:
+            shard_id = running.pop(future)
+            try:
+                sid, data = future.result()
+            except BrokenProcessPool:
+                died.append(shard_id)
+                continue
+            except Exception as exc:  # the shard's own error (bad image with --strict, model error)
+                raise shard_error(job, shard_id, exc) from None
+            on_result(sid, data)
+        return died
 
     def _charge(self, job: ShardJob, shard_ids: Sequence[int], attempts: Dict[int, int]) -> None:
         for shard_id in sorted(shard_ids):

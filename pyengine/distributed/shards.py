@@ -124,11 +124,14 @@ def plan_for_count(total: int, count: int, batch_size: int) -> ShardPlan:
 
 # --- part bundles ---------------------------------------------------------------------------------
 def part_metadata(complete: Mapping[str, Any], plan: ShardPlan, ids: Iterable[int],
-                  skipped_files: Sequence[Tuple[str, str]] = ()) -> Dict[str, Any]:
-    """A part's metadata: the single run's (with this part's counts) plus which shards it covers."""
+                  skipped_files: Sequence[Tuple[str, str]] = (), notes: Sequence[str] = (),
+                  grayscale_files: Sequence[str] = ()) -> Dict[str, Any]:
+    """A part's metadata: the single run's (with this part's counts) plus which shards it covers and
+    what its run noticed (skipped and grayscale files, notes), for the driver's report."""
     meta = copy.deepcopy(dict(complete))
     meta[SHARDS_KEY] = {"ids": sorted(set(ids)), "count": plan.count, "size": plan.size,
-                        "skipped_files": [list(s) for s in skipped_files]}
+                        "skipped_files": [list(s) for s in skipped_files], "notes": list(notes),
+                        "grayscale_files": list(grayscale_files)}
     return meta
 
 
@@ -172,9 +175,12 @@ def merge_parts(a: StatsBundle, b: StatsBundle, a_name: str = "first part", b_na
     meta = copy.deepcopy(a.metadata)
     for key in _SUMMED:
         meta[key] = int(a.metadata.get(key, 0)) + int(b.metadata.get(key, 0))
-    meta[SHARDS_KEY] = {"ids": sorted(info_a["ids"] + info_b["ids"]), "count": info_a["count"],
-                        "size": info_a["size"],
-                        "skipped_files": list(info_a.get("skipped_files", [])) + list(info_b.get("skipped_files", []))}
+    notes_a = list(info_a.get("notes", []))
+    meta[SHARDS_KEY] = {
+        "ids": sorted(info_a["ids"] + info_b["ids"]), "count": info_a["count"], "size": info_a["size"],
+        "skipped_files": list(info_a.get("skipped_files", [])) + list(info_b.get("skipped_files", [])),
+        "notes": notes_a + [n for n in info_b.get("notes", []) if n not in notes_a],
+        "grayscale_files": list(info_a.get("grayscale_files", [])) + list(info_b.get("grayscale_files", []))}
     return StatsBundle(tensors, meta)
 
 
@@ -207,6 +213,16 @@ def finish(bundle: StatsBundle) -> StatsBundle:
 def skipped_files(bundle: StatsBundle) -> List[Tuple[str, str]]:
     info = bundle.metadata.get(SHARDS_KEY) or {}
     return [(str(f), str(r)) for f, r in info.get("skipped_files", [])]
+
+
+def run_notes(bundle: StatsBundle) -> List[str]:
+    """The notes a single run over the same data would report (deduplicated over shards)."""
+    info = bundle.metadata.get(SHARDS_KEY) or {}
+    notes = [str(n) for n in info.get("notes", [])]
+    gray = info.get("grayscale_files", [])
+    if gray:  # worded as pipeline.calibrate words it
+        notes.append(f"{len(gray)} grayscale image(s) converted to 3 channels (first: {gray[0]})")
+    return notes
 
 
 def tree_merge(parts: Mapping[int, StatsBundle]) -> StatsBundle:

@@ -83,8 +83,11 @@ class ShardWorker:
         path = Path(job.model)
         proto = load_model(path, load_external_data=False)
         self.info = info_from_model(proto, path)
-        self.run_batch = _batch_size_for(self.info.inputs, job.batch_size, [])
+        self.notes: List[str] = []  # the notes calibrate() gives for the same model and options
+        self.run_batch = _batch_size_for(self.info.inputs, job.batch_size, self.notes)
         self.plans = _image_plans(self.info.inputs, job.preprocess)
+        if all(p.config.mean is None and p.config.std is None for p in self.plans):
+            self.notes.append("no mean/std given: images fed as raw 0-255 pixel values")
         input_names = {s.name for s in self.info.inputs}
         self.node_acts = [n for n in self.info.activations if n not in input_names]
         self.input_acts = [n for n in self.info.activations if n in input_names]
@@ -105,17 +108,20 @@ class ShardWorker:
         stats = {n: TensorStats(job.num_bins) for n in self.info.activations}
         targets = [stats[n] for n in self.input_acts] + [stats[n] for n in self.node_acts]
         folder = _BatchFolder(self.runner, targets, self.input_acts, job.threads, None, source.total)
+        notes = list(self.notes)
         try:
             for feeds, count in prefetch(batches(source.samples(), self.run_batch), depth=2):
-                if count != self.run_batch and self.fixed_batch:
-                    break  # as a single run: a fixed-batch model drops the short last batch
+                if count != self.run_batch and self.fixed_batch:  # as a single run does
+                    notes.append(f"last {count} sample(s) dropped: the model takes exactly {self.run_batch} per run")
+                    break
                 folder.fold({s.name: np.ascontiguousarray(feeds[s.name]) for s in self.info.inputs}, count)
         finally:
             folder.finish()
         whole = DataSource(source.kind, source.description, source.samples, source.total,
                            lambda: job.manifest_sha256, source.log)
         meta = _metadata(self.info, whole, self.plans, folder.samples, job.num_bins, job.limit, job.seed)
-        meta = part_metadata(meta, job.plan, [shard_id], source.log.skipped)
+        meta = part_metadata(meta, job.plan, [shard_id], source.log.skipped, notes + source.log.notes,
+                             source.log.grayscale)
         log.info("%s: %d samples", job.describe(shard_id), folder.samples)
         return shard_id, StatsBundle(stats, meta).to_bytes()
 
