@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 from ptqengine import __version__
 from ptqengine.errors import PtqError
 
+from .commands.analyze import analyze
 from .commands.calibrate import calibrate
 from .commands.demo import demo
 from .commands.evaluate import evaluate
@@ -120,6 +121,7 @@ app.command("inspect")(inspect)
 app.command("merge")(merge)
 app.command("demo")(demo)
 app.command("horizon")(horizon)
+app.command("analyze")(analyze)
 
 
 def main() -> None:

@@ -1,0 +1,146 @@
+"""ptqengine analyze MODEL --data DIR -o report.html: per-node sensitivity, algorithm choice, mixed-precision advice."""
+from __future__ import annotations
+
+import contextlib
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Callable, Dict, Iterator, List, Optional
+
+import typer
+from rich.table import Table
+
+from .. import options as opt
+from ..console import LazyProgressBar, stdout_console
+
+RUN = "Analysis run"
+SHOWN_NODES = 10
+STAGE_LABELS = {"calibrating": "calibrating", "algorithms": "algorithms", "auto": "auto (per tensor)",
+                "sensitivity": "per-node runs", "advice": "advice"}
+
+
+class AnalyzeAlgo(str, Enum):
+    auto = "auto"
+    entropy = "entropy"
+    max = "max"
+    percentile = "percentile"
+    mse = "mse"
+
+
+class Metric(str, Enum):
+    cosine = "cosine"
+    sqnr = "sqnr"
+    mse = "mse"
+
+
+@contextlib.contextmanager
+def stage_progress(quiet: bool) -> Iterator[Callable[[str, int, Optional[int]], None]]:
+    """progress(stage, done, total): one bar per stage, each left on screen when the next starts."""
+    bars: Dict[str, LazyProgressBar] = {}
+    current: List[str] = []
+
+    def update(stage: str, done: int, total: Optional[int]) -> None:
+        if quiet:
+            return
+        if stage not in bars:
+            if current:
+                bars[current[-1]].stop(keep=True)
+            bars[stage] = LazyProgressBar(STAGE_LABELS.get(stage, stage))
+            current.append(stage)
+        bars[stage](done, total)
+
+    try:
+        yield update
+    except BaseException:
+        if current:
+            bars[current[-1]].stop(keep=False)
+        raise
+    if current:
+        bars[current[-1]].stop(keep=True)
+
+
+def analyze(
+    model: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="FP32 ONNX model to analyse.")],
+    data: Annotated[str, typer.Option("--data", metavar="DIR", rich_help_panel=RUN,
+                                      help="Images (or .npy/.npz) to measure on (and to calibrate on without --stats).")],
+    output: Annotated[Path, typer.Option("-o", "--output", rich_help_panel=opt.OUTPUT,
+                                         help="HTML report to write (one self-contained file).")] = Path("report.html"),
+    json_out: Annotated[Optional[Path], typer.Option("--json", metavar="PATH", rich_help_panel=opt.OUTPUT,
+                                                     help="Also write every number as JSON.")] = None,
+    stats: Annotated[Optional[Path], typer.Option(
+        "--stats", metavar="STATS.ptqs", rich_help_panel=RUN,
+        help="Statistics saved by calibrate --save-stats (skips the calibration run).")] = None,
+    samples: Annotated[int, typer.Option("--samples", min=1, rich_help_panel=RUN,
+                                         help="Samples every configuration is measured on.")] = 32,
+    target_cosine: Annotated[float, typer.Option("--target-cosine", min=0.0, max=1.0, rich_help_panel=RUN,
+                                                 help="Output cosine the advice must reach.")] = 0.99,
+    metric: Annotated[Metric, typer.Option("--metric", case_sensitive=False, rich_help_panel=RUN,
+                                           help="Ranking and algorithm-choice metric.")] = Metric.cosine,
+    algo: Annotated[AnalyzeAlgo, typer.Option(
+        "--algo", case_sensitive=False, rich_help_panel=opt.ALGORITHM,
+        help="Ranges the sensitivity runs use; auto: the per-tensor choice that minimises the output error.")
+    ] = AnalyzeAlgo.auto,
+    nodes: Annotated[Optional[List[str]], typer.Option(
+        "--nodes", metavar="PATTERN", rich_help_panel=RUN,
+        help="Only run the per-node analysis on nodes matching this glob (repeatable).")] = None,
+    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", rich_help_panel=RUN,
+                                              help="Weight scales per output channel (default) or per tensor.")] = True,
+    histograms: Annotated[int, typer.Option("--histograms", min=0, rich_help_panel=opt.OUTPUT,
+                                            help="Histograms of the most sensitive tensors in the report.")] = 6,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, rich_help_panel=RUN)] = 8,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, rich_help_panel=RUN,
+                                                 help="Calibration samples without --stats (seeded subset).")] = None,
+    seed: Annotated[int, typer.Option("--seed", rich_help_panel=RUN, help="Seed of the sample subsets.")] = 0,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, rich_help_panel=RUN,
+                                                   help="CPU threads (default: all cores).")] = None,
+    size: opt.SizeOpt = None,
+    resize: opt.ResizeOpt = None,
+    mean: opt.MeanOpt = None,
+    std: opt.StdOpt = None,
+    color: opt.ColorOpt = None,
+    layout: opt.LayoutOpt = None,
+    config: opt.ConfigOpt = None,
+    quiet: opt.QuietOpt = False,
+) -> None:
+    """Rank MODEL's nodes by INT8 sensitivity, compare calibration algorithms, advise what to keep in float."""
+    from ptqengine.analyze import analyze as run_analysis
+
+    opt.check_writable(output, "-o")
+    if json_out is not None:
+        opt.check_writable(json_out, "--json")
+    preprocess = opt.preprocess_config(size, resize, mean, std, color, layout, config)
+    with stage_progress(quiet) as progress:
+        result = run_analysis(model, data, stats=stats, samples=samples, seed=seed, target_cosine=target_cosine,
+                              metric=metric.value, algo=algo.value, preprocess=preprocess, batch_size=batch_size,
+                              limit=limit, threads=threads, per_channel=per_channel, nodes=nodes, progress=progress)
+    result.write_html(output, histograms=histograms)
+    if json_out is not None:
+        result.write_json(json_out)
+    if not quiet:
+        _print(result, output, json_out)
+
+
+def _print(result, output: Path, json_out: Optional[Path]) -> None:
+    console = stdout_console()
+    scores = "  ".join(f"{name} {s.cosine:.4f}" for name, s in result.algorithm_scores.items())
+    console.print(f"[bold]Output cosine, everything INT8:[/] {scores}  (best single: {result.best_single})")
+    table = Table(title=f"Most sensitive nodes ({len(result.sensitivity)} analysed)", title_justify="left")
+    for column in ("rank", "node", "type", "cosine alone", "cosine all but"):
+        table.add_column(column, justify="left" if column in ("node", "type") else "right")
+    for s in result.sensitivity[:SHOWN_NODES]:
+        table.add_row(str(s.rank), s.label, s.op_type, f"{s.alone.cosine:.5f}", f"{s.all_but.cosine:.5f}")
+    console.print(table)
+    advice = result.advice
+    if not advice.nodes:
+        console.print(f"[bold green]All INT8 reaches cosine {advice.cosine_int8:.4f} >= {advice.target_cosine}: "
+                      "nothing to keep in float.[/]")
+    else:
+        style = "bold green" if advice.reached else "bold yellow"
+        console.print(f"[{style}]Keep {len(advice.nodes)} node(s) in higher precision: cosine "
+                      f"{advice.cosine_int8:.4f} -> {advice.cosine:.4f} (target {advice.target_cosine})[/]")
+        console.print(f"  quantize: {' '.join(advice.exclude_args)}")
+        if advice.trt_layer_precisions:
+            console.print(f"  trtexec:  {advice.trt_layer_precisions}")
+    console.print(f"{result.runs} configurations in {result.seconds:.1f} s")
+    console.print(f"  report  {output}")
+    if json_out is not None:
+        console.print(f"  JSON    {json_out}")

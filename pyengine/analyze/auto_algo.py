@@ -1,0 +1,138 @@
+"""`--algo auto`: the calibration algorithm (globally or per tensor) that minimises the output error.
+
+1. Every candidate algorithm (max, percentile, entropy, mse) gives its amax for every tensor from the
+   same statistics (no inference). The fully quantised model is scored with each: the best of these is
+   the best single algorithm.
+2. Per tensor, starting from the best single algorithm: in graph order, each quantised activation
+   tensor tries the other algorithms' amax (those differing by more than MIN_CHANGE) with everything
+   else held, and keeps the one that scores best if it beats the current score. One sweep.
+   A change is accepted only when it improves the measured score, so the result can never be worse
+   than the best single algorithm on these samples; the mode ("per_tensor" or "global") says whether
+   any tensor moved.
+Tensors the Q/DQ plan does not cover (no consumer that TensorRT's placement quantises) keep the best
+single algorithm's amax, so a TensorRT cache written from the choice still has every tensor.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from ..pipeline import result_from_stats
+from ..statsfile import StatsBundle
+from .measure import Bench, Score, goodness
+
+log = logging.getLogger(__name__)
+
+CANDIDATES = ("max", "percentile", "entropy", "mse")
+MIN_CHANGE = 0.005  # relative amax difference below which another algorithm is not worth a run
+StageProgress = Callable[[str, int, Optional[int]], None]
+
+
+@dataclass
+class AlgoChoice:
+    """What `--algo auto` picked and the scores behind it."""
+
+    metric: str
+    mode: str  # "global": one algorithm for all tensors; "per_tensor": some tensors use another
+    best_single: str
+    scores: Dict[str, Score]  # algorithm -> fully quantised model; plus "auto"
+    per_tensor: Dict[str, str]  # tensor -> algorithm, for the tensors the Q/DQ plan quantises
+    amax: Dict[str, float]  # every tensor of the statistics (graph order)
+    changes: List[Tuple[str, str, str, float]] = field(default_factory=list)  # (tensor, from, to, score after)
+
+    @property
+    def score(self) -> Score:
+        return self.scores["auto"]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"metric": self.metric, "mode": self.mode, "best_single": self.best_single,
+                "scores": {k: v.to_dict() for k, v in self.scores.items()}, "per_tensor": dict(self.per_tensor),
+                "changes": [list(c) for c in self.changes]}
+
+
+def candidate_amax(bundle: StatsBundle, algos: Sequence[str] = CANDIDATES,
+                   threads: Optional[int] = None) -> Dict[str, Dict[str, float]]:
+    """algorithm -> tensor -> amax, from saved statistics (default options of each algorithm)."""
+    return {a: result_from_stats(bundle, a, threads=threads).amax for a in algos}
+
+
+def _stage(progress: Optional[StageProgress], name: str):
+    if progress is None:
+        return None
+    return lambda done, total: progress(name, done, total)
+
+
+def score_algorithms(bench: Bench, candidates: Mapping[str, Mapping[str, float]],
+                     progress: Optional[StageProgress] = None) -> Dict[str, Score]:
+    """The fully quantised model scored with each algorithm's amax."""
+    names = list(candidates)
+    everything = bench.simulator.all_nodes
+    scores = bench.score_many([(everything, candidates[a]) for a in names], _stage(progress, "algorithms"))
+    return dict(zip(names, scores))
+
+
+def _differs(a: float, b: float) -> bool:
+    return abs(a - b) > MIN_CHANGE * max(abs(a), abs(b), 1e-30)
+
+
+def refine_per_tensor(bench: Bench, candidates: Mapping[str, Mapping[str, float]], scores: Mapping[str, Score],
+                      metric: str, progress: Optional[StageProgress] = None) -> AlgoChoice:
+    """Step 2 of the module docstring, from the scores of step 1."""
+    best = max(candidates, key=lambda a: (goodness(scores[a], metric), -list(candidates).index(a)))
+    amax = dict(candidates[best])
+    per_tensor = {t: best for t in bench.simulator.tensors}
+    current = scores[best]
+    everything = bench.simulator.all_nodes
+    changes: List[Tuple[str, str, str, float]] = []
+    tensors = bench.simulator.tensors
+    report = _stage(progress, "auto")
+    for i, tensor in enumerate(tensors):
+        if report is not None:
+            report(i, len(tensors))
+        options = [a for a in candidates if a != per_tensor[tensor]
+                   and _differs(candidates[a].get(tensor, 0.0), amax.get(tensor, 0.0))]
+        trials = [{**amax, tensor: candidates[a][tensor]} for a in options]
+        results = bench.score_many([(everything, t) for t in trials])
+        for algo, trial, score in zip(options, trials, results):
+            if goodness(score, metric) > goodness(current, metric):
+                changes.append((tensor, per_tensor[tensor], algo, score.value(metric)))
+                per_tensor[tensor], amax, current = algo, trial, score
+    if report is not None:
+        report(len(tensors), len(tensors))
+    mode = "per_tensor" if changes else "global"
+    return AlgoChoice(metric, mode, best, {**scores, "auto": current}, per_tensor, amax, changes)
+
+
+def choose_algorithms(model: Union[str, Path], stats: StatsBundle, data: Any, *, samples: int = 32, seed: int = 0,
+                      metric: str = "cosine", per_tensor: bool = True, preprocess: Any = None, batch_size: int = 8,
+                      threads: Optional[int] = None, per_channel: bool = True,
+                      progress: Optional[StageProgress] = None) -> AlgoChoice:
+    """`--algo auto` for calibrate / quantize: amax for every tensor of `stats`, chosen on `samples` of `data`.
+
+    data: anything `calibrate` accepts (a directory is sampled with `seed`, like `--limit`).
+    per_tensor=False stops after the best single algorithm. Returns the choice; `choice.amax` is what a
+    CalibrationResult takes.
+    """
+    from .measure import check_metric, load_samples
+    from .simulate import QuantSimulator
+    from ..model import inspect_model
+
+    check_metric(metric)
+    candidates = candidate_amax(stats, threads=threads)
+    simulator = QuantSimulator(model, candidates["max"], per_channel=per_channel)
+    bench = Bench(simulator, load_samples(inspect_model(model), data, samples, seed, preprocess, batch_size, threads),
+                  workers=_workers(threads))
+    scores = score_algorithms(bench, candidates, progress)
+    if not per_tensor:
+        best = max(candidates, key=lambda a: (goodness(scores[a], metric), -list(candidates).index(a)))
+        return AlgoChoice(metric, "global", best, {**scores, "auto": scores[best]},
+                          {t: best for t in simulator.tensors}, dict(candidates[best]))
+    return refine_per_tensor(bench, candidates, scores, metric, progress)
+
+
+def _workers(threads: Optional[int]) -> int:
+    import os
+
+    return max(1, threads or os.cpu_count() or 1)
