@@ -224,7 +224,7 @@ def _take(item: Tuple[Path, Any], source_log: SourceLog, strict: bool) -> Iterat
     except DataError as exc:
         if strict:
             raise
-        log.warning("skipped: %s", exc)
+        log.info("skipped: %s", exc)  # the run report lists them all; the CLI summarises
         source_log.skipped.append((str(path), str(exc).split(": ", 1)[-1]))
         return
     if gray:
