@@ -409,3 +409,20 @@ def test_conv_stats_equal_a_direct_reference(conv_and_images):
     batch = np.stack(arrays)
     expected = _reference_stats(model, [{"x": batch[i:i + 4]} for i in range(0, 10, 4)])
     assert tensor_bytes(reference) == expected
+
+
+def test_single_files_and_npz_key_rules(make_conv_model, small_images, tmp_path):
+    model = make_conv_model()
+    image = find_images(small_images)[0]
+    assert calibrate(model, image).report.samples == 1
+    batch = np.random.default_rng(0).standard_normal((3, 3, 40, 48)).astype(np.float32)
+    np.savez(tmp_path / "unnamed.npz", batch)  # key arr_0: fine for a one-input model
+    by_key = calibrate(model, tmp_path / "unnamed.npz")
+    assert by_key.report.samples == 3
+    assert tensor_bytes(by_key) == tensor_bytes(calibrate(model, [batch]))
+    with pytest.raises(DataError, match="'extra' is not a model input"):
+        calibrate(model, [{"x": batch, "extra": batch}])
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="notes.txt: not a data directory, image or .npy/.npz file"):
+        calibrate(model, tmp_path / "notes.txt")
+    assert calibrate(model, [batch], limit=2).report.samples == 2  # arrays: the first `limit` samples
