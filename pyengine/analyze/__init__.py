@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..atomic import write_text_atomic
 from ..errors import OptionError
-from ..model import file_sha256, inspect_model
+from ..model import ModelInfo, file_sha256, inspect_model
 from ..statsfile import StatsBundle, load_stats
 from .advice import Advice, advise, check_target, escape_pattern
 from .auto_algo import CANDIDATES, AlgoChoice, candidate_amax, choose_algorithms, refine_per_tensor, score_algorithms
@@ -130,11 +130,16 @@ def _statistics(model: Path, data: Any, stats: Union[PathLike, StatsBundle, None
     return bundle
 
 
-def _check_coverage(model: Path, bundle: StatsBundle) -> None:
-    activations = set(inspect_model(model).activations)
-    if not activations & set(bundle.tensors):
-        raise OptionError(f"--stats: the statistics name none of the activations of {model}; "
-                          "were they collected on another model?")
+def _check_coverage(info: ModelInfo, bundle: StatsBundle, notes: List[str]) -> None:
+    """Statistics must name this model's node outputs (graph inputs are too often just "x" to tell)."""
+    inputs = {s.name for s in info.inputs}
+    outputs = [a for a in info.activations if a not in inputs]
+    missing = [a for a in outputs if a not in bundle.tensors]
+    if outputs and 2 * len(missing) > len(outputs):
+        raise OptionError(f"--stats: the statistics lack {len(missing)} of the {len(outputs)} activations of "
+                          f"{info.path} (e.g. {missing[0]}); were they collected on another model?")
+    if missing:
+        notes.append(f"{len(missing)} activation(s) have no statistics (e.g. {missing[0]}) and get no Q/DQ")
 
 
 def _unnamed(simulator: QuantSimulator) -> List[str]:
@@ -170,7 +175,7 @@ def analyze(model: PathLike, data: Any, *, stats: Union[PathLike, StatsBundle, N
     info = inspect_model(model_path)
     notes: List[str] = []
     bundle = _statistics(model_path, data, stats, preprocess, limit, seed, threads, progress, notes)
-    _check_coverage(model_path, bundle)
+    _check_coverage(info, bundle, notes)
     candidates = candidate_amax(bundle, threads=threads)
     simulator = QuantSimulator(model_path, candidates["max"], per_channel=per_channel)
     positions = select_nodes(simulator.nodes, nodes)

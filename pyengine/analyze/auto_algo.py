@@ -78,15 +78,17 @@ def _differs(a: float, b: float) -> bool:
 
 
 def refine_per_tensor(bench: Bench, candidates: Mapping[str, Mapping[str, float]], scores: Mapping[str, Score],
-                      metric: str, progress: Optional[StageProgress] = None) -> AlgoChoice:
-    """Step 2 of the module docstring, from the scores of step 1."""
+                      metric: str, progress: Optional[StageProgress] = None,
+                      tensors: Optional[Sequence[str]] = None) -> AlgoChoice:
+    """Step 2 of the module docstring, from the scores of step 1 (`tensors`: only these are tried)."""
     best = max(candidates, key=lambda a: (goodness(scores[a], metric), -list(candidates).index(a)))
     amax = dict(candidates[best])
     per_tensor = {t: best for t in bench.simulator.tensors}
     current = scores[best]
     everything = bench.simulator.all_nodes
     changes: List[Tuple[str, str, str, float]] = []
-    tensors = bench.simulator.tensors
+    wanted = None if tensors is None else set(tensors)
+    tensors = [t for t in bench.simulator.tensors if wanted is None or t in wanted]
     report = _stage(progress, "auto")
     for i, tensor in enumerate(tensors):
         if report is not None:
