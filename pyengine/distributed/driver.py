@@ -7,19 +7,18 @@ schedulers (`--shard i/N`), and `merge_part_files()` combines parts (`ptqengine 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..errors import DataError, FormatError, OptionError
 from ..model import inspect_model
 from ..pipeline import CalibrationResult, RunReport, _peak_rss_mb, _resolve_algo, result_from_stats
 from ..statsfile import StatsBundle, load_stats
 from .executors import Executor, LocalExecutor, RayExecutor
-from .shards import (ShardPlan, TreeMerger, cut_shards, default_shard_size, finish, list_manifest, plan_for_count,
-                     run_notes, shard_ids, skipped_files, tree_merge)
+from .shards import (ShardPlan, TreeMerger, cut_shards, default_shard_size, finish, list_manifest, merge_parts,
+                     plan_for_count, run_notes, shard_ids, skipped_files)
 from .worker import CrashOnce, Preprocess, ShardJob, ShardWorker, save_shard, shard_file
 
 log = logging.getLogger(__name__)
@@ -71,9 +70,8 @@ def make_job(model: PathLike, data: PathLike, plan_shards: Callable[[int, int], 
                     crash_once=crash_once)
 
 
-def _resumable(directory: Path, job: ShardJob) -> Dict[int, StatsBundle]:
-    """Checkpointed shards of this very run in `directory` (others are ignored, with a warning)."""
-    found: Dict[int, StatsBundle] = {}
+def _resumable(directory: Path, job: ShardJob) -> Iterator[Tuple[int, StatsBundle]]:
+    """Checkpointed shards of this very run in `directory`, one at a time (others ignored, with a warning)."""
     for shard_id in job.plan.ids():
         path = shard_file(directory, shard_id)
         if not path.is_file():
@@ -90,8 +88,7 @@ def _resumable(directory: Path, job: ShardJob) -> Dict[int, StatsBundle]:
         if not same:
             log.warning("ignoring %s: it belongs to another run (data, shards or bins differ)", path)
             continue
-        found[shard_id] = bundle
-    return found
+        yield shard_id, bundle
 
 
 def collect_sharded(job: ShardJob, executor: Executor, *, resume_dir: Optional[PathLike] = None,
@@ -103,7 +100,7 @@ def collect_sharded(job: ShardJob, executor: Executor, *, resume_dir: Optional[P
     computed: List[int] = []
     if resume_dir is not None:
         Path(resume_dir).mkdir(parents=True, exist_ok=True)
-        for shard_id, bundle in sorted(_resumable(Path(resume_dir), job).items()):
+        for shard_id, bundle in _resumable(Path(resume_dir), job):  # folded in one by one: bounded memory
             merger.add(shard_id, bundle)
             resumed.append(shard_id)
             lo, hi = job.plan.bounds(shard_id)
@@ -193,42 +190,31 @@ def calibrate_shard(model: PathLike, data: PathLike, index: int, count: int, *, 
 
 
 def merge_part_files(paths: Sequence[PathLike], partial: bool = False) -> StatsBundle:
-    """Merge part files (any number of shards each) as a fixed tree in shard-id order.
+    """Merge part files (any number of shards each), holding two at a time.
 
-    Complete (every id covered): the single run's statistics. With partial, a bigger part instead.
+    Histograms are exact, so the order of the files does not change a byte of the result. Complete
+    (every id covered): the single run's statistics. With partial, a bigger part instead.
     """
     if not paths:
         raise OptionError("merge: no part files given")
-    parts: Dict[int, StatsBundle] = {}
-    names: Dict[int, str] = {}
+    owner: Dict[int, str] = {}  # shard id -> the file that brought it
+    merged: Optional[StatsBundle] = None
     for path in paths:
         bundle = load_stats(path)
         ids = shard_ids(bundle)
         if not ids:
             raise FormatError(f"{path}: not a shard part file (a complete statistics file needs no merge)")
-        key = min(ids)
-        if key in parts:
-            raise FormatError(f"{path}: shard {key} also in {names[key]}; merging them would count those images twice")
-        parts[key], names[key] = bundle, str(path)
-    merged = _merge_named(parts, names)
-    return merged if partial and _missing(merged) else finish(merged)
-
-
-def _merge_named(parts: Mapping[int, StatsBundle], names: Mapping[int, str]) -> StatsBundle:
-    """tree_merge, but errors name the files: check pairwise overlap first."""
-    owner: Dict[int, str] = {}
-    for key in sorted(parts):
-        for shard_id in shard_ids(parts[key]):
+        for shard_id in ids:
             if shard_id in owner:
-                raise FormatError(f"{names[key]}: shard {shard_id} also in {owner[shard_id]}; "
+                raise FormatError(f"{path}: shard {shard_id} also in {owner[shard_id]}; "
                                   "merging them would count those images twice")
-            owner[shard_id] = names[key]
-    return tree_merge(parts)
-
-
-def _missing(bundle: StatsBundle) -> Set[int]:
-    info = bundle.metadata["shards"]
-    return set(range(info["count"])) - set(info["ids"])
+            owner[shard_id] = str(path)
+        merged = bundle if merged is None else merge_parts(merged, bundle, owner[min(shard_ids(merged))], str(path),
+                                                           in_place=True)
+    assert merged is not None
+    info = merged.metadata["shards"]
+    complete = set(info["ids"]) == set(range(info["count"]))
+    return merged if partial and not complete else finish(merged)
 
 
 def remove_shard_files(directory: PathLike, count: int) -> None:
