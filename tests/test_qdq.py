@@ -371,3 +371,8 @@ def test_cli_dynamic_mode(tmp_path):
     r = CliRunner().invoke(app, ["quantize", str(tmp_path / "lstm.onnx"), "--mode", "dynamic", "--fp16-fallback", "head",
                                  "-o", str(tmp_path / "x.onnx")])
     assert r.exit_code == 2 and "static" in r.output
+
+
+def test_ranges_of_another_model_are_refused():
+    with pytest.raises(OptionError, match="none of the .* has a calibrated range"):
+        quantize_model(_residual_model(), calibration={"other": 1.0})

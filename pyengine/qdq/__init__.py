@@ -147,6 +147,9 @@ def _static(proto: onnx.ModelProto, origin: str, amax: Mapping[str, float], repo
         report.fp16_nodes = apply_fp16_fallback(prepared, sorted(indices), float_types)
     plan = plan_qdq(graph, amax, per_channel=report.per_channel, exclude=exclude,
                     exclude_op_types=exclude_op_types, fp16_nodes=fp16_fallback)
+    if plan.skipped and not plan.activations:
+        raise OptionError(f"{origin}: none of the {len(plan.skipped)} tensors to quantize has a calibrated range "
+                          f"(first: {plan.skipped[0][0]!r}); were the statistics taken on another model?")
     counts = insert_qdq(prepared, plan, amax)
     report.activation_qdq, report.weight_dq = counts["activation_qdq"], counts["weight_dq"]
     report.excluded_nodes, report.skipped = plan.excluded_nodes, plan.skipped
