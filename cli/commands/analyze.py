@@ -144,3 +144,16 @@ def _print(result, output: Path, json_out: Optional[Path]) -> None:
     console.print(f"  report  {output}")
     if json_out is not None:
         console.print(f"  JSON    {json_out}")
+
+
+AUTO = "auto"
+
+
+def auto_calibration(model: Path, result, data, *, seed: int, preprocess, batch_size: int,
+                     threads: Optional[int], quiet: bool):
+    """`--algo auto` for calibrate / quantize: the calibration's statistics, ranges chosen on --data samples."""
+    from ptqengine.analyze.auto_algo import auto_result
+
+    with stage_progress(quiet) as progress:
+        return auto_result(model, result, data, seed=seed, preprocess=preprocess, batch_size=batch_size,
+                           threads=threads, progress=progress)

@@ -9,6 +9,7 @@ import typer
 from .. import distributed_options as dopt
 from .. import options as opt
 from ..console import calibration_progress, print_report_warnings, print_summary
+from .analyze import AUTO, auto_calibration
 
 RUN = "Calibration run"
 
@@ -62,8 +63,9 @@ def calibrate(
     preprocess = opt.preprocess_config(size, resize, mean, std, color, layout, config)
     scale_out = dopt.ScaleOut(engine, ray_address, workers, gpus_per_worker, shard_size, max_retries, resume,
                               shards_dir, shard).check()
-    run_args = dict(algo=algo_name, algo_options=algo_options, batch_size=batch_size, limit=limit, seed=seed,
-                    threads=threads, preprocess=preprocess, strict=strict, num_bins=num_bins)
+    auto = algo_name == AUTO  # statistics do not depend on the algorithm: collect, then choose per tensor
+    run_args = dict(algo="max" if auto else algo_name, algo_options=algo_options, batch_size=batch_size,
+                    limit=limit, seed=seed, threads=threads, preprocess=preprocess, strict=strict, num_bins=num_bins)
     if scale_out.shard is not None:
         dopt.write_shard(scale_out, model, data, save_stats, scales_json, quiet, **run_args)
         return
@@ -73,6 +75,9 @@ def calibrate(
             result = scale_out.run(model, data, output, progress, **run_args)
         else:
             result = run_calibration(model, data, progress=progress, **run_args)
+    if auto:
+        result = auto_calibration(model, result, data, seed=seed, preprocess=preprocess, batch_size=batch_size,
+                                  threads=threads, quiet=quiet)
     written, warnings = outputs.write(result)
     if scale_out.sharded:
         scale_out.cleanup(output, result)

@@ -9,6 +9,7 @@ import typer
 
 from .. import options as opt
 from ..console import calibration_progress, print_report_warnings, print_warning, stdout_console
+from .analyze import AUTO, auto_calibration
 
 RUN = "Calibration run"
 QDQ = "Quantization"
@@ -90,6 +91,14 @@ def quantize(
 
 
 def _calibration(model, data, stats, algo, algo_options, batch_size, limit, seed, threads, preprocess, quiet):
+    if algo == AUTO:
+        from ptqengine.errors import OptionError
+
+        if data is None:
+            raise OptionError("--algo auto measures the output error on samples: give --data (not --stats)")
+        result = _calibration(model, data, None, "max", {}, batch_size, limit, seed, threads, preprocess, quiet)
+        return auto_calibration(model, result, data, seed=seed, preprocess=preprocess, batch_size=batch_size,
+                                threads=threads, quiet=quiet)
     if stats is not None:
         from ptqengine.pipeline import result_from_stats
         from ptqengine.statsfile import load_stats

@@ -138,3 +138,23 @@ def _workers(threads: Optional[int]) -> int:
     import os
 
     return max(1, threads or os.cpu_count() or 1)
+
+
+def auto_result(model: Union[str, Path], result: Any, data: Any, *, samples: int = 32, seed: int = 0,
+                metric: str = "cosine", preprocess: Any = None, batch_size: int = 8, threads: Optional[int] = None,
+                per_channel: bool = True, progress: Optional[StageProgress] = None) -> Any:
+    """A CalibrationResult (any algorithm: statistics do not depend on it) turned into `--algo auto`'s.
+
+    This is the one call `calibrate(algo="auto")` and the CLI's `--algo auto` need: algo becomes "auto",
+    algo_options record the choice (best single algorithm, mode, per-tensor algorithms), amax the choice's.
+    """
+    from ..pipeline import CalibrationResult
+
+    choice = choose_algorithms(model, result.stats, data, samples=samples, seed=seed, metric=metric,
+                               preprocess=preprocess, batch_size=batch_size, threads=threads,
+                               per_channel=per_channel, progress=progress)
+    options = {"metric": metric, "samples": samples, "mode": choice.mode, "best_single": choice.best_single,
+               "per_tensor": dict(choice.per_tensor)}
+    log.info("--algo auto: %s (best single %s, %d tensor(s) changed), output %s %.5f", choice.mode,
+             choice.best_single, len(choice.changes), metric, choice.score.value(metric))
+    return CalibrationResult(result.stats, "auto", options, dict(choice.amax), result.report)
