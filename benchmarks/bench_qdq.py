@@ -170,7 +170,8 @@ def bench_model(label: str, spec: dict, calib_n: int, eval_n: int, work: pathlib
     for method in ORT_METHODS:
         out = work / f"{label}.ort.{method}.onnx"
         try:
-            prep_s, seconds = ort_quantize(model, x_calib, method, out, work)
+            with contextlib.chdir(work):  # onnxruntime's pre-processing leaves <uuid>.data files in the cwd
+                prep_s, seconds = ort_quantize(model, x_calib, method, out, work)
             agreement, cosine = compare(ref, run(out, x_eval), spec["kind"])
             rows.append(Row(label, "onnxruntime", method, agreement, cosine, out.stat().st_size / 1e6, seconds, 0.0,
                             prep_s))
