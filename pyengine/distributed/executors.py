@@ -70,22 +70,23 @@ class LocalExecutor(Executor):
             raise OptionError(f"--max-retries must be >= 0, got {max_retries}")
         self.workers, self.max_retries, self.context = workers, max_retries, context
 
-    def _pool(self, job: ShardJob) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context(self.context),
+    def _pool(self, job: ShardJob, workers: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(self.context),
                                    initializer=init_process, initargs=(job,))
 
     def run(self, job: ShardJob, shard_ids: Sequence[int], on_result: OnResult) -> None:
-        job = job.with_threads(threads_per_worker(self.workers))
+        workers = min(self.workers, len(shard_ids))  # no idle processes for a few shards
+        job = job.with_threads(threads_per_worker(workers))
         todo: Deque[int] = deque(shard_ids)
         attempts: Dict[int, int] = {}
         t0 = time.perf_counter()
-        pool = self._pool(job)
+        pool = self._pool(job, workers)
         self.startup_seconds = time.perf_counter() - t0
         running: Dict[Future, int] = {}
         try:
             while todo or running:
                 broken = False
-                while todo and len(running) < self.workers and not broken:
+                while todo and len(running) < workers and not broken:
                     try:
                         running[pool.submit(run_in_process, todo[0])] = todo[0]
                         todo.popleft()
@@ -99,7 +100,7 @@ class LocalExecutor(Executor):
                     self._charge(job, failed, attempts)
                     pool.shutdown(wait=True, cancel_futures=True)
                     todo.extendleft(sorted(failed, reverse=True))
-                    pool = self._pool(job)
+                    pool = self._pool(job, workers)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -196,12 +197,13 @@ class RayExecutor(Executor):
         started = self._connect(ray)
         try:
             cpus = float(ray.cluster_resources().get("CPU", 1.0))
-            per_actor = min(1.0, cpus / self.workers)
-            job = job.with_threads(max(1, int(cpus // self.workers)))
+            workers = min(self.workers, len(shard_ids))
+            per_actor = min(1.0, cpus / workers)
+            job = job.with_threads(max(1, int(cpus // workers)))
             actor_class = ray.remote(ShardActor).options(
                 num_cpus=per_actor, num_gpus=self.gpus_per_worker, max_restarts=self.max_retries,
                 max_task_retries=self.max_retries)
-            actors = [actor_class.remote(job) for _ in range(self.workers)]
+            actors = [actor_class.remote(job) for _ in range(workers)]
             self.startup_seconds = time.perf_counter() - t0
             try:
                 self._dispatch(ray, job, actors, shard_ids, on_result)
