@@ -105,6 +105,9 @@ TensorStats TensorStats::from_bytes(const std::uint8_t* data, std::size_t size) 
   const int num_bins = r.i32(), grid_bins = r.i32(), axis = r.i32();
   TensorStats t(num_bins, grid_bins, axis);
   t.s_.exponent = r.i32();
+  // float32 magnitudes lie in [2^-149, 2^128): any other grid exponent is corruption.
+  if (t.s_.exponent != kEmptyExponent && (t.s_.exponent < -160 || t.s_.exponent > 129))
+    throw StatsError("statistics bytes are corrupt (grid exponent out of range)");
   t.s_.count = r.u64();
   t.s_.nan_count = r.u64();
   t.s_.inf_count = r.u64();

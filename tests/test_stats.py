@@ -180,6 +180,10 @@ def test_round_trip_bytes_and_corruption():
         TensorStats.from_bytes(b[:-5])
     with pytest.raises(ValueError, match="trailing"):
         TensorStats.from_bytes(b + b"\0")
+    bad_exponent = bytearray(b)
+    bad_exponent[20:24] = (5000).to_bytes(4, "little")  # magic, version, 3 ints, then the exponent
+    with pytest.raises(ValueError, match="exponent"):
+        TensorStats.from_bytes(bytes(bad_exponent))
 
 
 def test_merge_rejects_different_configuration():
