@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Annotated, Callable, Dict, Iterator, List, Optional
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .. import options as opt
-from ..console import LazyProgressBar, stdout_console
+from ..console import LazyProgressBar, stderr_console, stdout_console
 
 RUN = "Analysis run"
 SHOWN_NODES = 10
@@ -32,6 +33,20 @@ class Metric(str, Enum):
     mse = "mse"
 
 
+class StageBar(LazyProgressBar):
+    """The calibration bar's behaviour, counting configurations run instead of images."""
+
+    def __call__(self, done: int, total: Optional[int]) -> None:
+        if self.progress is None:
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("runs"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=stderr_console())
+            self.progress.start()
+            self.task = self.progress.add_task(self.label, total=total)
+        self.progress.update(self.task, completed=done, total=total)
+
+
 @contextlib.contextmanager
 def stage_progress(quiet: bool) -> Iterator[Callable[[str, int, Optional[int]], None]]:
     """progress(stage, done, total): one bar per stage, each left on screen when the next starts."""
@@ -44,7 +59,8 @@ def stage_progress(quiet: bool) -> Iterator[Callable[[str, int, Optional[int]], 
         if stage not in bars:
             if current:
                 bars[current[-1]].stop(keep=True)
-            bars[stage] = LazyProgressBar(STAGE_LABELS.get(stage, stage))
+            label = STAGE_LABELS.get(stage, stage)
+            bars[stage] = LazyProgressBar(label) if stage == "calibrating" else StageBar(label)
             current.append(stage)
         bars[stage](done, total)
 
@@ -134,9 +150,9 @@ def _print(result, output: Path, json_out: Optional[Path]) -> None:
         console.print(f"[bold green]All INT8 reaches cosine {advice.cosine_int8:.4f} >= {advice.target_cosine}: "
                       "nothing to keep in float.[/]")
     else:
-        style = "bold green" if advice.reached else "bold yellow"
+        style, verdict = ("bold green", "reached") if advice.reached else ("bold yellow", "NOT reached")
         console.print(f"[{style}]Keep {len(advice.nodes)} node(s) in higher precision: cosine "
-                      f"{advice.cosine_int8:.4f} -> {advice.cosine:.4f} (target {advice.target_cosine})[/]")
+                      f"{advice.cosine_int8:.4f} -> {advice.cosine:.4f} (target {advice.target_cosine} {verdict})[/]")
         console.print(f"  quantize: {' '.join(advice.exclude_args)}")
         if advice.trt_layer_precisions:
             console.print(f"  trtexec:  {advice.trt_layer_precisions}")
