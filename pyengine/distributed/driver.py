@@ -122,7 +122,8 @@ def collect_sharded(job: ShardJob, executor: Executor, *, resume_dir: Optional[P
         if progress is not None:
             progress(done_images, job.plan.total)
 
-    todo = [i for i in job.plan.ids() if i not in set(resumed)]
+    already = set(resumed)
+    todo = [i for i in job.plan.ids() if i not in already]
     if todo:
         executor.run(job, todo, on_result)
     merged = merger.result()
@@ -159,12 +160,11 @@ def calibrate_sharded(model: PathLike, data: PathLike, *, engine: str = "local",
 
     job = make_job(model, data, plan, batch_size=batch_size, limit=limit, seed=seed, threads=threads,
                    preprocess=preprocess, strict=strict, num_bins=num_bins, crash_once=crash_once)
-    log.info("%d images in %d shards of %d", job.plan.total, job.plan.count, job.plan.size)
+    log.info("%s engine: %d images in %d shards of %d", engine, job.plan.total, job.plan.count, job.plan.size)
     bundle, facts = collect_sharded(job, executor, resume_dir=resume_dir, progress=progress)
     t_amax = time.perf_counter()
     result = result_from_stats(bundle, algo, threads=threads, **(algo_options or {}))
     seconds = time.perf_counter() - start
-    log.info("%s engine: %d shards of %d images", engine, job.plan.count, job.plan.size)
     notes = facts["notes"]
     if facts["resumed"]:
         notes.append(f"resumed: {len(facts['resumed'])} of {job.plan.count} shards were already in {resume_dir}")

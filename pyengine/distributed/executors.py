@@ -30,13 +30,15 @@ class ShardFailed(PtqError):
     """A shard could not be computed: its worker kept dying, or its data is unusable."""
 
 
-def shard_error(job: ShardJob, shard_id: int, exc: BaseException) -> PtqError:
-    """The error to raise for a shard: data errors name the shard and its files; model and option
-    errors are the same for every shard and pass through unchanged."""
-    if isinstance(exc, PtqError) and not isinstance(exc, DataError):
+def shard_error(job: ShardJob, shard_id: int, exc: BaseException) -> Exception:
+    """The error to raise for a shard's exception: data errors name the shard and its files; model and
+    option errors are the same for every shard and pass through; anything else is a bug in a worker
+    and stays one (not a PtqError, so its traceback is shown)."""
+    if isinstance(exc, DataError):
+        return ShardFailed(f"{job.describe(shard_id)}: {str(exc).splitlines()[0]}")
+    if isinstance(exc, PtqError):
         return exc
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return ShardFailed(f"{job.describe(shard_id)}: {reason}")
+    return RuntimeError(f"{job.describe(shard_id)}: worker failed: {exc!r}")
 
 
 def threads_per_worker(workers: int, cpus: Optional[int] = None) -> int:
@@ -116,7 +118,7 @@ class LocalExecutor(Executor):
                 died.append(shard_id)
                 continue
             except Exception as exc:  # the shard's own error (bad image with --strict, model error)
-                raise shard_error(job, shard_id, exc) from None
+                raise shard_error(job, shard_id, exc) from exc
             on_result(sid, data)
         return died
 
@@ -233,6 +235,6 @@ class RayExecutor(Executor):
                                       f"{self.max_retries} time(s) (--max-retries): "
                                       f"{str(exc).splitlines()[0]}") from None
                 except ray.exceptions.RayTaskError as exc:
-                    raise shard_error(job, shard_id, getattr(exc, "cause", None) or exc) from None
+                    raise shard_error(job, shard_id, getattr(exc, "cause", None) or exc) from exc
                 idle.append(actor)
                 on_result(sid, data)
