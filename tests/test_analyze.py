@@ -379,3 +379,56 @@ def test_quantize_algo_auto(planted, tmp_path):
         assert bad.exit_code == 2, (command, bad.output)
         assert "--algo auto" in bad.stderr and "--data" in bad.stderr
         assert not (tmp_path / "r.onnx").exists() and not (tmp_path / "e.cache").exists()
+
+
+# --- auto: per tensor only when it holds on the held-out half ----------------------------------------------
+class _FakeSimulator:
+    tensors = ["t0", "t1"]
+    all_nodes = (0, 1)
+
+
+class _FakeBench:
+    """Scores from a table: cosine = table[(amax of t0, amax of t1)]; two halves with their own tables."""
+
+    workers = 1
+
+    def __init__(self, table, halves=None):
+        self.simulator = _FakeSimulator()
+        self.table, self._halves = table, halves
+
+    def halves(self):
+        return self._halves
+
+    def score(self, nodes, amax):
+        from ptqengine.analyze.measure import Score
+
+        return Score(self.table[(amax["t0"], amax["t1"])], 0.0, 0.0)
+
+    def score_many(self, configs, progress=None):
+        return [self.score(n, a) for n, a in configs]
+
+
+FAKE_CANDIDATES = {"max": {"t0": 1.0, "t1": 1.0}, "entropy": {"t0": 2.0, "t1": 2.0}}
+
+
+@pytest.mark.parametrize("check_per_tensor, expected_mode", [(0.97, "per_tensor"), (0.93, "global")])
+def test_auto_keeps_per_tensor_only_if_it_holds_out(check_per_tensor, expected_mode):
+    from ptqengine.analyze.auto_algo import refine_per_tensor
+    from ptqengine.analyze.measure import Score
+
+    # fit half: moving t0 to entropy helps; check half: per tensor is better or worse than the best single
+    fit = _FakeBench({(1.0, 1.0): 0.95, (2.0, 1.0): 0.98, (1.0, 2.0): 0.90, (2.0, 2.0): 0.90})
+    check = _FakeBench({(1.0, 1.0): 0.95, (2.0, 1.0): check_per_tensor, (1.0, 2.0): 0.9, (2.0, 2.0): 0.9})
+    full = _FakeBench({(1.0, 1.0): 0.95, (2.0, 1.0): 0.96, (1.0, 2.0): 0.9, (2.0, 2.0): 0.9}, (fit, check))
+    scores = {"max": Score(0.95, 0, 0), "entropy": Score(0.90, 0, 0)}
+    choice = refine_per_tensor(full, FAKE_CANDIDATES, scores, "cosine")
+    assert choice.best_single == "max"
+    assert choice.changes == [("t0", "max", "entropy", 0.98)]
+    assert choice.mode == expected_mode
+    assert choice.held_out == {"per_tensor": check_per_tensor, "max": 0.95}
+    if expected_mode == "per_tensor":
+        assert choice.per_tensor == {"t0": "entropy", "t1": "max"} and choice.score.cosine == 0.96
+        assert choice.amax == {"t0": 2.0, "t1": 1.0}
+    else:
+        assert choice.per_tensor == {"t0": "max", "t1": "max"} and choice.score.cosine == 0.95
+        assert choice.amax == FAKE_CANDIDATES["max"]

@@ -70,7 +70,9 @@ class AnalysisResult:
     nodes_total: int
     runs: int
     seconds: float
-    auto_changes: List[Tuple[str, str, str, float]] = field(default_factory=list)
+    auto_changes: List[Tuple[str, str, str, float]] = field(default_factory=list)  # tried on the fit half
+    auto_mode: str = ""  # "per_tensor" or "global" (algo="auto" only)
+    auto_held_out: Dict[str, float] = field(default_factory=dict)  # metric on the check half
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # tensors without Q/DQ (no usable range)
     notes: List[str] = field(default_factory=list)
     stats: Optional[StatsBundle] = field(default=None, repr=False)  # for the report's histograms
@@ -82,6 +84,7 @@ class AnalysisResult:
             "best_single": self.best_single,
             "algorithm_scores": {k: v.to_dict() for k, v in self.algorithm_scores.items()},
             "per_tensor_algo": self.per_tensor_algo, "auto_changes": [list(c) for c in self.auto_changes],
+            "auto_mode": self.auto_mode, "auto_held_out": self.auto_held_out,
             "candidates": self.candidates, "overall": self.overall.to_dict(),
             "sensitivity": [s.to_dict() for s in self.sensitivity], "advice": self.advice.to_dict(),
             "advice_check": None if self.advice_check is None else self.advice_check.to_dict(),
@@ -185,10 +188,11 @@ def analyze(model: PathLike, data: Any, *, stats: Union[PathLike, StatsBundle, N
     scores = score_algorithms(bench, candidates, progress)
     best = max(candidates, key=lambda a: (goodness(scores[a], metric), -list(candidates).index(a)))
     changes: List[Tuple[str, str, str, float]] = []
+    mode, held_out = "", {}
     if algo == "auto":
         choice = refine_per_tensor(bench, candidates, scores, metric, progress)
         amax, per_tensor, overall, changes = choice.amax, choice.per_tensor, choice.score, choice.changes
-        scores = choice.scores
+        scores, mode, held_out = choice.scores, choice.mode, choice.held_out
     else:
         amax, per_tensor, overall = dict(candidates[algo]), {t: algo for t in simulator.tensors}, scores[algo]
 
@@ -206,5 +210,6 @@ def analyze(model: PathLike, data: Any, *, stats: Union[PathLike, StatsBundle, N
         candidates={a: {t: v for t, v in c.items() if t in quantised} for a, c in candidates.items()},
         amax=amax, overall=overall, sensitivity=ranking, advice=advice, advice_check=check,
         fp32_bytes=model_path.stat().st_size, int8_bytes=int8_bytes, nodes_total=len(simulator.nodes),
-        runs=bench.runs, seconds=time.perf_counter() - start, auto_changes=changes, skipped=simulator.skipped,
+        runs=bench.runs, seconds=time.perf_counter() - start, auto_changes=changes, auto_mode=mode,
+        auto_held_out=held_out, skipped=simulator.skipped,
         notes=notes, stats=bundle)

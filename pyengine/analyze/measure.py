@@ -138,21 +138,39 @@ class Bench:
     is computed on its own, so results do not depend on `workers`.
     """
 
-    def __init__(self, simulator: QuantSimulator, batches: Sequence[Feeds], workers: int = 1) -> None:
+    def __init__(self, simulator: QuantSimulator, batches: Sequence[Feeds], workers: int = 1,
+                 reference: Optional[Sequence[List[np.ndarray]]] = None, counter: Optional["Bench"] = None) -> None:
         self.simulator = simulator
         self.batches = list(batches)
         self.workers = max(1, int(workers))
-        self.reference = list(simulator.run(self.batches, (), {}))
-        self.runs = 0  # configurations scored (for the report's cost line)
+        self.reference = list(reference) if reference is not None else list(simulator.run(self.batches, (), {}))
+        self._runs = 0  # configurations scored (for the report's cost line)
+        self._counter = counter  # a parent bench whose count this one adds to
         self._lock = threading.Lock()
+
+    @property
+    def runs(self) -> int:
+        return self._runs
+
+    def _count(self) -> None:
+        with self._lock:
+            self._runs += 1
+        if self._counter is not None:
+            self._counter._count()
+
+    def halves(self) -> Optional[Tuple["Bench", "Bench"]]:
+        """Two benches on alternate batches (fit, check), sharing the reference; None with one batch."""
+        if len(self.batches) < 2:
+            return None
+        return tuple(Bench(self.simulator, self.batches[i::2], self.workers, self.reference[i::2], self)
+                     for i in (0, 1))  # type: ignore[return-value]
 
     @property
     def samples(self) -> int:
         return sum(int(next(iter(b.values())).shape[0]) for b in self.batches)
 
     def score(self, nodes_on: Collection[int], amax: Mapping[str, float]) -> Score:
-        with self._lock:
-            self.runs += 1
+        self._count()
         sums: List[_OutputSums] = []
         for ref_batch, test_batch in zip(self.reference, self.simulator.run(self.batches, nodes_on, amax)):
             if not sums:
@@ -165,8 +183,7 @@ class Bench:
         """Score a whole model (e.g. the real Q/DQ export) whose inputs and outputs are the prepared model's."""
         session = make_session(model, self.simulator.origin, self.simulator.threads)
         names = self.simulator.output_names
-        with self._lock:
-            self.runs += 1
+        self._count()
         return compare(self.reference, [session.run(names, feeds) for feeds in self.batches])
 
     def score_many(self, configs: Sequence[Config], progress: Optional[RunProgress] = None) -> List[Score]:

@@ -76,9 +76,7 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], table_id: str 
 def _summary(r: "AnalysisResult") -> str:
     o = r.overall
     verdict = o.cosine >= r.target_cosine
-    algo = r.algo if r.algo != "auto" else (
-        f"auto ({'per tensor' if r.auto_changes else 'global'}, from {r.best_single}; "
-        f"{len(r.auto_changes)} tensor(s) changed)")
+    algo = r.algo if r.algo != "auto" else _auto_line(r)
     items = [
         ("Model", f"{_e(Path(r.model).name)} <span class=note>sha256 {_e(r.model_sha256[:16])}…</span>"),
         ("Data", f"{_e(r.data)}: {r.samples} samples (seed {r.seed})"),
@@ -94,6 +92,18 @@ def _summary(r: "AnalysisResult") -> str:
     ]
     rows = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
     return f'<h2>Summary</h2><dl class="summary">{rows}</dl>'
+
+
+def _auto_line(r: "AnalysisResult") -> str:
+    held = ""
+    if r.auto_held_out:
+        held = "; held-out half: " + ", ".join(f"{k} {v:.5f}" for k, v in r.auto_held_out.items())
+    if r.auto_mode == "per_tensor":
+        return f"auto: per tensor ({len(r.auto_changes)} tensor(s) moved from {r.best_single}{held})"
+    if r.auto_changes:
+        return (f"auto: {r.best_single} for every tensor (a per-tensor choice moving {len(r.auto_changes)} "
+                f"tensor(s) did not hold on the held-out half{held})")
+    return f"auto: {r.best_single} for every tensor (no per-tensor change helped)"
 
 
 def _algorithms(r: "AnalysisResult") -> str:
