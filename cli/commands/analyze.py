@@ -77,7 +77,7 @@ def stage_progress(quiet: bool) -> Iterator[Callable[[str, int, Optional[int]], 
 def analyze(
     model: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="FP32 ONNX model to analyse.")],
     data: Annotated[str, typer.Option("--data", metavar="DIR", rich_help_panel=RUN,
-                                      help="Images (or .npy/.npz) to measure on (and to calibrate on without --stats).")],
+                                      help="Images (or .npy/.npz) to measure on (and calibrate on without --stats).")],
     output: Annotated[Path, typer.Option("-o", "--output", rich_help_panel=opt.OUTPUT,
                                          help="HTML report to write (one self-contained file).")] = Path("report.html"),
     json_out: Annotated[Optional[Path], typer.Option("--json", metavar="PATH", rich_help_panel=opt.OUTPUT,

@@ -31,7 +31,7 @@ from ..model import ModelInfo, file_sha256, inspect_model
 from ..statsfile import StatsBundle, load_stats
 from .advice import Advice, advise, check_target, escape_pattern
 from .auto_algo import CANDIDATES, AlgoChoice, candidate_amax, choose_algorithms, refine_per_tensor, score_algorithms
-from .measure import METRICS, Bench, Score, check_metric, goodness, load_samples
+from .measure import Bench, Score, check_metric, goodness, load_samples
 from .sensitivity import NodeSensitivity, node_sensitivity, select_nodes
 from .simulate import QuantSimulator
 
@@ -204,7 +204,8 @@ def analyze(model: PathLike, data: Any, *, stats: Union[PathLike, StatsBundle, N
     int8_bytes = _real_export(model_path, amax, (), per_channel).report.output_bytes
     quantised = set(simulator.tensors)
     return AnalysisResult(
-        model=str(model_path), model_sha256=info.sha256, data=str(data) if isinstance(data, (str, Path)) else type(data).__name__,
+        model=str(model_path), model_sha256=info.sha256,
+        data=str(data) if isinstance(data, (str, Path)) else type(data).__name__,
         samples=bench.samples, seed=seed, metric=metric, target_cosine=target_cosine, algo=algo, best_single=best,
         algorithm_scores=scores, per_tensor_algo=per_tensor,
         candidates={a: {t: v for t, v in c.items() if t in quantised} for a, c in candidates.items()},

@@ -82,8 +82,11 @@ def _differs(a: float, b: float) -> bool:
     return abs(a - b) > MIN_CHANGE * max(abs(a), abs(b), 1e-30)
 
 
+Change = Tuple[str, str, str, float]
+
+
 def _greedy(bench: Bench, candidates: Mapping[str, Mapping[str, float]], start: str, metric: str,
-            tensors: Sequence[str], report) -> Tuple[Dict[str, float], Dict[str, str], List[Tuple[str, str, str, float]]]:
+            tensors: Sequence[str], report) -> Tuple[Dict[str, float], Dict[str, str], List[Change]]:
     """Step 2 on `bench`: (amax, tensor -> algorithm, accepted changes)."""
     amax = dict(candidates[start])
     per_tensor = {t: start for t in bench.simulator.tensors}

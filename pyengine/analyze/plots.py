@@ -22,11 +22,9 @@ STYLES = {"max": ":", "percentile": "--", "entropy": "-", "mse": "-.", "auto": (
 
 
 def matplotlib_available() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def display_histogram(stats: TensorStats, bins: int = DISPLAY_BINS) -> tuple:

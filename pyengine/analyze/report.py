@@ -18,17 +18,26 @@ from .plots import histogram_svg, matplotlib_available
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import AnalysisResult
-    from .measure import Score
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
 CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
-h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
-table{border-collapse:collapse;margin:.5rem 0;font-size:13px}th,td{padding:.25rem .6rem;border-bottom:1px solid #eee;text-align:right}
-th{background:#f5f5f5;text-align:right}td.l,th.l{text-align:left}tr.advised td{background:#fff3cd}
-code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}pre{background:#f7f7f7;padding:.6rem;overflow-x:auto;white-space:pre-wrap;word-break:break-all}
-.good{color:#1a7f37}.bad{color:#b42318}.figs{display:flex;flex-wrap:wrap;gap:.5rem}.figs figure{margin:0}
-dl.summary{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}dl.summary dt{font-weight:600}dl.summary dd{margin:0}
+body{font:14px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+h1{font-size:1.5rem}
+h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
+table{border-collapse:collapse;margin:.5rem 0;font-size:13px}
+th,td{padding:.25rem .6rem;border-bottom:1px solid #eee;text-align:right}
+th{background:#f5f5f5}
+td.l,th.l{text-align:left}
+tr.advised td{background:#fff3cd}
+code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
+pre{background:#f7f7f7;padding:.6rem;overflow-x:auto;white-space:pre-wrap;word-break:break-all}
+.good{color:#1a7f37}
+.bad{color:#b42318}
+.figs{display:flex;flex-wrap:wrap;gap:.5rem}
+.figs figure{margin:0}
+dl.summary{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}
+dl.summary dt{font-weight:600}
+dl.summary dd{margin:0}
 .note{color:#555;font-size:12px}
 """
 SCRIPT = """

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Collection, Dict, Iterator, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
