@@ -431,3 +431,15 @@ def test_auto_keeps_per_tensor_only_if_it_holds_out(check_per_tensor, expected_m
     else:
         assert choice.per_tensor == {"t0": "max", "t1": "max"} and choice.score.cosine == 0.95
         assert choice.amax == FAKE_CANDIDATES["max"]
+
+
+def test_without_statistics_the_model_is_calibrated_first(planted):
+    path, images, stats = planted
+    stages = []
+    result = analyze(path, images, samples=4, algo="max", threads=1,
+                     progress=lambda stage, done, total: stages.append(stage))
+    assert stages[0] == "calibrating" and {"algorithms", "sensitivity"} <= set(stages)
+    reused = analyze(path, images, stats=stats, samples=4, algo="max", threads=1)
+    assert result.amax == reused.amax  # the same statistics as calibrate(algo="max") on the same images
+    assert [s.label for s in result.sensitivity] == [s.label for s in reused.sensitivity]
+    assert any("raw 0-255" in n for n in result.notes)
