@@ -178,6 +178,51 @@ def run_ort(bench: Bench, data: pathlib.Path, batch: int, limit: int,
             "tensors": float(tensors), "timed_tensors": float(timed)}
 
 
+# --- profile mode: where the statistics time goes on real activations -------------------------------
+def run_profile(args, bench: Bench) -> None:
+    """Time update_many and per-tensor updates on one model's real activation batches."""
+    import onnxruntime as ort
+
+    data = image_dir(args.image_dir, max(args.images, 4 * args.batch))
+    info = inspect_model(bench.model_path())
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(exposed_model(bench.model_path()), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs() if o.name in set(info.activations)]
+    runs = [sess.run(names, feeds) for feeds in decoded_batches(bench, data, args.batch, 4 * args.batch)]
+    nbytes = sum(a.nbytes for outs in runs for a in outs)
+    print(f"\nprofile, {bench.name}: {len(names)} activations, {len(runs)} batches of {args.batch}, "
+          f"{nbytes / 1e6:.0f} MB")
+    for threads in (1, 2):
+        best = float("inf")
+        for _ in range(3):
+            stats = [ptqengine.TensorStats(2048) for _ in names]
+            t0 = time.perf_counter()
+            for outs in runs:
+                ptqengine.update_many(stats, outs, threads=threads)
+            best = min(best, time.perf_counter() - t0)
+        print(f"  update_many threads={threads}: {nbytes / best / 1e9:.2f} GB/s")
+    per = []
+    for k, name in enumerate(names):
+        s = ptqengine.TensorStats(2048)
+        arrays = [outs[k] for outs in runs]
+        t0 = time.perf_counter()
+        for a in arrays:
+            s.update(a, threads=1)
+        dt = time.perf_counter() - t0
+        size = sum(a.nbytes for a in arrays)
+        zeros = sum(int(np.count_nonzero(a == 0)) for a in arrays) / sum(a.size for a in arrays)
+        per.append((dt, size, zeros, name, arrays[0].shape))
+    total = sum(p[0] for p in per)
+    print(f"  per-tensor TensorStats.update threads=1: {nbytes / total / 1e9:.2f} GB/s overall; slowest share of time:")
+    for dt, size, zeros, name, shape in sorted(per, reverse=True)[:args.worst]:
+        print(f"    {dt / total:6.1%} {size / dt / 1e9:6.2f} GB/s  zeros {zeros:5.1%}  {name} {list(shape)}")
+    small = [p for p in per if p[1] / len(runs) < 256 * 1024]
+    print(f"  tensors under 256 KB per batch: {len(small)} of {len(per)}, "
+          f"{sum(p[0] for p in small) / total:.1%} of the time, {sum(p[1] for p in small) / nbytes:.1%} of the bytes")
+
+
 # --- RSS mode --------------------------------------------------------------------------------------
 def rss_child(bench: Bench, data: pathlib.Path, batch: int, limit: int) -> None:
     seconds, result = run_ours(bench, data, batch, limit)
@@ -263,6 +308,9 @@ def main() -> None:
                     help="time onnxruntime's entropy search on this many tensors and scale (0: all)")
     ap.add_argument("--models", default=",".join(BENCHES), help=f"comma-separated: {', '.join(BENCHES)}")
     ap.add_argument("--image-dir", type=pathlib.Path, default=DEFAULT_IMAGE_DIR)
+    ap.add_argument("--profile", action="store_true",
+                    help="time the statistics on real activation batches, slowest tensors first")
+    ap.add_argument("--worst", type=int, default=8, help="tensors listed by --profile")
     ap.add_argument("--rss", action="store_true", help="peak RSS at --rss-counts images instead")
     ap.add_argument("--rss-counts", default="200,2000")
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
@@ -275,6 +323,10 @@ def main() -> None:
     print(f"ptqengine {ptqengine.__version__}; {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     models = [BENCHES[m] for m in args.models.split(",")]
+    if args.profile:
+        for bench in models:
+            run_profile(args, bench)
+        return
     if args.rss:
         for bench in models:
             run_rss(args, bench, [int(c) for c in args.rss_counts.split(",")])
