@@ -1,9 +1,11 @@
-// Binary form of one TensorStats, little-endian, version 1:
+// Binary form of one TensorStats, little-endian, version 2:
 //   "PTQS" u32 version | i32 num_bins, grid_bins, axis, exponent | u64 count, nan, inf |
 //   f32 min, max | u32 C, f32 channel_min[C], f32 channel_max[C] |
-//   per sign side (non-negative, negative): u32 first, u32 length, u64 counts[length]
-// Only the span between the first and last non-zero bin of each side is stored, so a tensor
-// costs bytes in proportion to the range it actually used. Equal statistics give equal bytes.
+//   per sign side (non-negative, negative): u32 first, u32 length, u32 nbytes, tokens[nbytes]
+// Only the span between the first and last non-zero bin of each side is stored, as LEB128 varint
+// tokens: (c << 1) for a non-zero count c, ((n - 1) << 1) | 1 for a run of n empty bins. Most
+// counts are small and most of a fine grid is empty, so a tensor takes a few KB instead of up to
+// 1 MiB (this is what shards send to the driver). Equal statistics give equal bytes.
 #include <cstring>
 
 #include "tensor_stats.h"
@@ -11,7 +13,7 @@
 namespace ptq {
 namespace {
 
-constexpr std::uint32_t kFormatVersion = 1;
+constexpr std::uint32_t kFormatVersion = 2;
 
 struct Writer {
   std::vector<std::uint8_t> out;
@@ -26,6 +28,13 @@ struct Writer {
     std::uint32_t bits;
     std::memcpy(&bits, &v, 4);
     u32(bits);
+  }
+  void varint(std::uint64_t v) {
+    while (v >= 0x80) {
+      out.push_back(static_cast<std::uint8_t>(v | 0x80));
+      v >>= 7;
+    }
+    out.push_back(static_cast<std::uint8_t>(v));
   }
 };
 
@@ -58,7 +67,34 @@ struct Reader {
     std::memcpy(&v, &bits, 4);
     return v;
   }
+  std::uint64_t varint() {
+    std::uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      need(1);
+      const std::uint8_t byte = *p++;
+      --left;
+      v |= static_cast<std::uint64_t>(byte & 0x7f) << shift;
+      if (!(byte & 0x80)) return v;
+    }
+    throw StatsError("statistics bytes are corrupt (varint too long)");
+  }
 };
+
+// Counts of bins [first, first + length) as varint tokens (see the header comment).
+void encode_span(Writer& w, const count_t* c, std::uint32_t length) {
+  std::uint32_t b = 0;
+  while (b < length) {
+    if (c[b] == 0) {
+      std::uint32_t run = 0;
+      while (b < length && c[b] == 0) ++run, ++b;
+      w.varint((static_cast<std::uint64_t>(run - 1) << 1) | 1u);
+    } else {
+      if (c[b] >> 63) throw StatsError("a histogram count is too large to serialise");
+      w.varint(c[b] << 1);
+      ++b;
+    }
+  }
+}
 
 }  // namespace
 
@@ -86,9 +122,12 @@ std::vector<std::uint8_t> TensorStats::to_bytes() const {
       if (end == 0) first = b;
       end = b + 1;
     }
+    Writer span;
+    encode_span(span, c + first, end - first);
     w.u32(first);
     w.u32(end - first);
-    for (std::uint32_t b = first; b < end; ++b) w.u64(c[b]);
+    w.u32(static_cast<std::uint32_t>(span.out.size()));
+    w.out.insert(w.out.end(), span.out.begin(), span.out.end());
   }
   return w.out;
 }
@@ -120,12 +159,26 @@ TensorStats TensorStats::from_bytes(const std::uint8_t* data, std::size_t size) 
   for (auto& v : t.s_.channel_min) v = r.f32();
   for (auto& v : t.s_.channel_max) v = r.f32();
   for (int side = 0; side < 2; ++side) {
-    const std::uint32_t first = r.u32(), length = r.u32();
+    const std::uint32_t first = r.u32(), length = r.u32(), nbytes = r.u32();
     if (static_cast<std::uint64_t>(first) + length > static_cast<std::uint64_t>(grid_bins))
       throw StatsError("statistics bytes are corrupt (histogram span out of range)");
-    r.need(static_cast<std::size_t>(length) * 8);
-    count_t* c = t.s_.counts.data() + static_cast<std::size_t>(side) * grid_bins;
-    for (std::uint32_t b = 0; b < length; ++b) c[first + b] = r.u64();
+    r.need(nbytes);
+    Reader span{r.p, nbytes};
+    r.p += nbytes;
+    r.left -= nbytes;
+    count_t* c = t.s_.counts.data() + static_cast<std::size_t>(side) * grid_bins + first;
+    std::uint32_t b = 0;
+    while (b < length) {
+      const std::uint64_t token = span.varint();
+      if (token & 1u) {
+        const std::uint64_t run = (token >> 1) + 1;
+        if (run > length - b) throw StatsError("statistics bytes are corrupt (empty run too long)");
+        b += static_cast<std::uint32_t>(run);  // counts start at zero
+      } else {
+        c[b++] = token >> 1;
+      }
+    }
+    if (span.left != 0) throw StatsError("statistics bytes are corrupt (histogram span length)");
   }
   if (r.left != 0) throw StatsError("statistics bytes have trailing data");
   return t;
