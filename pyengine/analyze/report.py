@@ -206,7 +206,7 @@ def _advice(r: "AnalysisResult") -> str:
                    "output); TensorRT and Horizon cannot address them until they are named.</p>")
     if a.trace:
         out.append("<details><summary>greedy steps</summary>"
-                   + _table(["node added", "cosine"], [[f"<code>{_e(n)}</code>", _num(c)] for n, c in a.trace])
+                   + _table(["step", "cosine"], [[f"<code>{_e(n)}</code>", _num(c)] for n, c in a.trace])
                    + "</details>")
     return "".join(out)
 
