@@ -5,10 +5,27 @@ from .errors import PtqError
 from .stats import TensorStats, merge_all, update_many
 from .statsfile import StatsBundle, load_stats, save_stats
 
+# The pipeline pulls in onnx and onnxruntime (~0.5 s): loaded on first use, so that the statistics
+# core stays a light import.
+_PIPELINE_NAMES = ("calibrate", "CalibrationResult", "RunReport", "result_from_stats")
+
+
+def __getattr__(name: str):
+    if name in _PIPELINE_NAMES:
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'ptqengine' has no attribute {name!r}")
+
+
 __all__ = [
     "__version__",
     "ALGORITHMS",
     "AsymmetricRange",
+    "CalibrationResult",
+    "RunReport",
+    "calibrate",
+    "result_from_stats",
     "PtqError",
     "StatsBundle",
     "TensorStats",
