@@ -170,12 +170,15 @@ class OutputPlan:
     trt_calibrator: str = "entropy2"
     scales_json: Optional[Path] = None
     stats: Optional[Path] = None
+    qdq: Optional[Path] = None  # Q/DQ model of `model` with the calibrated ranges (TensorRT 11, onnxruntime)
+    model: Optional[Path] = None
 
     def check(self) -> "OutputPlan":
         if self.cache is not None:
             trt_version_code(self.trt_version)
             calibrator_class(self.trt_calibrator)
-        for option, path in (("-o", self.cache), ("--scales-json", self.scales_json), ("--save-stats", self.stats)):
+        for option, path in (("-o", self.cache), ("--scales-json", self.scales_json), ("--save-stats", self.stats),
+                             ("--qdq", self.qdq)):
             if path is not None:
                 check_writable(path, option)
         return self
@@ -196,6 +199,12 @@ class OutputPlan:
         if self.scales_json is not None:
             write_scales_json(self.scales_json, result)
             outputs.append(("scales JSON", self.scales_json))
+        if self.qdq is not None:
+            from ptqengine.qdq import quantize_model
+
+            quantized = quantize_model(self.model, self.qdq, calibration=result)
+            warnings += quantized.report.notes
+            outputs.append(("Q/DQ model", self.qdq))
         return outputs, warnings
 
 

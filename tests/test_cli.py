@@ -281,3 +281,20 @@ def test_module_entry_point_runs(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ptqengine.cli.main", "inspect", str(tmp_path / "x.cache")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_calibrate_also_writes_the_qdq_model(tmp_path, tiny_model, small_images):
+    import onnx
+
+    qdq = tmp_path / "model.int8.onnx"
+    result = run("calibrate", tiny_model, "--data", small_images, "-o", tmp_path / "c.cache",
+                 "--qdq", qdq, "--quiet")
+    assert result.exit_code == 0, result.output
+    model = onnx.load(str(qdq))
+    onnx.checker.check_model(model)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    bad = run("calibrate", tiny_model, "--data", small_images, "-o", tmp_path / "d.cache",
+              "--qdq", tmp_path / "missing" / "m.onnx")
+    assert_one_line_error(bad, "--qdq", "does not exist")
+    assert not (tmp_path / "d.cache").exists()

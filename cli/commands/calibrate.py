@@ -45,6 +45,10 @@ def calibrate(
     trt_calibrator: opt.TrtCalibratorOpt = "entropy2",
     scales_json: opt.ScalesJsonOpt = None,
     save_stats: opt.SaveStatsOpt = None,
+    qdq: Annotated[Optional[Path], typer.Option(
+        "--qdq", metavar="PATH", rich_help_panel=opt.OUTPUT,
+        help="Also write a Q/DQ ONNX model with these ranges (TensorRT 11 explicit quantization, "
+             "onnxruntime); static, per-channel weights, like `ptqengine quantize`.")] = None,
     quiet: opt.QuietOpt = False,
     engine: dopt.EngineOpt = None,
     ray_address: dopt.RayAddressOpt = None,
@@ -69,7 +73,7 @@ def calibrate(
     if scale_out.shard is not None:
         dopt.write_shard(scale_out, model, data, save_stats, scales_json, quiet, **run_args)
         return
-    outputs = opt.OutputPlan(output, trt_version, trt_calibrator, scales_json, save_stats).check()
+    outputs = opt.OutputPlan(output, trt_version, trt_calibrator, scales_json, save_stats, qdq, model).check()
     with calibration_progress(quiet) as progress:
         if scale_out.sharded:
             result = scale_out.run(model, data, output, progress, **run_args)
