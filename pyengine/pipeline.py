@@ -331,7 +331,11 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
     Bad data raises DataError, bad options OptionError, an unusable model ModelError.
     """
     start = time.perf_counter()
-    algo, resolved = _resolve_algo(algo, algo_options or {})  # fail on bad options before any work
+    auto = algo == "auto"  # statistics do not depend on the algorithm: collect, then choose (analyze.auto_algo)
+    if auto and not isinstance(data, (str, Path, list, tuple, np.ndarray)):
+        raise OptionError("algo 'auto' reads the data twice (statistics, then samples to measure on): give a "
+                          "directory, files or a list, not a one-shot iterable or reader")
+    algo, resolved = _resolve_algo("max" if auto else algo, algo_options or {})  # fail on bad options first
     if threads is not None and threads < 1:
         raise OptionError(f"threads must be >= 1, got {threads}")
     if limit is not None and limit < 1:
@@ -387,7 +391,13 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
     _, _, amax = _amax_for(bundle, algo, resolved, threads)
     timings["amax"] = time.perf_counter() - t3
     report = _report(source, stats, done, time.perf_counter() - start, notes, timings, nbytes)
-    return CalibrationResult(bundle, algo, resolved, amax, report)
+    result = CalibrationResult(bundle, algo, resolved, amax, report)
+    if auto:
+        from .analyze.auto_algo import auto_result
+
+        return auto_result(model_path, result, data, seed=seed, preprocess=preprocess, batch_size=batch_size,
+                           threads=threads)
+    return result
 
 
 def _nothing_usable(source: DataSource, data: Any) -> str:

@@ -443,3 +443,13 @@ def test_without_statistics_the_model_is_calibrated_first(planted):
     assert result.amax == reused.amax  # the same statistics as calibrate(algo="max") on the same images
     assert [s.label for s in result.sensitivity] == [s.label for s in reused.sensitivity]
     assert any("raw 0-255" in n for n in result.notes)
+
+
+def test_library_calibrate_algo_auto(planted, planted_choice_all):
+    path, images, _ = planted
+    result = calibrate(path, images, algo="auto")
+    assert result.algo == "auto" and result.amax == planted_choice_all.amax
+    assert result.algo_options["per_tensor"] == planted_choice_all.per_tensor
+    one_shot = iter([np.zeros((3, 40, 48), np.float32)])
+    with pytest.raises(OptionError, match="reads the data twice"):
+        calibrate(path, one_shot, algo="auto")
