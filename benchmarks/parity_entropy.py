@@ -26,6 +26,7 @@ import onnxruntime as ort
 
 import ptqengine
 from ptqengine.algorithms import amax_from_histogram
+from ptqengine.stats import DEFAULT_GRID_FACTOR
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -147,6 +148,8 @@ def main() -> None:
     ap.add_argument("--worst", type=int, default=5, help="worst tensors listed per method")
     ap.add_argument("--modelopt", action="store_true",
                     help="also compare entropy with ModelOpt's own search (about 2 s per tensor)")
+    ap.add_argument("--grid-factors", default="",
+                    help="also try TensorStats(grid_bins=2048*F) for these F, e.g. 64,128,256 (entropy only)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes for the references")
     args = ap.parse_args()
 
@@ -187,6 +190,13 @@ def main() -> None:
         exact[n] = amax_from_histogram(counts, absmax / 2048, "entropy") if absmax > 0 else 0.0
     summarise("entropy, native search on the exact [0, absmax] histogram vs reference",
               [(n, exact[n], refs[n][0]) for n in stats], args.worst)
+    for factor in [int(f) for f in args.grid_factors.split(",") if f]:
+        rows = []
+        for n in stats:
+            s = ptqengine.TensorStats(2048, grid_bins=2048 * factor)
+            s.update(_ACTS[n])
+            rows.append((n, s.compute_amax("entropy"), refs[n][0]))
+        summarise(f"entropy with grid_bins = 2048 * {factor} (default factor {DEFAULT_GRID_FACTOR})", rows, 3)
     if args.modelopt:
         summarise("entropy vs ModelOpt's _compute_amax_entropy (exact histogram)",
                   [(n, s.compute_amax("entropy"), refs[n][3]) for n, s in stats.items()], args.worst)
