@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Union
 from .._version import __version__
 from ..algorithms import symmetric_scale
 from ..atomic import write_text_atomic
-from ..errors import FormatError, PtqError
+from ..errors import FormatError
+from ._text import read_utf8
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..pipeline import CalibrationResult
@@ -128,14 +129,7 @@ def parse_scales_document(document: Any, source: str = "<json>") -> Dict[str, fl
 def load_json(path: Union[str, Path]) -> Any:
     """json.load with one-line PtqErrors for missing files and syntax errors."""
     p = Path(path)
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise PtqError(f"{p}: file not found") from None
-    except OSError as exc:
-        raise PtqError(f"{p}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise FormatError(f"{p}: not a JSON file (not UTF-8 text)") from None
+    text = read_utf8(p, "a JSON file")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

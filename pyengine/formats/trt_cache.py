@@ -31,6 +31,7 @@ from typing import Dict, List, Mapping, Tuple, Union
 
 from ..atomic import write_text_atomic
 from ..errors import FormatError, OptionError, PtqError
+from ._text import read_utf8
 
 CALIBRATORS: Dict[str, str] = {"entropy2": "EntropyCalibration2", "minmax": "MinMaxCalibration"}
 DEFAULT_VERSION = "10.3.0"
@@ -177,13 +178,4 @@ def parse_trt_cache(text: str, source: str = "<text>") -> TrtCache:
 
 
 def read_trt_cache(path: Union[str, Path]) -> TrtCache:
-    p = Path(path)
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise PtqError(f"{p}: file not found") from None
-    except OSError as exc:
-        raise PtqError(f"{p}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise FormatError(f"{p}: not a TensorRT calibration cache (not text)") from None
-    return parse_trt_cache(text, str(p))
+    return parse_trt_cache(read_utf8(path, "a TensorRT calibration cache"), str(path))
