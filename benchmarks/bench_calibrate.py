@@ -38,7 +38,7 @@ import ptqengine
 from ptqengine.datasource import batches, open_source, prefetch
 from ptqengine.images import find_images, generate_calibration_images
 from ptqengine.model import inspect_model
-from ptqengine.pipeline import calibrate
+from ptqengine.pipeline import calibrate, value_preserving_copies
 from ptqengine.preprocess import PreprocessConfig, config_for, plan_for
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # 0-255 units
@@ -93,15 +93,17 @@ def decoded_batches(bench: Bench, data: pathlib.Path, batch: int, limit: int) ->
 
 # --- (a) the floor ---------------------------------------------------------------------------
 def exposed_model(path: pathlib.Path) -> bytes:
-    """The model with every float activation as a graph output (what a calibrator must run)."""
+    """The model with every float activation calibrate() exposes as a graph output."""
     import onnx
     from onnx import helper
 
     info = inspect_model(path)
     model = onnx.load(str(path))
     existing = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
+    # calibrate() copies statistics through Identity / Reshape / ... instead of exposing those outputs.
+    copies = value_preserving_copies(model, info.activation_dtypes)
     for name in info.activations:
-        if name not in existing:
+        if name not in existing and name not in copies:
             model.graph.output.append(helper.make_tensor_value_info(
                 name, helper.np_dtype_to_tensor_dtype(info.activation_dtypes[name]), None))
     return model.SerializeToString()
@@ -229,6 +231,54 @@ def run_profile(args, bench: Bench) -> None:
           f"{sum(p[0] for p in small) / total:.1%} of the time, {sum(p[1] for p in small) / nbytes:.1%} of the bytes")
 
 
+# --- opt-levels mode: what running the graph unoptimised costs ----------------------------------------
+def run_opt_levels(args, bench: Bench) -> None:
+    """Inference with every activation that survives each onnxruntime optimisation level exposed."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    path = bench.model_path()
+    info = inspect_model(path)
+    data = image_dir(args.image_dir, max(args.images, 13 * args.batch))
+    print(f"\nonnxruntime optimisation levels, {bench.name}, {12 * args.batch} images after one warm-up batch:")
+    levels = ["ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"]
+    for level_name in levels:
+        level = getattr(ort.GraphOptimizationLevel, level_name)
+        with tempfile.TemporaryDirectory() as tmp:
+            so = ort.SessionOptions()
+            so.graph_optimization_level = level
+            so.optimized_model_filepath = str(pathlib.Path(tmp) / "optimised.onnx")
+            so.log_severity_level = 3
+            ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            optimised = onnx.load(so.optimized_model_filepath)
+        surviving = {o for n in optimised.graph.node for o in n.output}
+        model = onnx.load(str(path))
+        copies = value_preserving_copies(model, info.activation_dtypes)
+        keep = [a for a in info.activations if a in surviving and a not in copies]
+        existing = {o.name for o in model.graph.output}
+        for name in keep:
+            if name not in existing:
+                model.graph.output.append(helper.make_tensor_value_info(
+                    name, helper.np_dtype_to_tensor_dtype(info.activation_dtypes[name]), None))
+        so = ort.SessionOptions()
+        so.graph_optimization_level = level
+        so.log_severity_level = 3
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        t0, images, nbytes = 0.0, 0, 0
+        for k, feeds in enumerate(decoded_batches(bench, data, args.batch, 13 * args.batch)):
+            outs = sess.run(None, feeds)
+            if k == 0:
+                t0 = time.perf_counter()
+                continue
+            images += args.batch
+            nbytes += sum(o.nbytes for o in outs)
+        dt = time.perf_counter() - t0
+        print(f"  {level_name:20s} {len(keep):4d} of {len(info.activations)} activations exposed  "
+              f"{dt / images * 1e3:7.1f} ms/image  {nbytes / images / 1e6:7.1f} MB/image")
+
+
 # --- RSS mode --------------------------------------------------------------------------------------
 def rss_child(bench: Bench, data: pathlib.Path, batch: int, limit: int) -> None:
     seconds, result = run_ours(bench, data, batch, limit)
@@ -319,6 +369,8 @@ def main() -> None:
     ap.add_argument("--image-dir", type=pathlib.Path, default=DEFAULT_IMAGE_DIR)
     ap.add_argument("--profile", action="store_true",
                     help="time the statistics on real activation batches, slowest tensors first")
+    ap.add_argument("--opt-levels", action="store_true",
+                    help="inference cost per onnxruntime optimisation level, exposing the activations that survive")
     ap.add_argument("--worst", type=int, default=8, help="tensors listed by --profile")
     ap.add_argument("--rss", action="store_true", help="peak RSS at --rss-counts images instead")
     ap.add_argument("--rss-counts", default="200,2000")
@@ -332,6 +384,10 @@ def main() -> None:
     print(f"ptqengine {ptqengine.__version__}; {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     models = [BENCHES[m] for m in args.models.split(",")]
+    if args.opt_levels:
+        for bench in models:
+            run_opt_levels(args, bench)
+        return
     if args.profile:
         for bench in models:
             run_profile(args, bench)

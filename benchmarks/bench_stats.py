@@ -214,6 +214,23 @@ def search_rows(batches: list[np.ndarray], repeat: int, ort, mo) -> list[tuple[s
     return rows
 
 
+def grid_rows(batches: list[np.ndarray], factors: list[int], repeat: int) -> None:
+    """Update rate, entropy time and serialised size against the exact grid's resolution."""
+    nbytes = sum(b.nbytes for b in batches)
+    print(f"\n(c) grid resolution, {len(batches)} batches ({nbytes / 1e6:.0f} MB), threads=1")
+    print(f"  {'grid_bins':>22s} {'update GB/s':>12s} {'entropy ms':>11s} {'to_bytes KB':>12s}")
+    for f in factors:
+        def run():
+            s = ptqengine.TensorStats(NUM_BINS, grid_bins=NUM_BINS * f)
+            for b in batches:
+                s.update(b, threads=1)
+            return s
+        gbs = nbytes / best_seconds(run, repeat) / 1e9
+        s = run()
+        ms = best_seconds(lambda: s.compute_amax("entropy"), max(repeat, 10)) * 1e3
+        print(f"  {f'2048 * {f}':>22s} {gbs:12.2f} {ms:11.2f} {len(s.to_bytes()) / 1e3:12.0f}")
+
+
 # --- report ----------------------------------------------------------------------------------
 def fmt(v: Optional[float], spec: str) -> str:
     return "not installed" if v is None else format(v, spec)
@@ -248,6 +265,8 @@ def main() -> None:
     ap.add_argument("--search-values", type=int, default=1 << 20, help="values behind each searched tensor")
     ap.add_argument("--quick", action="store_true", help="8 batches, 3 repeats")
     ap.add_argument("--dists", default="gaussian,relu,laplace")
+    ap.add_argument("--grid-factors", default="32,128,512",
+                    help="grid_bins = 2048 * F tried in section (c) on the first distribution ('' to skip)")
     args = ap.parse_args()
     if args.quick:
         args.batches, args.repeat = 8, 3
@@ -267,6 +286,8 @@ def main() -> None:
         search = make_batches(kind, 8, per, args.growth, seed=100 + i)
         absmax = float(max(np.abs(b).max() for b in search))
         print_search(kind, search_rows(search, max(args.repeat, 20), ort, mo), 8 * per, absmax)
+        if i == 0 and args.grid_factors:
+            grid_rows(batches[:16], [int(f) for f in args.grid_factors.split(",")], args.repeat)
 
 
 if __name__ == "__main__":
