@@ -148,7 +148,8 @@ def test_per_channel_needs_axis():
 
 def test_thread_count_does_not_change_result():
     rng = np.random.default_rng(5)
-    x = (rng.standard_normal(3_000_000) * rng.uniform(0.1, 10)).astype(np.float32)
+    # 9M values: enough for the kernel to split into 4 threads (2M values each at least).
+    x = (rng.standard_normal(9_000_000) * rng.uniform(0.1, 10)).astype(np.float32)
     x[::1000] = np.nan
     one = TensorStats().update(x, threads=1)
     two = TensorStats().update(x, threads=2)
