@@ -92,7 +92,7 @@ def _prefix_search(bench: Bench, pool: Sequence[int], config, target: float,
     best: Tuple[List[int], float] = ([], -2.0)
     for start in range(0, len(pool), step):
         ends = range(start + 1, min(start + step, len(pool)) + 1)
-        scores = bench.score_many([config(pool[:end]) for end in ends])
+        scores = bench.score_many([config(pool[:end]) for end in ends], until=lambda s: s.cosine >= target)
         for end, score in zip(ends, scores):
             trace.append((f"top {end}: {labels[pool[end - 1]]}", score.cosine))
             if score.cosine > best[1]:

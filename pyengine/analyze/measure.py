@@ -152,11 +152,11 @@ class Bench:
     def runs(self) -> int:
         return self._runs
 
-    def _count(self) -> None:
+    def _count(self, n: int = 1) -> None:
         with self._lock:
-            self._runs += 1
+            self._runs += n
         if self._counter is not None:
-            self._counter._count()
+            self._counter._count(n)
 
     def halves(self) -> Optional[Tuple["Bench", "Bench"]]:
         """Two benches on alternate batches (fit, check), sharing the reference; None with one batch."""
@@ -186,8 +186,20 @@ class Bench:
         self._count()
         return compare(self.reference, [session.run(names, feeds) for feeds in self.batches])
 
-    def score_many(self, configs: Sequence[Config], progress: Optional[RunProgress] = None) -> List[Score]:
-        """Scores in the order of configs; progress(done, len(configs)) after each."""
+    def score_many(self, configs: Sequence[Config], progress: Optional[RunProgress] = None,
+                   until: Optional[Callable[[Score], bool]] = None) -> List[Score]:
+        """Scores in the order of configs; progress(done, len(configs)) after each.
+
+        until: the caller stops at the first score meeting it; configurations after that one were
+        run only because they ran alongside it, so they are not counted: the report's cost is then
+        the same for any number of workers."""
+        results = self._score_all(configs, progress)
+        if until is not None:
+            first = next((i for i, r in enumerate(results) if until(r)), len(results) - 1)
+            self._count(-(len(results) - 1 - first))
+        return results
+
+    def _score_all(self, configs: Sequence[Config], progress: Optional[RunProgress]) -> List[Score]:
         results: List[Optional[Score]] = [None] * len(configs)
         if progress is not None:
             progress(0, len(configs))
