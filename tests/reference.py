@@ -51,10 +51,13 @@ def entropy_curve(bins: np.ndarray, num_quantized_bins: int = 128, start_bin: in
 
 
 def entropy_amax(x: np.ndarray, num_bins: int = 2048, num_quantized_bins: int = 128,
-                 start_bin: int = 128) -> float:
+                 start_bin: int = 128, zero_bin: str = "keep") -> float:
+    """zero_bin="neighbour": bin 0 takes bin 1's count first (ModelOpt / pytorch-quantization)."""
     bins, amax = abs_histogram(x, num_bins)
     if amax == 0.0:
         return 0.0
+    if zero_bin == "neighbour":
+        bins[0] = bins[1]
     curve = entropy_curve(bins, num_quantized_bins, start_bin)
     best = len(curve) - 1 - int(np.argmin(curve[::-1]))  # the LAST minimum
     return (start_bin + best) * amax / num_bins

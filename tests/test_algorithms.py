@@ -53,7 +53,9 @@ def test_stats_searches_track_reference(name, x):
     assert abs(s.compute_amax("mse") - ref.mse_amax(x)) <= 2 * width
     # Entropy: the search histogram is re-binned from the exact grid, so near-flat KL curves may move
     # the minimum a little (REFERENCES.md: parity measurement); 2% is the accepted tolerance.
-    assert s.compute_amax("entropy") == pytest.approx(ref.entropy_amax(x), rel=0.02)
+    for zero_bin in ("keep", "neighbour"):
+        assert s.compute_amax("entropy", zero_bin=zero_bin) == pytest.approx(
+            ref.entropy_amax(x, zero_bin=zero_bin), rel=0.02), zero_bin
 
 
 @pytest.mark.parametrize("signed", [False, True])
@@ -93,11 +95,23 @@ def test_entropy_threshold_is_not_the_first_candidate():
     # always won. On N(0,1) the documented method clips near 4.5 sigma.
     x = np.random.default_rng(15).standard_normal(1_000_000).astype(np.float32)
     s = TensorStats().update(x)
-    amax = s.compute_amax("entropy")
+    amax = s.compute_amax("entropy", zero_bin="keep")
     assert amax > 0.5 * float(np.abs(x).max())
     assert 3.5 < amax < float(np.abs(x).max())
     curve = entropy_curve(s.search_histogram()[0])
     assert curve[0] > curve[np.isfinite(curve)].min()
+
+
+def test_entropy_zero_bin_mode_matters_on_relu_outputs():
+    # Half exact zeros: read literally, the zero spike dominates KL and the search clips hard.
+    x = np.maximum(np.random.default_rng(16).standard_normal(1_000_000), 0).astype(np.float32)
+    s = TensorStats().update(x)
+    keep, neighbour = s.compute_amax("entropy", zero_bin="keep"), s.compute_amax("entropy")
+    assert neighbour == s.compute_amax("entropy", zero_bin="neighbour")
+    assert keep < 0.6 * neighbour
+    assert neighbour == pytest.approx(ref.entropy_amax(x, zero_bin="neighbour"), rel=0.02)
+    with pytest.raises(ValueError, match="zero_bin"):
+        s.compute_amax("entropy", zero_bin="drop")
 
 
 def test_symmetric_scale():
