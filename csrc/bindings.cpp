@@ -144,8 +144,9 @@ PYBIND11_MODULE(_core, m) {
            py::arg("num_bins"))
       .def("amax_percentile", &ptq::amax_percentile, py::arg("percentile"))
       .def("amax_entropy",
-           py::overload_cast<const TensorStats&, int, int, int>(&ptq::amax_entropy),
+           py::overload_cast<const TensorStats&, int, int, int, bool>(&ptq::amax_entropy),
            py::arg("num_quantized_bins"), py::arg("start_bin"), py::arg("stride"),
+           py::arg("zero_bin_from_neighbour"),
            py::call_guard<py::gil_scoped_release>())
       .def("amax_mse", py::overload_cast<const TensorStats&, int, int>(&ptq::amax_mse),
            py::arg("num_bits"), py::arg("start_bin"), py::call_guard<py::gil_scoped_release>())

@@ -257,11 +257,13 @@ double amax_entropy(const std::vector<double>& bins, double bin_width, int nq, i
   return bin_width * (start_bin + static_cast<int>(best) * stride);
 }
 
-double amax_entropy(const TensorStats& stats, int nq, int start_bin, int stride) {
+double amax_entropy(const TensorStats& stats, int nq, int start_bin, int stride,
+                    bool zero_bin_from_neighbour) {
   const int nb = stats.num_bins();
   if (stats.finite_count() == 0 || stats.absmax() == 0.0f) return 0.0;
-  return amax_entropy(search_histogram(stats, nb), static_cast<double>(stats.absmax()) / nb, nq,
-                      start_bin, stride);
+  std::vector<double> bins = search_histogram(stats, nb);
+  if (zero_bin_from_neighbour && nb > 1) bins[0] = bins[1];
+  return amax_entropy(bins, static_cast<double>(stats.absmax()) / nb, nq, start_bin, stride);
 }
 
 double amax_mse(const std::vector<double>& bins, double bin_width, int num_bits, int start_bin) {

@@ -32,7 +32,10 @@ namespace ptq {
 std::vector<double> search_histogram(const TensorStats& stats, int num_bins);
 
 double amax_percentile(const TensorStats& stats, double percentile);
-double amax_entropy(const TensorStats& stats, int num_quantized_bins, int start_bin, int stride);
+// zero_bin_from_neighbour: bin 0 takes bin 1's count before the search (ModelOpt's convention, so
+// the spike of exact zeros in ReLU outputs does not dominate the divergence).
+double amax_entropy(const TensorStats& stats, int num_quantized_bins, int start_bin, int stride,
+                    bool zero_bin_from_neighbour);
 double amax_mse(const TensorStats& stats, int num_bits, int start_bin);
 // The same searches on a given |x| histogram whose bins all have width bin_width.
 double amax_entropy(const std::vector<double>& bins, double bin_width, int num_quantized_bins,

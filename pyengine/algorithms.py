@@ -58,18 +58,10 @@ def _entropy(native, num_quantized_bins: int, start_bin: int, stride: int, zero_
     0.936 with "keep" vs 0.990 with "neighbour"; PP-OCRv6 rec 0.53 vs 0.94. With "keep", tensors
     whose values sit mostly below absmax/16 (ReLU outputs with many zeros) clip at the first
     candidate, absmax/16."""
-    if zero_bin == "keep":
-        return float(native.amax_entropy(int(num_quantized_bins), int(start_bin), int(stride)))
-    if zero_bin != "neighbour":
+    if zero_bin not in ZERO_BIN_MODES:
         raise ValueError(f"zero_bin must be one of {', '.join(ZERO_BIN_MODES)}, got {zero_bin!r}")
-    from . import _core
-
-    if native.finite_count == 0 or native.absmax == 0.0:
-        return 0.0
-    bins = native.search_histogram(native.num_bins)
-    bins[0] = bins[1]
-    return float(_core.amax_entropy_bins(bins, native.absmax / native.num_bins, int(num_quantized_bins),
-                                         int(start_bin), int(stride)))
+    return float(native.amax_entropy(int(num_quantized_bins), int(start_bin), int(stride),
+                                     zero_bin == "neighbour"))
 
 
 def _check_bits(num_bits: int) -> int:
