@@ -10,6 +10,8 @@ app prints as one line with exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import os
 from enum import Enum
 from pathlib import Path
@@ -113,6 +115,28 @@ def preprocess_config(size: Optional[str] = None, resize: Optional[Resize] = Non
     if config is not None:
         return {name: dataclasses.replace(cfg, **given) for name, cfg in load_preprocess_config(config).items()}
     return PreprocessConfig(**given) if given else None
+
+
+PREPROCESS_OPTIONS = {"size": SizeOpt, "resize": ResizeOpt, "mean": MeanOpt, "std": StdOpt,
+                      "color": ColorOpt, "layout": LayoutOpt, "config": ConfigOpt}
+
+
+def with_preprocess_options(command):
+    """Give a command the preprocessing option set in one line: the CLI shows the seven options, and
+    the command receives their parsed result as its `preprocess` argument (see preprocess_config)."""
+    # Evaluated annotations: typer reads Annotated[..., typer.Option(...)] from the signature itself.
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for name, p in signature.parameters.items() if name != "preprocess"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+             for name, annotation in PREPROCESS_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name, None) for name in PREPROCESS_OPTIONS}
+        return command(*args, preprocess=preprocess_config(**values), **kwargs)
+
+    run.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]
+    return run
 
 
 # --- calibration algorithm -------------------------------------------------------------------------

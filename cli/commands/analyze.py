@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Callable, Dict, Iterator, List, Optional
+from typing import Any, Annotated, Callable, Dict, Iterator, List, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -74,6 +74,7 @@ def stage_progress(quiet: bool) -> Iterator[Callable[[str, int, Optional[int]], 
         bars[current[-1]].stop(keep=True)
 
 
+@opt.with_preprocess_options
 def analyze(
     model: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="FP32 ONNX model to analyse.")],
     data: Annotated[str, typer.Option("--data", metavar="DIR", rich_help_panel=RUN,
@@ -108,13 +109,7 @@ def analyze(
     seed: Annotated[int, typer.Option("--seed", rich_help_panel=RUN, help="Seed of the sample subsets.")] = 0,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, rich_help_panel=RUN,
                                                    help="CPU threads (default: all cores).")] = None,
-    size: opt.SizeOpt = None,
-    resize: opt.ResizeOpt = None,
-    mean: opt.MeanOpt = None,
-    std: opt.StdOpt = None,
-    color: opt.ColorOpt = None,
-    layout: opt.LayoutOpt = None,
-    config: opt.ConfigOpt = None,
+    preprocess: Any = None,  # the preprocessing option set, parsed (opt.with_preprocess_options)
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Rank MODEL's nodes by INT8 sensitivity, compare calibration algorithms, advise what to keep in float."""
@@ -123,7 +118,6 @@ def analyze(
     opt.check_writable(output, "-o")
     if json_out is not None:
         opt.check_writable(json_out, "--json")
-    preprocess = opt.preprocess_config(size, resize, mean, std, color, layout, config)
     with stage_progress(quiet) as progress:
         result = run_analysis(model, data, stats=stats, samples=samples, seed=seed, target_cosine=target_cosine,
                               metric=metric.value, algo=algo.value, preprocess=preprocess, batch_size=batch_size,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Any, Annotated, Optional
 
 import typer
 
@@ -14,6 +14,7 @@ from .analyze import AUTO, auto_calibration
 RUN = "Calibration run"
 
 
+@opt.with_preprocess_options
 def calibrate(
     model: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="ONNX model to calibrate.")],
     data: Annotated[str, typer.Option(
@@ -32,13 +33,7 @@ def calibrate(
                                           help="Histogram bins the scale search runs on.")] = 2048,
     strict: Annotated[bool, typer.Option("--strict", rich_help_panel=RUN,
                                          help="Fail on an unreadable image instead of skipping it.")] = False,
-    size: opt.SizeOpt = None,
-    resize: opt.ResizeOpt = None,
-    mean: opt.MeanOpt = None,
-    std: opt.StdOpt = None,
-    color: opt.ColorOpt = None,
-    layout: opt.LayoutOpt = None,
-    config: opt.ConfigOpt = None,
+    preprocess: Any = None,  # the preprocessing option set, parsed (opt.with_preprocess_options)
     output: Annotated[Path, typer.Option("-o", "--output", rich_help_panel=opt.OUTPUT,
                                          help="TensorRT calibration cache to write.")] = Path("calibration.cache"),
     trt_version: opt.TrtVersionOpt = opt.DEFAULT_TRT_VERSION,
@@ -64,7 +59,6 @@ def calibrate(
     from ptqengine.pipeline import calibrate as run_calibration
 
     algo_name, algo_options = opt.algorithm_options(algo, percentile)
-    preprocess = opt.preprocess_config(size, resize, mean, std, color, layout, config)
     scale_out = dopt.ScaleOut(engine, ray_address, workers, gpus_per_worker, shard_size, max_retries, resume,
                               shards_dir, shard).check()
     auto = algo_name == AUTO  # statistics do not depend on the algorithm: collect, then choose per tensor

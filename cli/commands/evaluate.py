@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Any, Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -14,6 +14,7 @@ from ..console import stdout_console
 RUN = "Evaluation run"
 
 
+@opt.with_preprocess_options
 def evaluate(
     fp32: Annotated[Path, typer.Argument(metavar="FP32.onnx", help="The reference model.")],
     int8: Annotated[Path, typer.Argument(metavar="INT8.onnx", help="The quantized model.")],
@@ -29,20 +30,13 @@ def evaluate(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, rich_help_panel=RUN)] = 8,
     seed: Annotated[int, typer.Option("--seed", rich_help_panel=RUN, help="Seed of the --limit subset.")] = 0,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, rich_help_panel=RUN)] = None,
-    size: opt.SizeOpt = None,
-    resize: opt.ResizeOpt = None,
-    mean: opt.MeanOpt = None,
-    std: opt.StdOpt = None,
-    color: opt.ColorOpt = None,
-    layout: opt.LayoutOpt = None,
-    config: opt.ConfigOpt = None,
+    preprocess: Any = None,  # the preprocessing option set, parsed (opt.with_preprocess_options)
 ) -> None:
     """Per-output cosine, SQNR and max error, top-1 agreement, accuracy, size and latency of both models."""
     from ptqengine.evaluate import evaluate as run_evaluation
 
     if json_out is not None:
         opt.check_writable(json_out, "--json")
-    preprocess = opt.preprocess_config(size, resize, mean, std, color, layout, config)
     report = run_evaluation(fp32, int8, data, limit=limit, labels=labels, batch_size=batch_size, seed=seed,
                             preprocess=preprocess, threads=threads)
     _print(report)

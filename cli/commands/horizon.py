@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Any, Annotated, List, Optional
 
 import typer
 
@@ -12,6 +12,7 @@ from ..console import calibration_progress, print_warning, stdout_console
 HORIZON = "Horizon"
 
 
+@opt.with_preprocess_options
 def horizon(
     model: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="ONNX model to convert with Horizon's toolchain.")],
     data: Annotated[Path, typer.Option("--data", metavar="DIR", rich_help_panel=HORIZON,
@@ -39,20 +40,13 @@ def horizon(
     force: Annotated[bool, typer.Option("--force", rich_help_panel=opt.OUTPUT,
                                         help="Write into a non-empty directory that is not a previous horizon output.")] = False,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (default: all cores).")] = None,
-    size: opt.SizeOpt = None,
-    resize: opt.ResizeOpt = None,
-    mean: opt.MeanOpt = None,
-    std: opt.StdOpt = None,
-    color: opt.ColorOpt = None,
-    layout: opt.LayoutOpt = None,
-    config: opt.ConfigOpt = None,
+    preprocess: Any = None,  # the preprocessing option set, parsed (opt.with_preprocess_options)
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Write config.yaml, quant_config.json and calibration data for Horizon's hb_mapper / hb_compile."""
     from ptqengine.horizon import march_for, write_horizon_config
 
     march_for(target)  # a typo fails before any work
-    preprocess = opt.preprocess_config(size, resize, mean, std, color, layout, config)
     with calibration_progress(quiet or stats is not None) as progress:
         result = write_horizon_config(model, data, target, output, preprocess=preprocess, stats=stats,
                                       samples=samples, seed=seed, int16=int16 or (), cpu=cpu or (),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Any, Annotated, List, Optional
 
 import typer
 
@@ -25,6 +25,7 @@ def _split_op_types(values: Optional[List[str]]) -> List[str]:
     return [op.strip() for value in values or [] for op in value.split(",") if op.strip()]
 
 
+@opt.with_preprocess_options
 def quantize(
     model: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="FP32 ONNX model to quantize.")],
     output: Annotated[Path, typer.Option("-o", "--output", rich_help_panel=opt.OUTPUT,
@@ -58,13 +59,7 @@ def quantize(
     seed: Annotated[int, typer.Option("--seed", rich_help_panel=RUN, help="Seed of the --limit subset.")] = 0,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, rich_help_panel=RUN,
                                                    help="CPU threads (default: all cores).")] = None,
-    size: opt.SizeOpt = None,
-    resize: opt.ResizeOpt = None,
-    mean: opt.MeanOpt = None,
-    std: opt.StdOpt = None,
-    color: opt.ColorOpt = None,
-    layout: opt.LayoutOpt = None,
-    config: opt.ConfigOpt = None,
+    preprocess: Any = None,  # the preprocessing option set, parsed (opt.with_preprocess_options)
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Quantize MODEL to INT8: Q/DQ for TensorRT explicit quantization and onnxruntime, or dynamic."""
@@ -78,7 +73,7 @@ def quantize(
         if (data is None) == (stats is None):
             raise OptionError("static mode needs exactly one of --data DIR or --stats STATS (or use --mode dynamic)")
         calibration = _calibration(model, data, stats, algo_name, algo_options, batch_size, limit, seed, threads,
-                                   opt.preprocess_config(size, resize, mean, std, color, layout, config), quiet)
+                                   preprocess, quiet)
     elif data is not None or stats is not None:
         print_warning("--mode dynamic needs no calibration: --data / --stats ignored")
     result = quantize_model(model, output, calibration=calibration, mode=mode.value, per_channel=per_channel,
