@@ -117,6 +117,17 @@ def preprocess_config(size: Optional[str] = None, resize: Optional[Resize] = Non
     return PreprocessConfig(**given) if given else None
 
 
+# --- run options shared by the commands that run the model on calibration data --------------------
+RUN = "Calibration run"
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, rich_help_panel=RUN,
+                                           help="Samples per inference call.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, rich_help_panel=RUN,
+                                                 help="Use at most N samples (a seeded random subset).")]
+SeedOpt = Annotated[int, typer.Option("--seed", rich_help_panel=RUN, help="Seed of the --limit subset.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, rich_help_panel=RUN,
+                                                   help="CPU threads (default: all cores).")]
+
+
 PREPROCESS_OPTIONS = {"size": SizeOpt, "resize": ResizeOpt, "mean": MeanOpt, "std": StdOpt,
                       "color": ColorOpt, "layout": LayoutOpt, "config": ConfigOpt}
 

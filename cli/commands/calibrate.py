@@ -11,7 +11,7 @@ from .. import options as opt
 from ..console import calibration_progress, print_report_warnings, print_summary
 from .analyze import AUTO, auto_calibration
 
-RUN = "Calibration run"
+RUN = opt.RUN
 
 
 @opt.with_preprocess_options
@@ -22,13 +22,10 @@ def calibrate(
         help="Directory of images (searched recursively), or .npy/.npz file(s) holding ready input tensors.")],
     algo: opt.AlgoOpt = opt.Algo.entropy,
     percentile: opt.PercentileOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, rich_help_panel=RUN,
-                                            help="Samples per inference call.")] = 8,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, rich_help_panel=RUN,
-                                                 help="Use at most N samples (a seeded random subset).")] = None,
-    seed: Annotated[int, typer.Option("--seed", rich_help_panel=RUN, help="Seed of the --limit subset.")] = 0,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, rich_help_panel=RUN,
-                                                   help="CPU threads (default: all cores).")] = None,
+    batch_size: opt.BatchSizeOpt = 8,
+    limit: opt.LimitOpt = None,
+    seed: opt.SeedOpt = 0,
+    threads: opt.ThreadsOpt = None,
     num_bins: Annotated[int, typer.Option("--num-bins", min=128, rich_help_panel=RUN,
                                           help="Histogram bins the scale search runs on.")] = 2048,
     strict: Annotated[bool, typer.Option("--strict", rich_help_panel=RUN,

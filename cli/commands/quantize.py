@@ -11,7 +11,7 @@ from .. import options as opt
 from ..console import calibration_progress, print_report_warnings, print_warning, stdout_console
 from .analyze import AUTO, auto_calibration
 
-RUN = "Calibration run"
+RUN = opt.RUN
 QDQ = "Quantization"
 
 
@@ -52,13 +52,10 @@ def quantize(
                                        help="static: Q/DQ from calibration (TensorRT, onnxruntime); dynamic: "
                                             "activations quantized at run time (onnxruntime; LSTM/transformers).")
                     ] = Mode.static,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, rich_help_panel=RUN,
-                                            help="Samples per inference call.")] = 8,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, rich_help_panel=RUN,
-                                                 help="Use at most N samples (a seeded random subset).")] = None,
-    seed: Annotated[int, typer.Option("--seed", rich_help_panel=RUN, help="Seed of the --limit subset.")] = 0,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, rich_help_panel=RUN,
-                                                   help="CPU threads (default: all cores).")] = None,
+    batch_size: opt.BatchSizeOpt = 8,
+    limit: opt.LimitOpt = None,
+    seed: opt.SeedOpt = 0,
+    threads: opt.ThreadsOpt = None,
     preprocess: Any = None,  # the preprocessing option set, parsed (opt.with_preprocess_options)
     quiet: opt.QuietOpt = False,
 ) -> None:
