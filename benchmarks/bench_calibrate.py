@@ -38,7 +38,8 @@ import ptqengine
 from ptqengine.datasource import batches, open_source, prefetch
 from ptqengine.images import find_images, generate_calibration_images
 from ptqengine.model import inspect_model
-from ptqengine.pipeline import calibrate, value_preserving_copies
+from ptqengine import calibrate
+from ptqengine.collect import value_preserving_copies
 from ptqengine.preprocess import PreprocessConfig, config_for, plan_for
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # 0-255 units

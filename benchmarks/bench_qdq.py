@@ -39,7 +39,7 @@ import onnx.version_converter
 import onnxruntime as ort
 
 from ptqengine.model import inspect_model
-from ptqengine.pipeline import calibrate
+from ptqengine import calibrate
 from ptqengine.preprocess import PreprocessConfig, preprocess_image
 from ptqengine.qdq import quantize_model
 from ptqengine.qdq.graph import default_opset

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional
 import ptqengine
 from ptqengine.distributed import calibrate_sharded
 from ptqengine.images import find_images, generate_calibration_images
-from ptqengine.pipeline import calibrate
+from ptqengine import calibrate
 
 DEFAULT_IMAGE_DIR = pathlib.Path(tempfile.gettempdir()) / "ptqengine_bench_scaleout"
 BATCH = 8

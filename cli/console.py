@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
@@ -16,7 +16,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ptqengine.pipeline import CalibrationResult
+    from ptqengine.result import CalibrationResult
 
 ProgressCallback = Callable[[int, Optional[int]], None]
 Outputs = List[Tuple[str, Path]]  # (what, where) for the summary
@@ -43,11 +43,14 @@ def print_warning(message: str) -> None:
 
 
 class RateColumn(ProgressColumn):
-    """Samples per second (the finished speed once the task is done)."""
+    """Samples per second since the data pass started: the library reports the pass's rate the same way
+    (samples / seconds of the pass), so the bar and the summary agree."""
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("-- img/s" if speed is None else f"{speed:,.1f} img/s", style="cyan")
+        elapsed = task.finished_time if task.finished else task.elapsed
+        if not elapsed or not task.completed:
+            return Text("-- img/s", style="cyan")
+        return Text(f"{task.completed / elapsed:,.1f} img/s", style="cyan")
 
 
 class LazyProgressBar:
@@ -93,17 +96,66 @@ def calibration_progress(quiet: bool, label: str = "calibrating") -> Iterator[Pr
     bar.stop(keep=True)
 
 
+class StageBar(LazyProgressBar):
+    """The calibration bar's behaviour, counting configurations run instead of images."""
+
+    def __call__(self, done: int, total: Optional[int]) -> None:
+        if self.progress is None:
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("runs"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=stderr_console())
+            self.progress.start()
+            self.task = self.progress.add_task(self.label, total=total)
+        self.progress.update(self.task, completed=done, total=total)
+
+
+STAGE_LABELS = {"calibrating": "calibrating", "algorithms": "algorithms", "auto": "auto (per tensor)",
+                "sensitivity": "per-node runs", "advice": "advice"}
+
+
+@contextlib.contextmanager
+def stage_progress(quiet: bool) -> Iterator[Callable[[str, int, Optional[int]], None]]:
+    """progress(stage, done, total): one bar per stage, each left on screen when the next starts."""
+    bars: Dict[str, LazyProgressBar] = {}
+    current: List[str] = []
+
+    def update(stage: str, done: int, total: Optional[int]) -> None:
+        if quiet:
+            return
+        if stage not in bars:
+            if current:
+                bars[current[-1]].stop(keep=True)
+            label = STAGE_LABELS.get(stage, stage)
+            bars[stage] = LazyProgressBar(label) if stage == "calibrating" else StageBar(label)
+            current.append(stage)
+        bars[stage](done, total)
+
+    try:
+        yield update
+    except BaseException:
+        if current:
+            bars[current[-1]].stop(keep=False)
+        raise
+    if current:
+        bars[current[-1]].stop(keep=True)
+
+
 def print_summary(result: "CalibrationResult", outputs: Outputs, verb: str = "Calibrated") -> None:
     """Tensors, samples, time, throughput, peak memory and where the files went."""
     report = result.report
     console = stdout_console()
     line = f"{verb} {len(result.amax)} tensors with {result.algo}"
     if report.seconds > 0:
-        line += (f" from {report.samples} samples in {report.seconds:.1f} s ({report.samples_per_s:,.1f} images/s, "
-                 f"peak memory {report.peak_rss_mb:,.0f} MB)")
+        line += (f" from {report.samples} samples in {report.seconds:.1f} s ({report.samples_per_s:,.1f} images/s "
+                 f"over the data, peak memory {report.peak_rss_mb:,.0f} MB)")
     elif report.samples:
         line += f" (statistics of {report.samples} samples)"
     console.print(Text(line, style="bold green"))
+    if result.algo == "auto":
+        from ptqengine.analyze.auto_algo import describe_choice
+
+        console.print(f"  auto: {describe_choice(result.algo_options)}")
     width = max((len(what) for what, _ in outputs), default=0)
     for what, where in outputs:
         console.print(f"  {what:<{width}}  {where}")

@@ -16,7 +16,7 @@ import typer
 from ptqengine.errors import OptionError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ptqengine.pipeline import CalibrationResult
+    from ptqengine.result import CalibrationResult
 
 SCALE_OUT = "Scale-out (processes, Ray, shards)"
 
@@ -28,7 +28,7 @@ class Engine(str, Enum):
 
 EngineOpt = Annotated[Optional[Engine], typer.Option(
     "--engine", case_sensitive=False, rich_help_panel=SCALE_OUT,
-    help="Shard the data over --workers local processes (local) or Ray actors (ray: pip install .[ray]). "
+    help="Shard the data over --workers local processes (local) or Ray actors (ray: pip install \".[ray]\"). "
          "Results are byte-identical to the plain run (the default, no --engine).")]
 RayAddressOpt = Annotated[Optional[str], typer.Option(
     "--ray-address", metavar="auto|HOST:PORT", rich_help_panel=SCALE_OUT,
@@ -37,7 +37,9 @@ RayAddressOpt = Annotated[Optional[str], typer.Option(
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", min=1, rich_help_panel=SCALE_OUT, help="Worker processes or Ray actors (default: 2).")]
 GpusPerWorkerOpt = Annotated[float, typer.Option(
-    "--gpus-per-worker", min=0.0, rich_help_panel=SCALE_OUT, help="GPUs reserved by each Ray actor.")]
+    "--gpus-per-worker", min=0.0, rich_help_panel=SCALE_OUT,
+    help="With --device cuda: GPUs per worker (1: each worker its own GPU; 0.5: two workers per GPU). Ray "
+         "reserves them for each actor.")]
 ShardSizeOpt = Annotated[Optional[int], typer.Option(
     "--shard-size", min=1, rich_help_panel=SCALE_OUT,
     help="Images per shard, a multiple of the batch size (default: about 16 shards, at most 64 batches each).")]
@@ -82,8 +84,8 @@ class ScaleOut:
                               f"{'--engine' if self.engine is not None else given[0]}")
         if self.engine is None and given:
             raise OptionError(f"{given[0]} needs --engine local or --engine ray")
-        if self.engine is Engine.local and (self.ray_address is not None or self.gpus_per_worker):
-            raise OptionError("--ray-address and --gpus-per-worker need --engine ray")
+        if self.engine is Engine.local and self.ray_address is not None:
+            raise OptionError("--ray-address needs --engine ray")
         if self.shards_dir is not None and not self.resume:
             raise OptionError("--shards-dir is where --resume keeps shards; add --resume")
         return self
@@ -97,13 +99,13 @@ class ScaleOut:
             return None
         return self.shards_dir or output.with_name(output.name + ".shards")
 
-    def run(self, model: Path, data: str, output: Path, progress: Any, **calibrate_args: Any) -> "CalibrationResult":
-        from ptqengine.distributed import calibrate_sharded
-
-        return calibrate_sharded(model, data, engine=self.engine.value, workers=self.workers or DEFAULT_WORKERS,
-                                 ray_address=self.ray_address, gpus_per_worker=self.gpus_per_worker,
-                                 shard_size=self.shard_size, max_retries=self.max_retries,
-                                 resume_dir=self.resume_dir(output), progress=progress, **calibrate_args)
+    def library_options(self, output: Path) -> Optional[Dict[str, Any]]:
+        """ptqengine.api.calibrate's `scale_out` (None for the plain single-process run)."""
+        if not self.sharded:
+            return None
+        return dict(engine=self.engine.value, workers=self.workers or DEFAULT_WORKERS,
+                    ray_address=self.ray_address, gpus_per_worker=self.gpus_per_worker,
+                    shard_size=self.shard_size, max_retries=self.max_retries, resume_dir=self.resume_dir(output))
 
     def cleanup(self, output: Path, result: "CalibrationResult") -> None:
         """After the outputs are written: the shard checkpoints are no longer needed."""
@@ -112,11 +114,6 @@ class ScaleOut:
         directory = self.resume_dir(output)
         if directory is not None:
             remove_shard_files(directory, getattr(result.report, "shard_count", 0))
-
-
-def shard_run_args(calibrate_args: Dict[str, Any]) -> Dict[str, Any]:
-    """calibrate's arguments that a single shard uses (no algorithm: a part has no scales yet)."""
-    return {k: v for k, v in calibrate_args.items() if k not in ("algo", "algo_options")}
 
 
 def _given_on_command_line(name: str) -> bool:
@@ -130,7 +127,7 @@ def _given_on_command_line(name: str) -> bool:
 
 
 def write_shard(scale_out: ScaleOut, model: Path, data: str, save_stats: Optional[Path],
-                scales_json: Optional[Path], quiet: bool, **calibrate_args: Any) -> None:
+                scales_json: Optional[Path], quiet: bool, **run_args: Any) -> None:
     """--shard i/N: statistics of that shard only, into --save-stats (no scale tables: a part has none)."""
     from ptqengine.distributed import calibrate_shard, parse_shard_spec
     from ptqengine.statsfile import save_stats as write_stats
@@ -144,7 +141,7 @@ def write_shard(scale_out: ScaleOut, model: Path, data: str, save_stats: Optiona
     if scales_json is not None or _given_on_command_line("output"):
         raise OptionError("--shard writes only --save-stats; scale tables come from 'ptqengine merge' then 'export'")
     check_writable(save_stats, "--save-stats")
-    bundle = calibrate_shard(model, data, index, count, **shard_run_args(calibrate_args))
+    bundle = calibrate_shard(model, data, index, count, **run_args)
     write_stats(save_stats, bundle)
     if not quiet:
         samples = bundle.metadata.get("samples", 0)

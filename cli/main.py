@@ -10,7 +10,7 @@ import sys
 from typing import Annotated, Any, Callable, Optional, Sequence
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from ptqengine import __version__
 from ptqengine.errors import PtqError
@@ -34,8 +34,24 @@ def _is_usage_error(exc: BaseException) -> bool:
     return getattr(exc, "exit_code", None) == EXIT_USAGE and callable(getattr(exc, "format_message", None))
 
 
+def _flags_take_no_value(params: list) -> list:
+    """Flags (--quiet, --help) take no value: show none (typer would print a <bool> placeholder)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class PtqCommand(TyperCommand):
+    def get_params(self, ctx: Any) -> list:
+        return _flags_take_no_value(super().get_params(ctx))
+
+
 class PtqGroup(TyperGroup):
     """Runs click in non-standalone mode so every user error is reported the same single-line way."""
+
+    def get_params(self, ctx: Any) -> list:
+        return _flags_take_no_value(super().get_params(ctx))
 
     def main(self, args: Optional[Sequence[str]] = None, prog_name: Optional[str] = None,
              complete_var: Optional[str] = None, standalone_mode: bool = True, **extra: Any) -> Any:
@@ -97,7 +113,9 @@ def show_version(value: bool) -> None:
 
 app = typer.Typer(cls=PtqGroup, name="ptqengine", add_completion=False, pretty_exceptions_show_locals=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
-                  help="Post-training-quantization calibration for ONNX models: TensorRT INT8 caches and scale tables.")
+                  help="Post-training-quantization calibration for ONNX models, on CPU or GPU: TensorRT INT8 "
+                       "calibration caches and scale tables, Q/DQ ONNX models (TensorRT 11, onnxruntime), Horizon "
+                       "Robotics PTQ kits, INT8-vs-FP32 evaluation and per-layer sensitivity analysis.")
 
 
 @app.callback(invoke_without_command=True)
@@ -113,15 +131,10 @@ def root(
         print(ctx.get_help())
 
 
-app.command("calibrate")(calibrate)
-app.command("export")(export)
-app.command("quantize")(quantize)
-app.command("evaluate")(evaluate)
-app.command("inspect")(inspect)
-app.command("merge")(merge)
-app.command("demo")(demo)
-app.command("horizon")(horizon)
-app.command("analyze")(analyze)
+for name, command in (("calibrate", calibrate), ("export", export), ("quantize", quantize), ("evaluate", evaluate),
+                      ("inspect", inspect), ("merge", merge), ("demo", demo), ("horizon", horizon),
+                      ("analyze", analyze)):
+    app.command(name, cls=PtqCommand)(command)
 
 
 def main() -> None:

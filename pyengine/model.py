@@ -1,8 +1,13 @@
 """ONNX model loading and inspection: inputs, and every float activation worth calibrating.
 
-An activation is a graph input or a node output whose element type is float32 or float16; initializers,
-integer / bool tensors (shapes, indices) are not. Shape inference supplies the types; a node output it
-leaves untyped is asked of onnxruntime, which types every tensor when it builds a session.
+An activation is a graph input or a node output whose element type is float32 or float16 and whose value
+depends on the graph inputs; initializers, tensors computed from constants alone (Constant nodes,
+Identity of a weight: TensorRT folds them into weights) and integer / bool tensors (shapes, indices) are
+not. Shape inference supplies the types; a node output it leaves untyped is asked of onnxruntime, which
+types every tensor when it builds a session.
+
+Model files are untrusted input: external-data locations are checked (inside the model's folder, regular
+files) before anything reads them.
 """
 from __future__ import annotations
 
@@ -67,23 +72,51 @@ class ModelInfo:
 
 
 def load_model(path: PathLike, load_external_data: bool = True) -> onnx.ModelProto:
-    """Parse an ONNX file (external data read from beside it unless load_external_data=False)."""
+    """Parse an ONNX file (external data read from beside it unless load_external_data=False).
+
+    External-data locations are checked first (external_data_files): a model cannot make us read a
+    file outside its folder or a device such as /dev/zero.
+    """
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"{p}: model file not found")
     try:
-        return onnx.load(str(p), load_external_data=load_external_data)
-    except FileNotFoundError as exc:  # external data file missing
-        raise ModelError(f"{p}: external data file missing ({exc.filename or exc})") from None
+        model = onnx.load(str(p), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends: not an ONNX file
         raise ModelError(f"{p}: not a valid ONNX model ({type(exc).__name__})") from None
+    external_data_files(model, p)
+    if load_external_data and external_data_locations(model):
+        from onnx.external_data_helper import load_external_data_for_model
+
+        try:
+            load_external_data_for_model(model, str(p.parent))
+        except Exception as exc:
+            raise ModelError(f"{p}: cannot read its external data ({str(exc).splitlines()[0]})") from None
+    return model
+
+
+def external_data_files(model: Optional[onnx.ModelProto], path: PathLike) -> List[Path]:
+    """The model's external-data files (sorted), each checked to be a regular file inside its folder."""
+    p = Path(path)
+    folder = p.resolve().parent
+    files = []
+    for location in sorted(external_data_locations(model)):
+        target = (folder / location).resolve()
+        if Path(location).is_absolute() or (target != folder and folder not in target.parents):
+            raise ModelError(f"{p}: external data location {location!r} leaves the model's folder; refused")
+        if not target.exists():
+            raise ModelError(f"{p}: external data file missing ({location})")
+        if not target.is_file():
+            raise ModelError(f"{p}: external data location {location!r} is not a regular file; refused")
+        files.append(target)
+    return files
 
 
 def file_sha256(path: PathLike, model: Optional[onnx.ModelProto] = None) -> str:
     """sha256 of the model file, followed by its external data files (sorted) when it has any."""
     p = Path(path)
     h = hashlib.sha256()
-    files = [p] + [p.parent / loc for loc in sorted(external_data_locations(model))]
+    files = [p] + external_data_files(model, p)
     for f in files:
         try:
             with open(f, "rb") as fh:
@@ -166,6 +199,29 @@ def node_outputs(model: onnx.ModelProto) -> List[str]:
     return names
 
 
+# Ops that give new values on every run although they read no graph input.
+_NONDETERMINISTIC_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                                   "Multinomial", "Bernoulli"})
+
+
+def constant_tensors(model: onnx.ModelProto) -> set:
+    """Node outputs whose value depends on no graph input: Constant nodes and whatever is computed from
+    constants and initializers alone. They are weights in disguise (TensorRT folds them), not activations.
+    Nodes with subgraphs are taken as input-dependent (their bodies may read outer-scope activations)."""
+    known = {i.name for i in model.graph.initializer}
+    found: set = set()
+    for node in model.graph.node:
+        if node.op_type in _NONDETERMINISTIC_OPS or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                                        for a in node.attribute):
+            continue
+        inputs = [i for i in node.input if i]
+        if (inputs or node.op_type == "Constant") and all(i in known for i in inputs):
+            outputs = [o for o in node.output if o]
+            known.update(outputs)
+            found.update(outputs)
+    return found
+
+
 def ort_output_types(model: onnx.ModelProto, names: Sequence[str]) -> Dict[str, str]:
     """onnxruntime's type string for each name, exposing them as untyped graph outputs."""
     import onnxruntime as ort
@@ -189,7 +245,7 @@ def find_activations(model: onnx.ModelProto, path: PathLike = "<model>") -> Dict
     """Every float activation (name -> dtype) in graph order: graph inputs, then node outputs."""
     inferred = _infer(model, Path(path))
     types = _elem_types(inferred)
-    inits = {i.name for i in model.graph.initializer}
+    inits = {i.name for i in model.graph.initializer} | constant_tensors(model)
     found: Dict[str, Optional[np.dtype]] = {}
     for vi in graph_inputs(model):
         if types.get(vi.name) in FLOAT_TYPES:

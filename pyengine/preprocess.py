@@ -49,8 +49,8 @@ class PreprocessConfig:
 
 
 # --- parsing option values (shared with the CLI and the YAML loader) -----------------------------
-def parse_floats(value: Any, option: str) -> Optional[Tuple[float, ...]]:
-    """'1,2,3', '1 2 3', [1, 2, 3] or 1.0 -> (1.0, 2.0, 3.0)."""
+def parse_floats(value: Any, option: str, nonzero: bool = False) -> Optional[Tuple[float, ...]]:
+    """'1,2,3', '1 2 3', [1, 2, 3] or 1.0 -> (1.0, 2.0, 3.0); `option` names the value in errors."""
     if value is None:
         return None
     items = value.replace(",", " ").split() if isinstance(value, str) else \
@@ -58,24 +58,29 @@ def parse_floats(value: Any, option: str) -> Optional[Tuple[float, ...]]:
     try:
         out = tuple(float(v) for v in items)
     except (TypeError, ValueError):
-        raise OptionError(f"{option}: expected numbers, got {value!r}") from None
+        raise OptionError(f"{option}: expected comma-separated numbers (e.g. 123.675,116.28,103.53), "
+                          f"got {value!r}") from None
     if not out:
         raise OptionError(f"{option}: expected numbers, got {value!r}")
+    if nonzero and any(v == 0 for v in out):
+        raise OptionError(f"{option}: values must not be 0, got {value!r}")
     return out
 
 
-def parse_size(value: Any) -> Optional[Tuple[int, int]]:
-    """'224,224', '224x224', [224, 224] or 224 -> (H, W)."""
+def parse_size(value: Any, option: str = "size") -> Optional[Tuple[int, int]]:
+    """'224,224', '224x224', [224, 224] or the number 224 -> (H, W), both positive."""
     if value is None:
         return None
-    items = value.replace("x", ",").replace(",", " ").split() if isinstance(value, str) else \
-        list(value) if isinstance(value, (list, tuple)) else [value, value]
-    if len(items) == 1:
-        items = items * 2
+    if isinstance(value, str):  # text says both: '224' alone is more likely a typo than a square
+        items = value.replace("x", ",").replace(",", " ").split()
+    else:  # YAML: size: 224 is a square, size: [224, 320] is H, W
+        items = list(value) if isinstance(value, (list, tuple)) else [value, value]
     try:
         h, w = (int(v) for v in items)
     except (TypeError, ValueError):
-        raise OptionError(f"size: expected H,W, got {value!r}") from None
+        raise OptionError(f"{option}: expected H,W (two positive integers, e.g. 224,224), got {value!r}") from None
+    if h < 1 or w < 1:
+        raise OptionError(f"{option}: H and W must be positive, got {value!r}")
     return h, w
 
 
@@ -89,9 +94,9 @@ def config_from_mapping(values: Mapping[str, Any], base: Optional[PreprocessConf
     merged = asdict(base) if base else {}
     for key, value in values.items():
         if key == "size":
-            value = parse_size(value)
+            value = parse_size(value, f"{source}: size")
         elif key in ("mean", "std"):
-            value = parse_floats(value, key)
+            value = parse_floats(value, key, nonzero=key == "std")
         elif key in ("color", "layout") and isinstance(value, str):
             value = value.upper()
         elif key == "resize" and isinstance(value, str):
@@ -161,7 +166,7 @@ def plan_for(spec: InputSpec, config: PreprocessConfig) -> ImagePlan:
         (spec.shape[3], spec.shape[1], spec.shape[2])
     model_hw = (h_dim, w_dim) if isinstance(h_dim, int) and isinstance(w_dim, int) else None
     if config.size is not None and model_hw is not None and tuple(config.size) != model_hw:
-        raise OptionError(f"size {config.size[0]},{config.size[1]} does not match input {spec.name!r} "
+        raise OptionError(f"--size {config.size[0]},{config.size[1]} does not match input {spec.name!r} "
                           f"{spec.shape_text()} ({layout})")
     size = config.size or model_hw
     if size is None:

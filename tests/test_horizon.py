@@ -262,7 +262,7 @@ def test_output_directory_policy(tmp_path, named_conv_model, small_images):
 
 
 def test_stats_file_gives_the_same_calibration_choice(tmp_path, named_conv_model, small_images):
-    from ptqengine.pipeline import calibrate
+    from ptqengine import calibrate
 
     direct = write_horizon_config(named_conv_model, small_images, "J6E", tmp_path / "direct", samples=4)
     stats = tmp_path / "s.ptqs"

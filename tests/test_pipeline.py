@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 from onnxruntime.quantization import CalibrationDataReader
 from PIL import Image
 
-import ptqengine.pipeline as pipeline
+import ptqengine.collect.statistics as statistics_run
 from conftest import CALIB_IMAGE_COUNT, conv_graph, save_model
 from ptqengine.errors import DataError, ModelError, OptionError
 from ptqengine.images import find_images, sample_files
@@ -21,7 +21,7 @@ from ptqengine.model import inspect_model
 from ptqengine.preprocess import PreprocessConfig, preprocess_image
 from ptqengine.statsfile import load_stats
 
-from ptqengine.pipeline import CalibrationResult, calibrate, result_from_stats
+from ptqengine import CalibrationResult, calibrate, result_from_stats
 
 IMAGENET = PreprocessConfig(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
 
@@ -198,12 +198,12 @@ def test_array_manifest_depends_on_the_data(make_conv_model):
 def test_one_update_many_call_per_batch(conv_and_images, monkeypatch):
     model, arrays, _ = conv_and_images
     calls = []
-    real = pipeline.update_many
-    monkeypatch.setattr(pipeline, "update_many", lambda s, a, threads=None: (calls.append(len(a)), real(s, a, threads)))
+    real = statistics_run.update_many
+    monkeypatch.setattr(statistics_run, "update_many", lambda s, a, threads=None: (calls.append(len(a)), real(s, a, threads)))
     progress = []
     calibrate(model, arrays, batch_size=4, progress=lambda done, total: progress.append((done, total)))
     assert calls == [5, 5, 5]  # 3 batches (4, 4, 2); x + 4 node outputs each
-    assert progress == [(4, None), (8, None), (10, None)]
+    assert progress == [(0, None), (4, None), (8, None), (10, None)]  # 0: the data pass starts
 
 
 def test_fixed_batch_model_is_fed_one_at_a_time(elementwise_model):

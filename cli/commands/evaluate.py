@@ -3,33 +3,34 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Annotated, Optional
+from typing import Any, Annotated, Dict, Optional
 
 import typer
 from rich.table import Table
 
+from ptqengine.metrics import COSINE_TARGET
+
 from .. import options as opt
 from ..console import stdout_console
 
-RUN = "Evaluation run"
-
-
 @opt.with_preprocess_options
+@opt.with_run_options("batch_size", "limit", "seed", "threads", "device")
 def evaluate(
     fp32: Annotated[Path, typer.Argument(metavar="FP32.onnx", help="The reference model.")],
     int8: Annotated[Path, typer.Argument(metavar="INT8.onnx", help="The quantized model.")],
-    data: Annotated[str, typer.Option("--data", metavar="DIR", rich_help_panel=RUN,
+    data: Annotated[str, typer.Option("--data", metavar="DIR", rich_help_panel=opt.RUN,
                                       help="Images (or .npy/.npz) to run both models on.")],
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, rich_help_panel=RUN,
-                                                 help="Use at most N samples (a seeded random subset).")] = None,
     labels: Annotated[Optional[Path], typer.Option(
-        "--labels", metavar="FILE", rich_help_panel=RUN,
+        "--labels", metavar="FILE", rich_help_panel=opt.RUN,
         help="'image-name class-index' per line: also report accuracy of both models.")] = None,
+    target_cosine: opt.TargetCosineOpt = COSINE_TARGET,
+    cpu_kernels: Annotated[bool, typer.Option(
+        "--cpu-kernels", rich_help_panel=opt.RUN,
+        help="Also measure INT8 through onnxruntime's fused int8 CPU kernels (CPU-dependent: x86 without VNNI "
+             "saturates), beside the default Q/DQ-unfused figures that match TensorRT's int8.")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", metavar="PATH", rich_help_panel=opt.OUTPUT,
                                                      help="Write every number as JSON.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, rich_help_panel=RUN)] = 8,
-    seed: Annotated[int, typer.Option("--seed", rich_help_panel=RUN, help="Seed of the --limit subset.")] = 0,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, rich_help_panel=RUN)] = None,
+    run: Dict[str, Any] = None,  # the run option set, parsed (opt.with_run_options)
     preprocess: Any = None,  # the preprocessing option set, parsed (opt.with_preprocess_options)
 ) -> None:
     """Per-output cosine, SQNR and max error, top-1 agreement, accuracy, size and latency of both models."""
@@ -37,8 +38,8 @@ def evaluate(
 
     if json_out is not None:
         opt.check_writable(json_out, "--json")
-    report = run_evaluation(fp32, int8, data, limit=limit, labels=labels, batch_size=batch_size, seed=seed,
-                            preprocess=preprocess, threads=threads)
+    report = run_evaluation(fp32, int8, data, labels=labels, preprocess=preprocess, cpu_kernels=cpu_kernels,
+                            target_cosine=target_cosine, **run)
     _print(report)
     if json_out is not None:
         report.write_json(json_out)
@@ -48,17 +49,25 @@ def _pct(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-def _print(report) -> None:
-    console = stdout_console()
-    table = Table(title=f"FP32 vs INT8 on {report.samples} samples", title_justify="left")
+def _table(title: str, outputs) -> Table:
+    table = Table(title=title, title_justify="left")
     for column in ("output", "cosine", "SQNR dB", "max |err|", "top-1 agree", "accuracy FP32 / INT8"):
         table.add_column(column, justify="left" if column == "output" else "right")
-    for m in report.outputs:
+    for m in outputs:
         agree = m.top1_agreement if m.top1_agreement is not None else m.sequence_agreement
         accuracy = "-" if m.accuracy_fp32 is None else f"{m.accuracy_fp32:.1%} / {m.accuracy_int8:.1%}"
         sqnr = "inf" if math.isinf(m.sqnr_db) else f"{m.sqnr_db:.1f}"
         table.add_row(m.name, f"{m.cosine:.5f}", sqnr, f"{m.max_abs_error:.4g}", _pct(agree), accuracy)
-    console.print(table)
+    return table
+
+
+def _print(report) -> None:
+    console = stdout_console()
+    console.print(_table(f"FP32 vs INT8 on {report.samples} samples (Q/DQ unfused: int8 as TensorRT computes it)",
+                         report.outputs))
+    if report.outputs_cpu_kernels is not None:
+        console.print(_table("INT8 through onnxruntime's fused int8 CPU kernels (this CPU only)",
+                             report.outputs_cpu_kernels))
     for label, facts in (("FP32", report.fp32), ("INT8", report.int8)):
         console.print(f"  {label}  {facts.size_bytes / 1e6:8.2f} MB  {facts.latency_ms:8.2f} ms/sample "
                       f"(onnxruntime CPU)  {facts.path}")

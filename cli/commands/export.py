@@ -14,7 +14,7 @@ def export(
     stats: Annotated[Path, typer.Argument(metavar="STATS.ptqs", help="Statistics saved by calibrate --save-stats.")],
     output: Annotated[Path, typer.Option("-o", "--output", rich_help_panel=opt.OUTPUT,
                                          help="TensorRT calibration cache to write.")],
-    algo: opt.AlgoOpt = opt.Algo.entropy,
+    algo: opt.SavedStatsAlgoOpt = opt.SavedStatsAlgo.entropy,
     percentile: opt.PercentileOpt = None,
     trt_version: opt.TrtVersionOpt = opt.DEFAULT_TRT_VERSION,
     trt_calibrator: opt.TrtCalibratorOpt = "entropy2",
@@ -22,13 +22,10 @@ def export(
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Re-derive scales from saved statistics with any algorithm and write a TensorRT cache."""
-    from ptqengine.errors import OptionError
-    from ptqengine.pipeline import result_from_stats
+    from ptqengine.result import result_from_stats
     from ptqengine.statsfile import load_stats
 
     algo_name, algo_options = opt.algorithm_options(algo, percentile)
-    if algo_name == "auto":
-        raise OptionError("--algo auto measures the output error on samples: use calibrate or quantize with --data")
     outputs = opt.OutputPlan(output, trt_version, trt_calibrator, scales_json).check()
     result = result_from_stats(load_stats(stats), algo_name, **algo_options)
     written, warnings = outputs.write(result)

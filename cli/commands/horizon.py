@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Annotated, List, Optional
+from typing import Any, Annotated, Dict, List, Optional
 
 import typer
 
@@ -13,6 +13,7 @@ HORIZON = "Horizon"
 
 
 @opt.with_preprocess_options
+@opt.with_run_options("seed", "threads", "device")
 def horizon(
     model: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="ONNX model to convert with Horizon's toolchain.")],
     data: Annotated[Path, typer.Option("--data", metavar="DIR", rich_help_panel=HORIZON,
@@ -28,7 +29,6 @@ def horizon(
         help="Statistics from 'calibrate --save-stats' (default: collect them on the same samples).")] = None,
     samples: Annotated[int, typer.Option("--samples", min=1, rich_help_panel=HORIZON,
                                          help="Calibration samples to write (a seeded random subset).")] = 100,
-    seed: Annotated[int, typer.Option("--seed", rich_help_panel=HORIZON, help="Seed of the sample subset.")] = 0,
     int16: Annotated[Optional[List[str]], typer.Option(
         "--int16", metavar="NODE", rich_help_panel=HORIZON,
         help="Node (or tensor) to compute in int16, besides those our statistics flag. Repeatable.")] = None,
@@ -39,7 +39,7 @@ def horizon(
         help="Runtime input format on the board: nv12 (default for colour images), rgb, bgr, gray, yuv444, featuremap.")] = None,
     force: Annotated[bool, typer.Option("--force", rich_help_panel=opt.OUTPUT,
                                         help="Write into a non-empty directory that is not a previous horizon output.")] = False,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (default: all cores).")] = None,
+    run: Dict[str, Any] = None,  # the run option set, parsed (opt.with_run_options)
     preprocess: Any = None,  # the preprocessing option set, parsed (opt.with_preprocess_options)
     quiet: opt.QuietOpt = False,
 ) -> None:
@@ -49,8 +49,8 @@ def horizon(
     march_for(target)  # a typo fails before any work
     with calibration_progress(quiet or stats is not None) as progress:
         result = write_horizon_config(model, data, target, output, preprocess=preprocess, stats=stats,
-                                      samples=samples, seed=seed, int16=int16 or (), cpu=cpu or (),
-                                      input_type_rt=input_type_rt, force=force, threads=threads, progress=progress)
+                                      samples=samples, int16=int16 or (), cpu=cpu or (),
+                                      input_type_rt=input_type_rt, force=force, progress=progress, **run)
     for note in result.notes:
         print_warning(note)
     if quiet:

@@ -3,15 +3,13 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Any, Annotated, List, Optional
+from typing import Any, Annotated, Dict, List, Optional
 
 import typer
 
 from .. import options as opt
-from ..console import calibration_progress, print_report_warnings, print_warning, stdout_console
-from .analyze import AUTO, auto_calibration
+from ..console import calibration_progress, print_report_warnings, print_warning, stage_progress, stdout_console
 
-RUN = opt.RUN
 QDQ = "Quantization"
 
 
@@ -26,15 +24,17 @@ def _split_op_types(values: Optional[List[str]]) -> List[str]:
 
 
 @opt.with_preprocess_options
+@opt.with_run_options("batch_size", "limit", "seed", "threads", "device")
 def quantize(
     model: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="FP32 ONNX model to quantize.")],
     output: Annotated[Path, typer.Option("-o", "--output", rich_help_panel=opt.OUTPUT,
                                          help="Quantized ONNX model to write.")],
     data: Annotated[Optional[str], typer.Option(
-        "--data", metavar="DIR", rich_help_panel=RUN,
+        "--data", metavar="DIR", rich_help_panel=opt.RUN,
         help="Calibration images (or .npy/.npz); static mode needs --data or --stats.")] = None,
     stats: Annotated[Optional[Path], typer.Option(
-        "--stats", metavar="STATS.ptqs", rich_help_panel=RUN, help="Statistics saved by calibrate --save-stats.")] = None,
+        "--stats", metavar="STATS.ptqs", rich_help_panel=opt.RUN,
+        help="Statistics saved by calibrate --save-stats.")] = None,
     algo: opt.AlgoOpt = opt.Algo.entropy,
     percentile: opt.PercentileOpt = None,
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", rich_help_panel=QDQ,
@@ -52,57 +52,26 @@ def quantize(
                                        help="static: Q/DQ from calibration (TensorRT, onnxruntime); dynamic: "
                                             "activations quantized at run time (onnxruntime; LSTM/transformers).")
                     ] = Mode.static,
-    batch_size: opt.BatchSizeOpt = 8,
-    limit: opt.LimitOpt = None,
-    seed: opt.SeedOpt = 0,
-    threads: opt.ThreadsOpt = None,
+    run: Dict[str, Any] = None,  # the run option set, parsed (opt.with_run_options)
     preprocess: Any = None,  # the preprocessing option set, parsed (opt.with_preprocess_options)
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Quantize MODEL to INT8: Q/DQ for TensorRT explicit quantization and onnxruntime, or dynamic."""
-    from ptqengine.errors import OptionError
-    from ptqengine.qdq import quantize_model
+    from ptqengine.api import quantize as run_quantization
 
     opt.check_writable(output, "-o")
     algo_name, algo_options = opt.algorithm_options(algo, percentile)
-    calibration = None
-    if mode is Mode.static:
-        if (data is None) == (stats is None):
-            raise OptionError("static mode needs exactly one of --data DIR or --stats STATS (or use --mode dynamic)")
-        calibration = _calibration(model, data, stats, algo_name, algo_options, batch_size, limit, seed, threads,
-                                   preprocess, quiet)
-    elif data is not None or stats is not None:
-        print_warning("--mode dynamic needs no calibration: --data / --stats ignored")
-    result = quantize_model(model, output, calibration=calibration, mode=mode.value, per_channel=per_channel,
-                            exclude=exclude or (), exclude_op_types=_split_op_types(exclude_op_types),
-                            fp16_fallback=fp16_fallback or ())
+    with calibration_progress(quiet) as progress, stage_progress(quiet) as stages:
+        result, calibration = run_quantization(
+            model, output, data=data, stats=stats, algo=algo_name, algo_options=algo_options, mode=mode.value,
+            per_channel=per_channel, exclude=exclude or (), exclude_op_types=_split_op_types(exclude_op_types),
+            fp16_fallback=fp16_fallback or (), progress=progress, stage_progress=stages, preprocess=preprocess, **run)
+    if calibration is not None and data is not None:
+        print_report_warnings(calibration)
     for note in result.report.notes:
         print_warning(note)
     if not quiet:
         _summary(model, output, result.report)
-
-
-def _calibration(model, data, stats, algo, algo_options, batch_size, limit, seed, threads, preprocess, quiet):
-    if algo == AUTO:
-        from ptqengine.errors import OptionError
-
-        if data is None:
-            raise OptionError("--algo auto measures the output error on samples: give --data (not --stats)")
-        result = _calibration(model, data, None, "max", {}, batch_size, limit, seed, threads, preprocess, quiet)
-        return auto_calibration(model, result, data, seed=seed, preprocess=preprocess, batch_size=batch_size,
-                                threads=threads, quiet=quiet)
-    if stats is not None:
-        from ptqengine.pipeline import result_from_stats
-        from ptqengine.statsfile import load_stats
-
-        return result_from_stats(load_stats(stats), algo, **algo_options)
-    from ptqengine.pipeline import calibrate
-
-    with calibration_progress(quiet) as progress:
-        result = calibrate(model, data, algo=algo, algo_options=algo_options, batch_size=batch_size, limit=limit,
-                           seed=seed, threads=threads, preprocess=preprocess, progress=progress)
-    print_report_warnings(result)
-    return result
 
 
 def _summary(model: Path, output: Path, report) -> None:

@@ -27,8 +27,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..atomic import write_text_atomic
 from ..errors import OptionError
-from ..model import ModelInfo, file_sha256, inspect_model
-from ..statsfile import StatsBundle, load_stats
+from ..collect import CPU, Device, RunOptions
+from ..collect.statistics import statistics_for
+from ..model import ModelInfo, inspect_model
+from ..statsfile import StatsBundle
 from .advice import Advice, advise, check_target, escape_pattern
 from .auto_algo import CANDIDATES, AlgoChoice, candidate_amax, choose_algorithms, refine_per_tensor, score_algorithms
 from .measure import Bench, Score, check_metric, goodness, load_samples
@@ -111,28 +113,6 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def _statistics(model: Path, data: Any, stats: Union[PathLike, StatsBundle, None], preprocess: Any,
-                limit: Optional[int], seed: int, threads: Optional[int], progress: Optional[StageProgress],
-                notes: List[str]) -> StatsBundle:
-    if isinstance(stats, StatsBundle):
-        bundle = stats
-    elif stats is not None:
-        bundle = load_stats(stats)
-    else:
-        from ..pipeline import calibrate
-
-        report = None if progress is None else (lambda done, total: progress("calibrating", done, total))
-        result = calibrate(model, data, algo="max", limit=limit, seed=seed, preprocess=preprocess,
-                           threads=threads, progress=report)
-        notes.extend(result.report.notes)
-        return result.stats
-    recorded = bundle.metadata.get("model_sha256")
-    if recorded and recorded != file_sha256(model):
-        notes.append(f"the statistics were collected on another model file ({bundle.metadata.get('model_file')}); "
-                     "tensors missing from them get no Q/DQ")
-    return bundle
-
-
 def _check_coverage(info: ModelInfo, bundle: StatsBundle, notes: List[str]) -> None:
     """Statistics must name this model's node outputs (graph inputs are too often just "x" to tell)."""
     inputs = {s.name for s in info.inputs}
@@ -161,7 +141,7 @@ def analyze(model: PathLike, data: Any, *, stats: Union[PathLike, StatsBundle, N
             seed: int = 0, target_cosine: float = 0.99, metric: str = "cosine", algo: str = "auto",
             preprocess: Any = None, batch_size: int = 8, limit: Optional[int] = None,
             threads: Optional[int] = None, per_channel: bool = True, nodes: Optional[Sequence[str]] = None,
-            progress: Optional[StageProgress] = None) -> AnalysisResult:
+            device: Union[str, Device] = CPU, progress: Optional[StageProgress] = None) -> AnalysisResult:
     """Sensitivity, algorithm choice and mixed-precision advice for `model` on `samples` of `data`.
 
     stats: saved statistics (path or bundle) to reuse; without them the model is calibrated on `data`
@@ -177,10 +157,13 @@ def analyze(model: PathLike, data: Any, *, stats: Union[PathLike, StatsBundle, N
     model_path = Path(model)
     info = inspect_model(model_path)
     notes: List[str] = []
-    bundle = _statistics(model_path, data, stats, preprocess, limit, seed, threads, progress, notes)
+    options = RunOptions(batch_size=batch_size, limit=limit, seed=seed, threads=threads, preprocess=preprocess,
+                         device=device)
+    report = None if progress is None else (lambda done, total: progress("calibrating", done, total))
+    bundle = statistics_for(model_path, data, stats, options, notes=notes, progress=report)
     _check_coverage(info, bundle, notes)
     candidates = candidate_amax(bundle, threads=threads)
-    simulator = QuantSimulator(model_path, candidates["max"], per_channel=per_channel)
+    simulator = QuantSimulator(model_path, candidates["max"], per_channel=per_channel, device=options.device)
     positions = select_nodes(simulator.nodes, nodes)
     workers = max(1, threads or os.cpu_count() or 1)
     bench = Bench(simulator, load_samples(info, data, samples, seed, preprocess, batch_size, threads), workers)

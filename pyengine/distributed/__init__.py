@@ -12,10 +12,10 @@ from .driver import (ENGINES, ShardedReport, calibrate_shard, calibrate_sharded,
 from .executors import Executor, LocalExecutor, RayExecutor, ShardFailed
 from .shards import (Manifest, ShardPlan, cut_shards, default_shard_size, finish, list_manifest, merge_parts,
                      parse_shard_spec, tree_merge)
-from .worker import CrashOnce, ShardJob, ShardWorker
+from .worker import ShardJob, ShardWorker
 
 __all__ = [
-    "ENGINES", "CrashOnce", "Executor", "LocalExecutor", "Manifest", "RayExecutor", "ShardFailed", "ShardJob",
+    "ENGINES", "Executor", "LocalExecutor", "Manifest", "RayExecutor", "ShardFailed", "ShardJob",
     "ShardPlan", "ShardWorker", "ShardedReport", "calibrate_shard", "calibrate_sharded", "cut_shards",
     "default_shard_size", "finish", "list_manifest", "make_executor", "merge_part_files", "merge_parts",
     "parse_shard_spec", "remove_shard_files", "tree_merge",

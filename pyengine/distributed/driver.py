@@ -1,6 +1,6 @@
 """The driver of a sharded calibration: list, cut, dispatch, keep the first result per shard, merge.
 
-`calibrate_sharded()` returns the same CalibrationResult as `pipeline.calibrate()`, with statistics
+`calibrate_sharded()` returns the same CalibrationResult as `calibration.calibrate()`, with statistics
 byte-identical to a single run on the same data; `calibrate_shard()` computes one part for external
 schedulers (`--shard i/N`), and `merge_part_files()` combines parts (`ptqengine merge`).
 """
@@ -12,14 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from ..calibration import peak_rss_mb
+from ..collect import RunOptions, check_device, run_batch_size
 from ..errors import DataError, FormatError, OptionError
 from ..model import inspect_model
-from ..pipeline import CalibrationResult, RunReport, _peak_rss_mb, _resolve_algo, result_from_stats
+from ..result import CalibrationResult, RunReport, resolve_algo, result_from_stats
 from ..statsfile import StatsBundle, load_stats
 from .executors import Executor, LocalExecutor, RayExecutor
 from .shards import (ShardPlan, TreeMerger, cut_shards, default_shard_size, finish, list_manifest, merge_parts,
                      plan_for_count, run_notes, shard_ids, skipped_files)
-from .worker import CrashOnce, Preprocess, ShardJob, ShardWorker, save_shard, shard_file
+from .worker import ShardJob, ShardWorker, save_shard, shard_file
 
 log = logging.getLogger(__name__)
 
@@ -41,33 +43,22 @@ ENGINES = ("local", "ray")
 def make_executor(engine: str = "local", *, workers: int = 2, max_retries: int = 2, ray_address: Optional[str] = None,
                   gpus_per_worker: float = 0.0) -> Executor:
     if engine == "local":
-        if ray_address or gpus_per_worker:
-            raise OptionError("--ray-address and --gpus-per-worker need --engine ray")
-        return LocalExecutor(workers, max_retries)
+        if ray_address:
+            raise OptionError("--ray-address needs --engine ray")
+        return LocalExecutor(workers, max_retries, gpus_per_worker=gpus_per_worker)
     if engine == "ray":
         return RayExecutor(workers, max_retries, address=ray_address, gpus_per_worker=gpus_per_worker)
     raise OptionError(f"--engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
 
 
-def _run_batch(model: PathLike, batch_size: int) -> Tuple[int, Any]:
-    """The batch size a run feeds (a fixed-batch model overrides the option) and the model info."""
-    info = inspect_model(model)
-    fixed = sorted({s.fixed_batch for s in info.inputs if s.fixed_batch is not None})
-    return (fixed[0] if len(fixed) == 1 else batch_size), info
-
-
-def make_job(model: PathLike, data: PathLike, plan_shards: Callable[[int, int], ShardPlan], *, batch_size: int = 8,
-             limit: Optional[int] = None, seed: int = 0, threads: Optional[int] = None, preprocess: Preprocess = None,
-             strict: bool = False, num_bins: int = 2048, crash_once: Optional[CrashOnce] = None) -> ShardJob:
-    if batch_size < 1:
-        raise OptionError(f"batch_size must be >= 1, got {batch_size}")
-    run_batch, info = _run_batch(model, batch_size)
-    manifest = list_manifest(data, limit, seed)
+def make_job(model: PathLike, data: PathLike, plan_shards: Callable[[int, int], ShardPlan],
+             options: RunOptions = RunOptions(), before_shard: Optional[Callable[[int], None]] = None) -> ShardJob:
+    check_device(options.device)
+    run_batch = run_batch_size(inspect_model(model).inputs, options.batch_size)
+    manifest = list_manifest(data, options.limit, options.seed)
     plan = plan_shards(len(manifest.files), run_batch)
     return ShardJob(model=str(model), directory=str(manifest.directory), files=manifest.files,
-                    manifest_sha256=manifest.sha256, plan=plan, batch_size=batch_size, threads=threads,
-                    preprocess=preprocess, strict=strict, num_bins=num_bins, limit=limit, seed=seed,
-                    crash_once=crash_once)
+                    manifest_sha256=manifest.sha256, plan=plan, options=options, before_shard=before_shard)
 
 
 def _resumable(directory: Path, job: ShardJob) -> Iterator[Tuple[int, StatsBundle]]:
@@ -82,7 +73,7 @@ def _resumable(directory: Path, job: ShardJob) -> Iterator[Tuple[int, StatsBundl
             log.warning("ignoring %s: %s", path, exc)
             continue
         meta, info = bundle.metadata, bundle.metadata.get("shards") or {}
-        same = (meta.get("manifest_sha256") == job.manifest_sha256 and meta.get("num_bins") == job.num_bins
+        same = (meta.get("manifest_sha256") == job.manifest_sha256 and meta.get("num_bins") == job.options.num_bins
                 and info.get("count") == job.plan.count and info.get("size") == job.plan.size
                 and shard_ids(bundle) == [shard_id])
         if not same:
@@ -140,30 +131,30 @@ def calibrate_sharded(model: PathLike, data: PathLike, *, engine: str = "local",
                       ray_address: Optional[str] = None, gpus_per_worker: float = 0.0,
                       shard_size: Optional[int] = None, max_retries: int = 2,
                       resume_dir: Optional[PathLike] = None, executor: Optional[Executor] = None,
-                      algo: str = "entropy", algo_options: Optional[Dict[str, Any]] = None, batch_size: int = 8,
-                      limit: Optional[int] = None, seed: int = 0, threads: Optional[int] = None,
-                      preprocess: Preprocess = None, strict: bool = False, num_bins: int = 2048,
-                      progress: Optional[Progress] = None, crash_once: Optional[CrashOnce] = None
-                      ) -> CalibrationResult:
+                      algo: str = "entropy", algo_options: Optional[Dict[str, Any]] = None,
+                      progress: Optional[Progress] = None, before_shard: Optional[Callable[[int], None]] = None,
+                      **run_options: Any) -> CalibrationResult:
     """calibrate() over shards on `workers` processes (engine "local") or Ray actors (engine "ray").
 
-    The statistics, and so every output written from them, are byte-identical to a single run.
+    Run options as calibrate() takes them (batch_size, limit, seed, threads, preprocess, strict, num_bins,
+    device). The statistics, and so every output written from them, are byte-identical to a single run.
     resume_dir: checkpoint each finished shard there and skip the shards already there.
+    before_shard(shard_id) runs in the worker before each shard (fault injection in tests).
     """
     start = time.perf_counter()
-    _resolve_algo(algo, algo_options or {})  # bad options fail before any work
+    resolve_algo(algo, algo_options or {})  # bad options fail before any work
+    options = RunOptions(**run_options)
     executor = executor or make_executor(engine, workers=workers, max_retries=max_retries,
                                          ray_address=ray_address, gpus_per_worker=gpus_per_worker)
 
     def plan(total: int, run_batch: int) -> ShardPlan:
         return cut_shards(total, shard_size or default_shard_size(total, run_batch), run_batch)
 
-    job = make_job(model, data, plan, batch_size=batch_size, limit=limit, seed=seed, threads=threads,
-                   preprocess=preprocess, strict=strict, num_bins=num_bins, crash_once=crash_once)
+    job = make_job(model, data, plan, options, before_shard)
     log.info("%s engine: %d images in %d shards of %d", engine, job.plan.total, job.plan.count, job.plan.size)
     bundle, facts = collect_sharded(job, executor, resume_dir=resume_dir, progress=progress)
     t_amax = time.perf_counter()
-    result = result_from_stats(bundle, algo, threads=threads, **(algo_options or {}))
+    result = result_from_stats(bundle, algo, threads=options.threads, **(algo_options or {}))
     seconds = time.perf_counter() - start
     notes = facts["notes"]
     if facts["resumed"]:
@@ -171,20 +162,17 @@ def calibrate_sharded(model: PathLike, data: PathLike, *, engine: str = "local",
     samples = result.report.samples
     result.report = ShardedReport(
         samples=samples, skipped=facts["skipped_files"], seconds=seconds,
-        samples_per_s=samples / seconds if seconds > 0 else 0.0, peak_rss_mb=_peak_rss_mb(),
+        samples_per_s=samples / seconds if seconds > 0 else 0.0, peak_rss_mb=peak_rss_mb(),
         nonfinite_tensors=result.report.nonfinite_tensors, notes=notes,
         timings={"startup": facts["startup_seconds"], "amax": time.perf_counter() - t_amax},
         shard_count=job.plan.count, shard_size=job.plan.size, resumed=facts["resumed"], computed=facts["computed"])
     return result
 
 
-def calibrate_shard(model: PathLike, data: PathLike, index: int, count: int, *, batch_size: int = 8,
-                    limit: Optional[int] = None, seed: int = 0, threads: Optional[int] = None,
-                    preprocess: Preprocess = None, strict: bool = False, num_bins: int = 2048) -> StatsBundle:
+def calibrate_shard(model: PathLike, data: PathLike, index: int, count: int, **run_options: Any) -> StatsBundle:
     """Shard `index` of `count` (--shard i/N) in this process: a part bundle for `merge`."""
     job = make_job(model, data, lambda total, run_batch: plan_for_count(total, count, run_batch),
-                   batch_size=batch_size, limit=limit, seed=seed, threads=threads, preprocess=preprocess,
-                   strict=strict, num_bins=num_bins)
+                   RunOptions(**run_options))
     _, data_bytes = ShardWorker(job).run(index)
     return StatsBundle.from_bytes(data_bytes, f"shard {index}")
 

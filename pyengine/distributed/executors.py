@@ -18,6 +18,7 @@ from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ProcessPo
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
 
+from ..collect.device import Device
 from ..errors import DataError, OptionError, PtqError
 from .worker import ShardJob, ShardWorker, init_process, run_in_process
 
@@ -65,16 +66,22 @@ class LocalExecutor(Executor):
     At most K shards are submitted at a time, so "running" is known and results do not pile up.
     """
 
-    def __init__(self, workers: int = 2, max_retries: int = 2, context: str = "spawn") -> None:
+    def __init__(self, workers: int = 2, max_retries: int = 2, context: str = "spawn",
+                 gpus_per_worker: float = 0.0) -> None:
         if workers < 1:
             raise OptionError(f"--workers must be >= 1, got {workers}")
         if max_retries < 0:
             raise OptionError(f"--max-retries must be >= 0, got {max_retries}")
+        if gpus_per_worker < 0:
+            raise OptionError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
         self.workers, self.max_retries, self.context = workers, max_retries, context
+        self.gpus_per_worker = gpus_per_worker
 
     def _pool(self, job: ShardJob, workers: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(self.context),
-                                   initializer=init_process, initargs=(job,))
+        context = multiprocessing.get_context(self.context)
+        counter = context.Value("i", 0)  # each process takes the next index: its GPU with --gpus-per-worker
+        return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_process,
+                                   initargs=(job, counter, self.gpus_per_worker))
 
     def run(self, job: ShardJob, shard_ids: Sequence[int], on_result: OnResult) -> None:
         workers = min(self.workers, len(shard_ids))  # no idle processes for a few shards
@@ -202,6 +209,8 @@ class RayExecutor(Executor):
             workers = min(self.workers, len(shard_ids))
             per_actor = min(1.0, cpus / workers)
             job = job.with_threads(max(1, int(cpus // workers)))
+            if self.gpus_per_worker and job.options.device.is_cuda:
+                job = job.on_device(Device("cuda", 0))  # Ray makes the actor's GPU the only visible one
             actor_class = ray.remote(ShardActor).options(
                 num_cpus=per_actor, num_gpus=self.gpus_per_worker, max_restarts=self.max_retries,
                 max_task_retries=self.max_retries)

@@ -1,9 +1,9 @@
-"""The per-shard job: one worker builds the model session once, then turns shard ids into statistics.
+"""The per-shard job: one worker prepares the model once, then turns shard ids into statistics.
 
-`ShardWorker(job).run(shard_id)` streams that shard's images through the same batching, session
-settings and statistics code as a single `calibrate()` run and returns `(shard_id, part bytes)`, a
-serialised part bundle (see shards.py), with no other side effect. Executors keep one ShardWorker per
-process or Ray actor; the driver merges, checkpoints and reports.
+`ShardWorker(job).run(shard_id)` streams that shard's images through the collection core's statistics run
+(the same session, batching and statistics code as a single `calibrate()`) and returns `(shard_id, part
+bytes)`, a serialised part bundle (see shards.py), with no other side effect. Executors keep one
+ShardWorker per process or Ray actor; the driver merges, checkpoints and reports.
 """
 from __future__ import annotations
 
@@ -11,35 +11,16 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
-
-import numpy as np
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ..atomic import write_bytes_atomic
-from ..datasource import DataSource, batches, image_source, prefetch
-# Building blocks of pipeline.calibrate(), reused so a shard is processed exactly as a single run
-# processes the same images (same session options, batching, statistics and metadata).
-from ..pipeline import (ActivationRunner, _batch_size_for, _BatchFolder, _create_session, _expose, _image_plans,
-                        _metadata)
-from ..model import external_data_locations, info_from_model, load_model
-from ..preprocess import PreprocessConfig
-from ..stats import TensorStats
+from ..collect import RunOptions, StatisticsCollector
+from ..collect.device import Device
+from ..datasource import DataSource, image_source
 from ..statsfile import StatsBundle
 from .shards import ShardPlan, part_metadata
 
 log = logging.getLogger(__name__)
-
-Preprocess = Union[PreprocessConfig, Mapping[str, PreprocessConfig], None]
-
-
-@dataclass(frozen=True)
-class CrashOnce:
-    """TEST-ONLY fault injection: the worker process exits abruptly (os._exit) when it starts `shard_id`,
-    the first time only: `marker` is created just before, and its existence disarms the crash, so the
-    retried shard succeeds. Used by tests/test_distributed.py to check retries; never set it otherwise."""
-
-    shard_id: int
-    marker: str
 
 
 @dataclass(frozen=True)
@@ -51,14 +32,9 @@ class ShardJob:
     files: Tuple[str, ...]  # the whole manifest, relative posix paths, sorted
     manifest_sha256: str
     plan: ShardPlan
-    batch_size: int = 8
-    threads: Optional[int] = None
-    preprocess: Preprocess = None
-    strict: bool = False
-    num_bins: int = 2048
-    limit: Optional[int] = None
-    seed: int = 0
-    crash_once: Optional[CrashOnce] = None  # test-only, see CrashOnce
+    options: RunOptions = RunOptions()
+    # Called with the shard id in the worker before it starts a shard (fault injection in tests).
+    before_shard: Optional[Callable[[int], None]] = None
 
     def shard_files(self, shard_id: int) -> List[Path]:
         lo, hi = self.plan.bounds(shard_id)
@@ -72,70 +48,38 @@ class ShardJob:
         return f"shard {shard_id} ({len(names)} image{'s' if len(names) != 1 else ''} in {self.directory}: {span})"
 
     def with_threads(self, threads: Optional[int]) -> "ShardJob":
-        return self if self.threads is not None else replace(self, threads=threads)
+        if self.options.threads is not None:
+            return self
+        return replace(self, options=self.options.but(threads=threads))
+
+    def on_device(self, device: Device) -> "ShardJob":
+        return replace(self, options=self.options.but(device=device))
 
 
 class ShardWorker:
-    """Model, image plans and onnxruntime session, built once; run(shard_id) per shard."""
+    """The statistics collector, built once; run(shard_id) per shard."""
 
     def __init__(self, job: ShardJob) -> None:
         self.job = job
-        path = Path(job.model)
-        proto = load_model(path, load_external_data=False)
-        self.info = info_from_model(proto, path)
-        self.notes: List[str] = []  # the notes calibrate() gives for the same model and options
-        self.run_batch = _batch_size_for(self.info.inputs, job.batch_size, self.notes)
-        self.plans = _image_plans(self.info.inputs, job.preprocess)
-        if all(p.config.mean is None and p.config.std is None for p in self.plans):
-            self.notes.append("no mean/std given: images fed as raw 0-255 pixel values")
-        input_names = {s.name for s in self.info.inputs}
-        self.node_acts = [n for n in self.info.activations if n not in input_names]
-        self.input_acts = [n for n in self.info.activations if n in input_names]
-        session = _create_session(_expose(proto, self.node_acts, self.info.activation_dtypes), path,
-                                  bool(external_data_locations(proto)), job.threads)
-        del proto
-        self.runner = ActivationRunner(session, self.node_acts)
-        self.fixed_batch = any(s.fixed_batch for s in self.info.inputs)
+        self.collector = StatisticsCollector(job.model, job.options)
+        self.collector.image_plans()  # an input that cannot take images fails here, once
 
     def run(self, shard_id: int) -> Tuple[int, bytes]:
         """The shard's part bundle, serialised. Raises PtqError (e.g. an unreadable image with strict)."""
-        self._maybe_crash(shard_id)
         job = self.job
-        files = job.shard_files(shard_id)
-        workers = job.threads or os.cpu_count() or 1
-        source = image_source(Path(job.directory), files, self.plans, strict=job.strict, workers=workers,
-                              depth=max(2 * self.run_batch, 2 * workers))
-        stats = {n: TensorStats(job.num_bins) for n in self.info.activations}
-        targets = [stats[n] for n in self.input_acts] + [stats[n] for n in self.node_acts]
-        folder = _BatchFolder(self.runner, targets, self.input_acts, job.threads, None, source.total)
-        notes = list(self.notes)
-        try:
-            for feeds, count in prefetch(batches(source.samples(), self.run_batch), depth=2):
-                if count != self.run_batch and self.fixed_batch:  # as a single run does
-                    notes.append(f"last {count} sample(s) dropped: the model takes exactly {self.run_batch} per run")
-                    break
-                folder.fold({s.name: np.ascontiguousarray(feeds[s.name]) for s in self.info.inputs}, count)
-        finally:
-            folder.finish()
+        if job.before_shard is not None:
+            job.before_shard(shard_id)
+        o = job.options
+        workers = o.threads or os.cpu_count() or 1
+        source = image_source(Path(job.directory), job.shard_files(shard_id), self.collector.image_plans(),
+                              strict=o.strict, workers=workers, depth=max(2 * o.batch_size, 2 * workers))
+        collected = self.collector.collect(source)
         whole = DataSource(source.kind, source.description, source.samples, source.total,
                            lambda: job.manifest_sha256, source.log)
-        meta = _metadata(self.info, whole, self.plans, folder.samples, job.num_bins, job.limit, job.seed)
-        meta = part_metadata(meta, job.plan, [shard_id], source.log.skipped, notes + source.log.notes,
-                             source.log.grayscale)
-        log.info("%s: %d samples", job.describe(shard_id), folder.samples)
-        return shard_id, StatsBundle(stats, meta).to_bytes()
-
-    def _maybe_crash(self, shard_id: int) -> None:
-        crash = self.job.crash_once
-        if crash is None or crash.shard_id != shard_id:
-            return
-        marker = Path(crash.marker)
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # only the first attempt wins
-        except FileExistsError:
-            return
-        os.close(fd)
-        os._exit(71)
+        meta = part_metadata(self.collector.metadata(whole, collected.samples), job.plan, [shard_id],
+                             source.log.skipped, collected.notes + source.log.notes, source.log.grayscale)
+        log.info("%s: %d samples", job.describe(shard_id), collected.samples)
+        return shard_id, StatsBundle(collected.stats, meta).to_bytes()
 
 
 def shard_file(directory: Union[str, Path], shard_id: int) -> Path:
@@ -149,14 +93,31 @@ def save_shard(directory: Union[str, Path], shard_id: int, data: bytes) -> Path:
     return path
 
 
+def worker_device(device: Device, worker_index: int, gpus_per_worker: float, gpu_count: int) -> Device:
+    """The GPU of local worker k: with --gpus-per-worker g, worker k takes GPU floor(k * g) counted from
+    the requested one (so g=1 gives each worker its own, g=0.5 two workers per GPU); without it every
+    worker shares the requested device."""
+    if not device.is_cuda or gpus_per_worker <= 0 or gpu_count <= 1:
+        return device
+    return Device("cuda", (device.index + int(worker_index * gpus_per_worker)) % gpu_count)
+
+
 # --- process-level entry points (executors call these in worker processes) ------------------------
 _PROCESS_WORKER: Dict[str, Any] = {}
 
 
-def init_process(job: ShardJob) -> None:
-    """ProcessPoolExecutor initializer: remember the job; the session is built on the first shard,
-    so that a model error reaches the driver as that shard's exception instead of a broken pool."""
+def init_process(job: ShardJob, counter: Any = None, gpus_per_worker: float = 0.0) -> None:
+    """ProcessPoolExecutor initializer: remember the job (on this worker's device); the collector is built
+    on the first shard, so that a model error reaches the driver as that shard's exception instead of a
+    broken pool."""
     _PROCESS_WORKER.clear()
+    if counter is not None and job.options.device.is_cuda:
+        with counter.get_lock():
+            index = counter.value
+            counter.value += 1
+        from ..gpu import device_count
+
+        job = job.on_device(worker_device(job.options.device, index, gpus_per_worker, device_count()))
     _PROCESS_WORKER["job"] = job
 
 

@@ -36,7 +36,7 @@ from ..errors import FormatError
 from ._text import read_utf8
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..pipeline import CalibrationResult
+    from ..result import CalibrationResult
     from ..stats import TensorStats
 
 FORMAT = "ptqengine-scales"

@@ -54,7 +54,8 @@ def trt_version_code(version: str) -> int:
         raise OptionError("--trt-version: TensorRT 9 was never released publicly; use 8.6.x or 10.x")
     if major >= 11:
         raise OptionError(f"--trt-version: TensorRT {major} removed implicit INT8 calibration caches; "
-                          "export a Q/DQ ONNX model for it instead")
+                          "write a Q/DQ ONNX model for it instead (calibrate --qdq MODEL.int8.onnx, or "
+                          "ptqengine quantize)")
     if major < 5:
         raise OptionError(f"--trt-version: TensorRT {major} is too old (calibration caches start at 5.x)")
     if major <= 8:

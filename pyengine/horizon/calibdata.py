@@ -1,4 +1,4 @@
-"""Calibration data for Horizon's converters, and the per-channel ranges pass.
+"""Calibration data for Horizon's converters.
 
 Horizon inserts the (x - mean) * scale preprocessing into the compiled model, so its calibration
 samples are the image BEFORE normalisation: resized, colour-converted and laid out as input_type_train /
@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -112,47 +112,3 @@ def _swap_in(new: Path, target: Path) -> None:
     new.rename(target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def normalized_feeds(images: Sequence[Path], inputs: Sequence[HorizonInput]) -> Iterator[Dict[str, np.ndarray]]:
-    """What the model sees in `calibrate`: one feed dict (batch of 1) per image."""
-    for image in images:
-        decoded = open_image(image)
-        yield {h.name: preprocess_pil(decoded, h.plan)[np.newaxis] for h in inputs}
-
-
-def channel_absmax(model_path: Path, feeds: Iterator[Dict[str, np.ndarray]], threads: Optional[int] = None
-                   ) -> Dict[str, np.ndarray]:
-    """Per-channel max |x| of every rank-4 float node output (channel axis 1, ONNX's NCHW convention).
-
-    A second, light inference pass: the statistics pipeline keeps per-tensor histograms only, and the
-    per_channel decision needs the spread between channels. Outputs are reduced one sample at a time.
-    """
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper
-
-    from ..model import find_activations, graph_inputs
-
-    model = onnx.load(str(model_path))
-    inputs = {vi.name for vi in graph_inputs(model)}
-    dtypes = {n: d for n, d in find_activations(model, model_path).items() if n not in inputs}
-    existing = {o.name for o in model.graph.output}
-    for name, dtype in dtypes.items():
-        if name not in existing:
-            model.graph.output.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(dtype), None))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor's name
-    so.intra_op_num_threads = int(threads or 0)
-    so.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    names = list(dtypes)
-    result: Dict[str, np.ndarray] = {}
-    for feed in feeds:
-        for name, value in zip(names, session.run(names, feed)):
-            if value.ndim != 4 or value.shape[1] < 2:
-                continue
-            a = np.abs(np.nan_to_num(np.asarray(value, np.float32), nan=0.0, posinf=0.0, neginf=0.0))
-            per_channel = a.max(axis=(0, 2, 3))
-            result[name] = per_channel if name not in result else np.maximum(result[name], per_channel)
-    return result

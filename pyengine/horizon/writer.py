@@ -17,18 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import yaml
 
 from .._version import __version__
+from ..collect import CPU, Device, RunOptions
+from ..collect.statistics import statistics_for
 from ..atomic import write_text_atomic
 from ..errors import DataError, OptionError
 from ..images import find_images, sample_files
 from ..model import info_from_model, load_model
 from ..preprocess import PreprocessConfig, config_for, plan_for
-from ..statsfile import StatsBundle, load_stats
+from ..statsfile import StatsBundle
 from . import choices as ch
-from .calibdata import (HorizonInput, channel_absmax, horizon_inputs, normalized_feeds, safe_name,
-                        write_calibration_data)
+from .calibdata import HorizonInput, horizon_inputs, safe_name, write_calibration_data
 from .graph import producers, resolve_nodes
 from .schema import INPUT_TYPES_RT, NASH, SPECS, TARGETS, validate_config, validate_quant_config
 
@@ -210,21 +212,18 @@ def dump_json(data: Mapping[str, Any]) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-# --- statistics -----------------------------------------------------------------------------------
-def _statistics(model: Path, data: Path, stats: Optional[PathLike], preprocess, samples: int, seed: int,
-                threads: Optional[int], progress: Optional[Progress], sha256: str, notes: List[str]) -> StatsBundle:
-    if stats is not None:
-        bundle = load_stats(stats)
-        recorded = bundle.metadata.get("model_sha256")
-        if recorded and recorded != sha256:
-            notes.append(f"{stats}: statistics were collected on a different model file (sha256 differs)")
-        return bundle
-    from ..pipeline import calibrate
-
-    result = calibrate(model, data, algo="entropy", limit=samples, seed=seed, threads=threads,
-                       preprocess=preprocess, progress=progress)
-    notes.extend(result.report.notes)
-    return result.stats
+# --- statistics ---------------------------------------------------------------------------------
+def channel_ratios(bundle: StatsBundle) -> Dict[str, float]:
+    """Widest / median channel absmax of every tensor whose statistics have per-channel ranges."""
+    ratios = {}
+    for name, stats in bundle.tensors.items():
+        if stats.axis is None:
+            continue
+        absmax = np.fmax(np.abs(stats.channel_min), np.abs(stats.channel_max))
+        ratio = ch.channel_ratio(np.nan_to_num(absmax, nan=0.0))
+        if ratio is not None:
+            ratios[name] = ratio
+    return ratios
 
 
 # --- the summary ----------------------------------------------------------------------------------
@@ -304,7 +303,7 @@ def write_horizon_config(model: PathLike, data: PathLike, target: str, out_dir: 
                          preprocess: Union[PreprocessConfig, Mapping[str, PreprocessConfig], None] = None,
                          stats: Optional[PathLike] = None, samples: int = 100, seed: int = 0,
                          int16: Sequence[str] = (), cpu: Sequence[str] = (), input_type_rt: Optional[str] = None,
-                         force: bool = False, threads: Optional[int] = None,
+                         force: bool = False, threads: Optional[int] = None, device: Union[str, Device] = CPU,
                          progress: Optional[Progress] = None) -> HorizonResult:
     """Calibration data, config.yaml, quant_config.json (not for X3/J3) and ptq_summary.md in out_dir.
 
@@ -332,14 +331,17 @@ def write_horizon_config(model: PathLike, data: PathLike, target: str, out_dir: 
         raise DataError(f"{data}: no images found (Horizon calibration data is written from images)")
 
     notes: List[str] = []
-    bundle = _statistics(model_path, Path(data), stats, preprocess, samples, seed, threads, progress,
-                         info.sha256, notes)
-    channels: Dict[str, float] = {}
-    if stats is None:
-        absmax = channel_absmax(model_path, normalized_feeds(images, inputs), threads)
-        channels = {n: r for n, a in absmax.items() if (r := ch.channel_ratio(a)) is not None}
+    graph_inputs = {s.name for s in info.inputs}
+
+    def per_channel_nchw(name: str, rank: int) -> Optional[int]:
+        """Per-channel ranges of 4-D activations (channel axis 1, ONNX's NCHW): the per_channel decision."""
+        return 1 if rank == 4 and name not in graph_inputs else None
+
+    options = RunOptions(limit=samples, seed=seed, threads=threads, preprocess=preprocess, device=device)
+    bundle = statistics_for(model_path, Path(data), stats, options, notes=notes, progress=progress,
+                            axis_policy=per_channel_nchw)
     made_by = producers(proto)
-    facts = ch.tensor_facts(bundle, made_by, channels, threads)
+    facts = ch.tensor_facts(bundle, made_by, channel_ratios(bundle), threads)
     choice = ch.choose_calibration(facts)
     asym = ch.choose_asymmetric(facts)
     per_channel = ch.choose_per_channel(facts)

@@ -165,7 +165,7 @@ def quantize_model(model: Union[PathLike, onnx.ModelProto], output: Optional[Pat
                    fp16_fallback: Sequence[str] = ()) -> QuantizeResult:
     """Quantise an FP32 ONNX model to int8 and (when `output` is given) write it.
 
-    calibration: a `CalibrationResult` (pipeline.calibrate / result_from_stats) or a mapping tensor -> amax,
+    calibration: a `CalibrationResult` (ptqengine.calibrate / result_from_stats) or a mapping tensor -> amax,
         taken on this same model (static mode; ignored in dynamic mode).
     exclude: fnmatch patterns on node names (a nameless node: its first output); exclude_op_types: op types;
     fp16_fallback: exact node names to run in float16 (static mode). Raises PtqError subclasses for user errors.

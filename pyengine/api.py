@@ -1,0 +1,88 @@
+"""The library's front door: `calibrate` and `quantize` as a user (or the CLI) asks for them.
+
+Both sit above the commands they combine: a calibration run (one process, or sharded over processes / Ray),
+`algo="auto"` (which measures the model's output error on samples of the data: ptqengine.analyze.auto_algo)
+and the Q/DQ export. Each CLI command is its options, one call here (or to one command module) and the
+rendering of the result.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from . import calibration
+from .errors import OptionError
+from .result import CalibrationResult, result_from_stats
+from .statsfile import load_stats
+
+AUTO = "auto"
+PathLike = Union[str, Path]
+Progress = Callable[[int, Optional[int]], None]
+StageProgress = Callable[[str, int, Optional[int]], None]
+
+
+def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options: Optional[Dict[str, Any]] = None,
+              progress: Optional[Progress] = None, stage_progress: Optional[StageProgress] = None,
+              scale_out: Optional[Mapping[str, Any]] = None, **run_options: Any) -> CalibrationResult:
+    """Statistics of every activation over `data`, then ranges by `algo`.
+
+    Run options as ptqengine.calibration.calibrate takes them (batch_size, limit, seed, threads, preprocess,
+    strict, num_bins, device). scale_out: ptqengine.distributed.calibrate_sharded's options (engine, workers,
+    ray_address, gpus_per_worker, shard_size, max_retries, resume_dir): the same statistics, byte for byte,
+    from shards. algo="auto": the statistics once, then per tensor the range that minimises the model's
+    output error on 32 samples of `data` (stage_progress(stage, done, total) reports those runs).
+    """
+    start = time.perf_counter()
+    auto = algo == AUTO
+    if auto and not isinstance(data, (str, Path, list, tuple, np.ndarray)):
+        raise OptionError("algo 'auto' reads the data twice (statistics, then samples to measure on): give a "
+                          "directory, files or a list, not a one-shot iterable or reader")
+    base = "max" if auto else algo  # statistics do not depend on the algorithm
+    if scale_out:
+        from .distributed import calibrate_sharded
+
+        result = calibrate_sharded(model, data, algo=base, algo_options=algo_options, progress=progress,
+                                   **scale_out, **run_options)
+    else:
+        result = calibration.calibrate(model, data, algo=base, algo_options=algo_options, progress=progress,
+                                       **run_options)
+    if not auto:
+        return result
+    from .analyze.auto_algo import auto_result
+
+    keep = {k: run_options[k] for k in ("seed", "preprocess", "batch_size", "threads", "device") if k in run_options}
+    chosen = auto_result(model, result, data, progress=stage_progress, **keep)
+    chosen.report.seconds = time.perf_counter() - start  # the whole call, the auto runs included
+    return chosen
+
+
+def quantize(model: PathLike, output: Optional[PathLike] = None, *, data: Any = None,
+             stats: Optional[PathLike] = None, algo: str = "entropy", algo_options: Optional[Dict[str, Any]] = None,
+             mode: str = "static", per_channel: bool = True, exclude: Sequence[str] = (),
+             exclude_op_types: Sequence[str] = (), fp16_fallback: Sequence[str] = (),
+             progress: Optional[Progress] = None, stage_progress: Optional[StageProgress] = None,
+             **run_options: Any):
+    """An int8 ONNX model: static Q/DQ from a calibration on `data` or from saved `stats`, or dynamic.
+
+    Returns (ptqengine.qdq.QuantizeResult, the CalibrationResult used or None)."""
+    from .qdq import quantize_model
+
+    calibration_result = None
+    if mode == "static":
+        if (data is None) == (stats is None):
+            raise OptionError("static mode needs exactly one of --data DIR or --stats STATS (or use --mode dynamic)")
+        if stats is not None:
+            if algo == AUTO:
+                raise OptionError("--algo auto measures the output error on samples: give --data (not --stats)")
+            calibration_result = result_from_stats(load_stats(stats), algo, **(algo_options or {}))
+        else:
+            calibration_result = calibrate(model, data, algo=algo, algo_options=algo_options, progress=progress,
+                                           stage_progress=stage_progress, **run_options)
+    result = quantize_model(model, output, calibration=calibration_result, mode=mode, per_channel=per_channel,
+                            exclude=exclude, exclude_op_types=exclude_op_types, fp16_fallback=fp16_fallback)
+    if mode != "static" and (data is not None or stats is not None):
+        result.report.notes.insert(0, "--mode dynamic needs no calibration: --data / --stats ignored")
+    return result, calibration_result

@@ -1,0 +1,65 @@
+"""The one place onnxruntime sessions are built: for a device and a purpose.
+
+Purposes, and why each has its own settings:
+- OBSERVE: every activation keeps its name (graph optimisations off: fusing Conv+BN or Conv+Relu would
+  rename or drop tensors the statistics must see).
+- REFERENCE: an FP32 model as the yardstick of an INT8 one.
+- SIMULATE: a Q/DQ model as TensorRT runs it: the int8 values of each Q/DQ pair, computed in float
+  (`session.disable_quant_qdq`). onnxruntime would otherwise fuse DQ -> op -> Q into its own int8 CPU
+  kernels, whose results depend on the CPU (x86 without VNNI sums pairs of u8*s8 products in 16 bits and
+  saturates), so they would measure the CPU, not the calibration. REFERENCE and SIMULATE share every
+  other setting, so their difference is the quantisation error alone.
+- DEPLOY: full optimisations, fused int8 kernels: how onnxruntime itself would run the model (latency,
+  and the CPU-kernel figure when a user asks for it).
+"""
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from ..errors import ModelError, OptionError
+from .device import CPU, Device, ort_providers
+
+
+class Purpose(str, Enum):
+    OBSERVE = "observe"
+    REFERENCE = "reference"
+    SIMULATE = "simulate"
+    DEPLOY = "deploy"
+
+
+def session_options(purpose: Purpose, threads: Optional[int] = None, external_data_dir: Optional[Path] = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if purpose is Purpose.OBSERVE
+                                   else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = int(threads or 0)
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if purpose in (Purpose.REFERENCE, Purpose.SIMULATE):
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
+    if external_data_dir is not None:  # the model comes as bytes: tell onnxruntime where its weights live
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_data_dir))
+    return so
+
+
+def create_session(model: Union[bytes, str, Path], origin: str, *, purpose: Purpose, device: Device = CPU,
+                   threads: Optional[int] = None, external_data_dir: Optional[Path] = None) -> Any:
+    """An InferenceSession for `model` (serialised bytes or a path); ModelError naming `origin` if it fails."""
+    import onnxruntime as ort
+
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        session = ort.InferenceSession(source, session_options(purpose, threads, external_data_dir),
+                                       providers=ort_providers(device))
+    except Exception as exc:
+        raise ModelError(f"{origin}: onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
+    if device.is_cuda and session.get_providers()[0] != "CUDAExecutionProvider":
+        # onnxruntime falls back to the CPU silently when the CUDA provider fails to start
+        raise OptionError(f"--device {device}: onnxruntime could not start its CUDA provider on this device "
+                          "(see its log with --verbose)")
+    return session
