@@ -7,24 +7,19 @@ search and the run report. `algo="auto"` is not here: it measures the model's ou
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 from .collect import Collected, RunOptions
 from .collect.statistics import collect_bundle
-from .result import CalibrationResult, RunReport, amax_for, resolve_algo
+from .result import CalibrationResult, RunReport, amax_for, peak_rss_mb, resolve_algo
 from .stats import TensorStats
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 Progress = Callable[[int, Optional[int]], None]
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options: Optional[Dict[str, Any]] = None,

@@ -16,3 +16,38 @@ def test_ci_runs_the_readme_test_command():
 def test_readme_shows_the_demo_command():
     readme = (ROOT / "README.md").read_text()
     assert re.search(r"^pip install .*ptqengine demo$", readme, re.M)
+
+
+def _bash_blocks(text: str):
+    return re.findall(r"```bash\n(.*?)```", text, re.S)
+
+
+def _cd_outside_subshell(line: str) -> bool:
+    """A `cd` that would move the pasting user's shell: not inside ( ... ) on its line."""
+    code = line.split("#", 1)[0]
+    depth = 0
+    for match in re.finditer(r"[()]|(?<![\w-])cd(?=\s)", code):
+        token = match.group(0)
+        if token == "(":
+            depth += 1
+        elif token == ")":
+            depth -= 1
+        elif depth == 0:
+            return True
+    return False
+
+
+def test_every_readme_block_is_safe_to_paste_as_a_whole():
+    """A pasted block must not strand the shell elsewhere when one of its commands fails (hb_mapper is not
+    installed for most readers): every cd happens in a subshell."""
+    blocks = _bash_blocks((ROOT / "README.md").read_text())
+    assert len(blocks) >= 4
+    stranding = [line for block in blocks for line in block.splitlines() if _cd_outside_subshell(line)]
+    assert stranding == []
+
+
+def test_the_cd_check_catches_a_bare_cd():
+    assert _cd_outside_subshell("cd out && hb_mapper makertbin && cd ..")
+    assert _cd_outside_subshell("ptqengine demo; cd x")
+    assert not _cd_outside_subshell("(cd out && hb_compile --config config.yaml)")
+    assert not _cd_outside_subshell("ptqengine calibrate --no-cd x  # cd in a comment")

@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from ..calibration import peak_rss_mb
 from ..collect import RunOptions, check_device, run_batch_size
 from ..errors import DataError, FormatError, OptionError
 from ..model import inspect_model
-from ..result import CalibrationResult, RunReport, resolve_algo, result_from_stats
+from ..result import CalibrationResult, RunReport, peak_rss_mb, resolve_algo, result_from_stats
 from ..statsfile import StatsBundle, load_stats
 from .executors import Executor, LocalExecutor, RayExecutor
 from .shards import (ShardPlan, TreeMerger, cut_shards, default_shard_size, finish, list_manifest, merge_parts,

@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Dict, Tuple, Union
 
-from ..errors import FormatError, PtqError
+from ..errors import FormatError
+from ._text import read_utf8
 from .ort_json import looks_like_ort, ort_amax, read_ort_calibration_json
 from .scales_json import FORMAT as SCALES_FORMAT
 from .scales_json import parse_scales_document, read_scales_json, write_scales_json
@@ -27,29 +28,12 @@ __all__ = [
 ]
 
 
-def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise PtqError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise PtqError(f"{path}: is a directory, expected a scale table file") from None
-    except OSError as exc:
-        raise PtqError(f"{path}: cannot read ({exc.strerror})") from None
-    if data.startswith(b"PTQSTATS"):
-        raise FormatError(f"{path}: is a ptqengine statistics file, not a scale table "
-                          f"(derive one with 'ptqengine export')")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise FormatError(f"{path}: not a scale table (binary data; onnxruntime's calibration.flatbuffers "
-                          f"is not supported, use its calibration.json)") from None
-
-
 def read_scale_table(path: Union[str, Path]) -> Tuple[str, Dict[str, float]]:
     """(kind, amax per tensor in file order) for a TensorRT cache, our JSON or onnxruntime's JSON."""
     p = Path(path)
-    text = _read_text(p)
+    text = read_utf8(p, "a scale table", "; onnxruntime's calibration.flatbuffers is not supported, use its "
+                     "calibration.json", {b"PTQSTATS": "is a ptqengine statistics file, not a scale table "
+                                                       "(derive one with 'ptqengine export')"})
     stripped = text.lstrip()
     if stripped.startswith("TRT-"):
         return KIND_TENSORRT, parse_trt_cache(text, str(p)).amax
