@@ -46,6 +46,20 @@ def small_images(tmp_path_factory) -> Path:
     return out
 
 
+def session_exposing(path: Path, names: Sequence[str]):
+    """An onnxruntime session of the model with every name a graph output, built here with onnx and
+    onnxruntime alone (an oracle independent of ptqengine's collection core)."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    for n in names:
+        if n not in {o.name for o in model.graph.output}:
+            model.graph.output.append(helper.make_empty_tensor_value_info(n))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
 # --- tiny onnx.helper graphs ---------------------------------------------------------------------
 def save_model(graph: onnx.GraphProto, path: Path, opset: int = 17, **kwargs) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)] + kwargs.pop("extra_opsets", []))

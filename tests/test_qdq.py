@@ -26,9 +26,12 @@ PREPROCESS_ARGS = ["--resize", "crop", "--mean", "123.675,116.28,103.53", "--std
 
 
 def session(model) -> ort.InferenceSession:
+    """A static Q/DQ model runs with its Q/DQ pairs kept unfused: the int8 values TensorRT computes, the same on
+    every CPU (onnxruntime's fused int8 kernels saturate on x86 without VNNI; REFERENCES.md)."""
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.add_session_config_entry("session.disable_quant_qdq", "1")
     return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
 

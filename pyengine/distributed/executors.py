@@ -46,6 +46,15 @@ def threads_per_worker(workers: int, cpus: Optional[int] = None) -> int:
     return max(1, (cpus or os.cpu_count() or 1) // max(1, workers))
 
 
+def check_worker_options(workers: int, max_retries: int, gpus_per_worker: float) -> None:
+    if workers < 1:
+        raise OptionError(f"--workers must be >= 1, got {workers}")
+    if max_retries < 0:
+        raise OptionError(f"--max-retries must be >= 0, got {max_retries}")
+    if gpus_per_worker < 0:
+        raise OptionError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+
+
 class Executor(abc.ABC):
     """Runs shards somewhere; see the module docstring for the contract."""
 
@@ -68,12 +77,7 @@ class LocalExecutor(Executor):
 
     def __init__(self, workers: int = 2, max_retries: int = 2, context: str = "spawn",
                  gpus_per_worker: float = 0.0) -> None:
-        if workers < 1:
-            raise OptionError(f"--workers must be >= 1, got {workers}")
-        if max_retries < 0:
-            raise OptionError(f"--max-retries must be >= 0, got {max_retries}")
-        if gpus_per_worker < 0:
-            raise OptionError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+        check_worker_options(workers, max_retries, gpus_per_worker)
         self.workers, self.max_retries, self.context = workers, max_retries, context
         self.gpus_per_worker = gpus_per_worker
 
@@ -174,12 +178,7 @@ class RayExecutor(Executor):
 
     def __init__(self, workers: int = 2, max_retries: int = 2, address: Optional[str] = None,
                  gpus_per_worker: float = 0.0, num_cpus: Optional[int] = None) -> None:
-        if workers < 1:
-            raise OptionError(f"--workers must be >= 1, got {workers}")
-        if max_retries < 0:
-            raise OptionError(f"--max-retries must be >= 0, got {max_retries}")
-        if gpus_per_worker < 0:
-            raise OptionError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+        check_worker_options(workers, max_retries, gpus_per_worker)
         self.workers, self.max_retries, self.address = workers, max_retries, address
         self.gpus_per_worker, self.num_cpus = gpus_per_worker, num_cpus
 

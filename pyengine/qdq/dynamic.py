@@ -8,6 +8,11 @@ with per_channel=True, int8 weights, and subgraph quantisation on (extra option 
 quantize_dynamic's docstring). It writes onnxruntime's integer ops: DynamicQuantizeLinear + MatMulInteger
 for MatMul, DynamicQuantizeLSTM for LSTM (com.microsoft domain), Attention where present.
 
+Weights are quantised to 7 bits (onnxruntime's `reduce_range`): its u8 x s8 kernels on x86 CPUs without
+VNNI add pairs of products in 16 bits, which saturates with full-range weights (onnxruntime's docs
+recommend reduce_range there); a dynamic model is a file that may run on any CPU, so it is made safe for
+all of them at the cost of one bit of weight precision.
+
 Conv is not quantised here by default: onnxruntime turns it into ConvInteger, which on the models tried
 (silero-vad's STFT front end) cost far more accuracy than it saved. These are onnxruntime ops: this mode
 targets onnxruntime, not TensorRT (TensorRT takes the static Q/DQ model).
@@ -53,7 +58,7 @@ def quantize_dynamic_model(model: onnx.ModelProto, *, per_channel: bool = True,
         onnx.save(prepared, str(src))
         try:
             quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(op_types), per_channel=per_channel,
-                             reduce_range=False, weight_type=QuantType.QInt8,
+                             reduce_range=True, weight_type=QuantType.QInt8,
                              nodes_to_exclude=list(exclude_nodes) or None,
                              extra_options={"EnableSubgraph": True, "MatMulConstBOnly": True})
         except Exception as exc:
