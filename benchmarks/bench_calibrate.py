@@ -35,7 +35,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import numpy as np
 
 import ptqengine
-from ptqengine.datasource import batches, open_source, prefetch
+from ptqengine.collect.feed import batches, prefetch
+from ptqengine.datasource import open_source
 from ptqengine.images import find_images, generate_calibration_images
 from ptqengine.model import inspect_model
 from ptqengine import calibrate

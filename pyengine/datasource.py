@@ -4,17 +4,14 @@ Accepted: a directory of images, a .npy/.npz file or a directory of them, a list
 of feed dicts, an onnxruntime CalibrationDataReader. Every source yields keyed samples: (identity, input
 name -> one sample without the batch dim); the identity (an image's path relative to the data directory,
 or an array file / feed and the index in it) names the sample in reports and stays the same whatever the
-order or batching. `batches` regroups samples into the batch size the model takes, so the same samples
-give the same batches whatever form they came in. Sources run in a producer thread behind a
-bounded queue (`prefetch`), and images are decoded by a thread pool (PIL releases the GIL while
-decoding), so data loading overlaps inference while memory stays bounded.
+order or batching. Images are decoded by a thread pool (PIL releases the GIL while decoding), at most
+`depth` ahead; ptqengine.collect.feed stacks samples into batches and runs the source in a producer thread,
+so data loading overlaps inference while memory stays bounded.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import queue
-import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -316,72 +313,3 @@ def _limited(source: DataSource, limit: Optional[int]) -> DataSource:
 
     total = min(limit, source.total) if source.total is not None else limit
     return DataSource(source.kind, source.description, samples, total, source.manifest, source.log)
-
-
-# --- batching and prefetch ---------------------------------------------------------------------------
-def batches(samples: Iterable[KeyedSample], batch_size: int) -> Iterator[Tuple[Feeds, int, List[str]]]:
-    """Stack samples into batches of batch_size: (feeds, count, keys); a sample whose shapes differ starts
-    a new batch."""
-    current: List[Sample] = []
-    keys: List[str] = []
-
-    def stacked() -> Tuple[Feeds, int, List[str]]:
-        return {n: np.stack([s[n] for s in current]) for n in current[0]}, len(current), list(keys)
-
-    for key, s in samples:
-        if current and any(s[n].shape != current[0][n].shape for n in s):
-            yield stacked()
-            current, keys = [], []
-        current.append(s)
-        keys.append(key)
-        if len(current) == batch_size:
-            yield stacked()
-            current, keys = [], []
-    if current:
-        yield stacked()
-
-
-_DONE = object()
-
-
-def prefetch(items: Iterable[Any], depth: int) -> Iterator[Any]:
-    """Iterate `items` in a producer thread, at most `depth` items ahead; errors re-raised here."""
-    q: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        it = iter(items)
-        try:
-            for item in it:
-                if not put((item, None)):
-                    return
-            put((_DONE, None))
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            put((_DONE, exc))
-        finally:  # close generators here, so their cleanup (decode pool) runs in this thread
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
-
-    thread = threading.Thread(target=produce, name="ptq-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, exc = q.get()
-            if exc is not None:
-                raise exc
-            if item is _DONE:
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)

@@ -1,22 +1,96 @@
 """Batches for a model: the batch size it takes, samples stacked, prefetched, the data wait timed.
 
+Samples are stacked into batches (`batches`; the same samples give the same batches whatever form they
+came in) and the source runs in a producer thread behind a bounded queue (`prefetch`).
+
 One rule for every command: a model with a fixed batch dimension is fed exactly that many samples per
 run (the option is overridden, with a note), and the short last batch it cannot take is dropped (with a
 note); a dynamic batch is fed `batch_size` samples per run.
 """
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..datasource import DataSource, batches, prefetch
+from ..datasource import DataSource, KeyedSample, Sample
 from ..errors import ModelError, OptionError
 from ..model import InputSpec
 
 Feeds = Dict[str, np.ndarray]
+
+
+# --- batching and prefetch ---------------------------------------------------------------------------
+def batches(samples: Iterable[KeyedSample], batch_size: int) -> Iterator[Tuple[Feeds, int, List[str]]]:
+    """Stack samples into batches of batch_size: (feeds, count, keys); a sample whose shapes differ starts
+    a new batch."""
+    current: List[Sample] = []
+    keys: List[str] = []
+
+    def stacked() -> Tuple[Feeds, int, List[str]]:
+        return {n: np.stack([s[n] for s in current]) for n in current[0]}, len(current), list(keys)
+
+    for key, s in samples:
+        if current and any(s[n].shape != current[0][n].shape for n in s):
+            yield stacked()
+            current, keys = [], []
+        current.append(s)
+        keys.append(key)
+        if len(current) == batch_size:
+            yield stacked()
+            current, keys = [], []
+    if current:
+        yield stacked()
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterable[Any], depth: int) -> Iterator[Any]:
+    """Iterate `items` in a producer thread, at most `depth` items ahead; errors re-raised here."""
+    q: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        it = iter(items)
+        try:
+            for item in it:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put((_DONE, exc))
+        finally:  # close generators here, so their cleanup (decode pool) runs in this thread
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="ptq-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if exc is not None:
+                raise exc
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def run_batch_size(specs: Sequence[InputSpec], batch_size: int, notes: Optional[List[str]] = None) -> int:

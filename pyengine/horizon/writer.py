@@ -20,7 +20,6 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 import yaml
 
-from .._version import __version__
 from ..collect import CPU, Device, RunOptions
 from ..collect.statistics import statistics_for
 from ..atomic import write_text_atomic
@@ -33,15 +32,14 @@ from . import choices as ch
 from .calibdata import HorizonInput, horizon_inputs, safe_name, write_calibration_data
 from .graph import producers, resolve_nodes
 from .schema import INPUT_TYPES_RT, NASH, SPECS, TARGETS, validate_config, validate_quant_config
+from .summary import SUMMARY_NAME, SUMMARY_TITLE, norm_values, summary_markdown
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 Progress = Callable[[int, Optional[int]], None]
-SUMMARY_TITLE = "# ptqengine Horizon PTQ summary"
 CONFIG_NAME = "config.yaml"
 QUANT_CONFIG_NAME = "quant_config.json"
-SUMMARY_NAME = "ptq_summary.md"
 
 
 def march_for(target: str) -> str:
@@ -103,10 +101,6 @@ def _remove_stale_calibration(out_dir: Path, keep: Sequence[str]) -> None:
 
 
 # --- the values ---------------------------------------------------------------------------------
-def _num(value: float) -> str:
-    return format(float(value), ".10g")
-
-
 def _input_type_rt(hin: HorizonInput, requested: Optional[str]) -> str:
     p = hin.plan
     if requested is not None:
@@ -121,15 +115,6 @@ def _input_type_rt(hin: HorizonInput, requested: Optional[str]) -> str:
     return "nv12" if p.height % 2 == 0 and p.width % 2 == 0 else p.config.color.lower()
 
 
-def _norm(hin: HorizonInput) -> Dict[str, Optional[str]]:
-    cfg = hin.plan.config
-    mean = " ".join(_num(m) for m in cfg.mean) if cfg.mean is not None else None
-    scale = " ".join(_num(1.0 / s) for s in cfg.std) if cfg.std is not None else None
-    norm = {(True, True): "data_mean_and_scale", (True, False): "data_mean", (False, True): "data_scale",
-            (False, False): "no_preprocess"}[(mean is not None, scale is not None)]
-    return {"norm_type": norm, "mean_value": mean, "scale_value": scale}
-
-
 def _joined(values: Sequence[Optional[str]]) -> Optional[str]:
     if all(v is None for v in values):
         return None
@@ -137,7 +122,7 @@ def _joined(values: Sequence[Optional[str]]) -> Optional[str]:
 
 
 def input_parameters(inputs: Sequence[HorizonInput], input_type_rt: Optional[str]) -> Dict[str, Any]:
-    norms = [_norm(h) for h in inputs]
+    norms = [norm_values(h) for h in inputs]
     rts = [_input_type_rt(h, input_type_rt) for h in inputs]
     params: Dict[str, Any] = {
         "input_name": ";".join(h.name for h in inputs),
@@ -224,78 +209,6 @@ def channel_ratios(bundle: StatsBundle) -> Dict[str, float]:
         if ratio is not None:
             ratios[name] = ratio
     return ratios
-
-
-# --- the summary ----------------------------------------------------------------------------------
-def _g(value: Optional[float]) -> str:
-    if value is None:
-        return "-"
-    return format(value, ".4g")
-
-
-def summary_markdown(*, model: Path, sha256: str, march: str, target: str, samples: int, stats_source: str,
-                     inputs: Sequence[HorizonInput], config: Mapping[str, Any], files: Sequence[str],
-                     facts: Sequence[ch.TensorFacts], choice: ch.CalibrationChoice, asym: ch.Decision,
-                     per_channel: ch.Decision, int16: ch.Decision, int16_nodes: Sequence[str],
-                     cpu_nodes: Sequence[str], requested_int16: Sequence[str], unnamed: Sequence[str],
-                     notes: Sequence[str]) -> str:
-    nash = march in NASH
-    tool = "hb_compile --config config.yaml" if nash else "hb_mapper makertbin --model-type onnx --config config.yaml"
-    lines = [SUMMARY_TITLE, "",
-             f"- model: `{model.name}` (sha256 `{sha256}`)",
-             f"- target: {target} (march `{march}`)",
-             f"- calibration samples written: {samples}",
-             f"- statistics: {stats_source}",
-             f"- ptqengine {__version__}", "",
-             "Run from this directory: `" + tool + "`.", "",
-             "## Files", ""]
-    lines += [f"- `{f}`" for f in files]
-    pct = "-" if choice.max_percentile is None else _g(choice.max_percentile)
-    lines += ["", "## Choices", "", "| setting | value | why |", "|---|---|---|",
-              f"| calibration_type | {choice.calibration_type} | {choice.reason} |",
-              f"| max_percentile | {pct} | used with calibration_type max only |",
-              f"| per_channel | {str(per_channel.value).lower()} | {per_channel.reason} |",
-              f"| asymmetric | {str(asym.value).lower()} | {asym.reason}"
-              + ("" if march != "bernoulli2" else "; X3/J3 has no switch for it") + " |",
-              f"| int16 nodes | {len(int16_nodes)} | {int16.reason}; plus {len(requested_int16)} from --int16 |",
-              f"| CPU nodes | {len(cpu_nodes)} | from --cpu |", ""]
-    if int16.tensors and march == "bernoulli2":
-        lines += ["X3/J3 (bernoulli2) computes in int8 only: the tensors flagged for int16 below were not "
-                  "changed; consider running their nodes on the CPU (--cpu NODE).", ""]
-    if unnamed:
-        lines += [f"Flagged tensors made by unnamed nodes ({', '.join(f'`{u}`' for u in unnamed)}) could not be "
-                  "written to the configs: give those nodes names in the ONNX model.", ""]
-    if int16_nodes or cpu_nodes:
-        lines += ["Nodes: " + ", ".join([f"`{n}` int16" for n in int16_nodes] + [f"`{n}` CPU" for n in cpu_nodes]), ""]
-    lines += ["## Inputs", "", "| input | type (train / runtime) | layout | shape | norm_type | mean | scale | directory |",
-              "|---|---|---|---|---|---|---|---|"]
-    params = config["input_parameters"]
-    rts = params["input_type_rt"].split(";")
-    for i, h in enumerate(inputs):
-        norm = _norm(h)
-        train = h.plan.config.color.lower() if h.plan.channels == 3 else "gray"
-        lines.append(f"| `{h.name}` | {train} / {rts[i]} | {h.plan.layout} | {'x'.join(map(str, h.shape))} | "
-                     f"{norm['norm_type']} | {norm['mean_value'] or '-'} | {norm['scale_value'] or '-'} | "
-                     f"`{h.directory}/` |")
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    lines += ["", "## Measured ranges", "",
-              "Per tensor, named as in the ONNX model, to compare with Horizon's calibrated model. amax columns: "
-              f"max |x|, p{ch.PERCENTILE:g} of |x|, TensorRT-style KL (entropy) threshold, and the one the chosen "
-              "calibration implies. tail = max/p; wide = chosen amax / median non-zero |x|; channel = widest / "
-              "median channel.", "",
-              "| tensor | node | op | min | max | amax max | amax p | amax KL | amax chosen | tail | wide | channel | flags |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    heavy, wide, one_sided = set(choice.heavy), set(int16.tensors), set(asym.tensors)
-    spread = set(per_channel.tensors)
-    for f in facts:
-        flags = [flag for flag, hit in (("heavy-tail", f.name in heavy), ("int16", f.name in wide),
-                                        ("one-sided", f.name in one_sided), ("channel-spread", f.name in spread)) if hit]
-        lines.append(f"| `{f.name}` | {('`' + f.node + '`') if f.node else '-'} | {f.op_type or 'input'} | "
-                     f"{_g(f.min)} | {_g(f.max)} | {_g(f.amax_max)} | {_g(f.amax_percentile)} | {_g(f.amax_entropy)} | "
-                     f"{_g(choice.amax(f))} | {_g(f.tail_ratio)} | {_g(ch.int16_ratio(f, choice))} | "
-                     f"{_g(f.channel_ratio)} | {' '.join(flags)} |")
-    return "\n".join(lines) + "\n"
 
 
 # --- the whole thing ------------------------------------------------------------------------------
