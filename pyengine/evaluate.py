@@ -25,7 +25,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .atomic import write_text_atomic
-from .collect import CPU, BatchStream, Device, Purpose, Runner, create_session, parse_device, run_batch_size
+from .collect import (CPU, BatchStream, Device, Purpose, Runner, check_device, create_session, parse_device,
+                      run_batch_size)
 from .datasource import open_source
 from .errors import DataError, ModelError, OptionError
 from .metrics import AGREEMENT_TARGET, COSINE_TARGET, OutputComparison, worst
@@ -174,6 +175,7 @@ def evaluate(fp32_model: PathLike, int8_model: PathLike, data: Any, *, limit: Op
     """Run both models over `data` (anything calibrate accepts, or a list of ready feed dicts)."""
     fp32_path, int8_path = Path(fp32_model), Path(int8_model)
     device = parse_device(device)
+    check_device(device, statistics=False)
     info = info_from_model(load_model(fp32_path, load_external_data=False), fp32_path)
     run_batch = run_batch_size(info.inputs, batch_size)
     label_map = read_labels(labels) if labels else None

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..atomic import write_text_atomic
 from ..errors import OptionError
-from ..collect import CPU, Device, RunOptions
+from ..collect import CPU, Device, RunOptions, check_device
 from ..collect.statistics import statistics_for
 from ..model import ModelInfo, inspect_model
 from ..statsfile import StatsBundle
@@ -159,6 +159,7 @@ def analyze(model: PathLike, data: Any, *, stats: Union[PathLike, StatsBundle, N
     notes: List[str] = []
     options = RunOptions(batch_size=batch_size, limit=limit, seed=seed, threads=threads, preprocess=preprocess,
                          device=device)
+    check_device(options.device, statistics=stats is None)
     report = None if progress is None else (lambda done, total: progress("calibrating", done, total))
     bundle = statistics_for(model_path, data, stats, options, notes=notes, progress=report)
     _check_coverage(info, bundle, notes)

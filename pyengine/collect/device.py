@@ -57,8 +57,9 @@ def ort_providers(device: Device) -> List[Any]:
     return [(CUDA_PROVIDER, {"device_id": device.index}), "CPUExecutionProvider"]
 
 
-def check_device(device: Device) -> None:
-    """Refuse a CUDA device that cannot work here, in one line, before any work."""
+def check_device(device: Device, statistics: bool = True) -> None:
+    """Refuse a CUDA device that cannot work here, in one line, before any work (statistics: the GPU
+    statistics kernels are needed too, not only onnxruntime's CUDA provider)."""
     if not device.is_cuda:
         return
     import onnxruntime as ort
@@ -69,6 +70,7 @@ def check_device(device: Device) -> None:
     preload = getattr(ort, "preload_dlls", None)
     if preload is not None:  # CUDA and cuDNN from the NVIDIA pip wheels, when no toolkit is installed
         preload()
-    from ..gpu import gpu_status
+    if statistics:
+        from ..gpu import gpu_status
 
-    gpu_status(str(device))
+        gpu_status(str(device))

