@@ -72,24 +72,44 @@ class DeviceStatsSet:
         self._check_pointers(plan)
         with self._device, self._stream:
             self._wait_for_producers(plan, caller_stream)
-            work, pinned = self._upload(plan.work)
-            keep = [tuple(arrays), pinned]
-            self._launch(plan, work, keep)
+            tables = self._upload_tables(plan)
+            self._launch(plan, tables)
             event = cp.cuda.Event(disable_timing=True)
             event.record(self._stream)
         self._inflight = [(e, k) for e, k in self._inflight if not e.done]
-        self._inflight.append((event, tuple(keep)))
+        self._inflight.append((event, (tuple(arrays), tables)))
 
-    def _launch(self, plan: UpdatePlan, work: Any, keep: list) -> None:
+    def _upload_tables(self, plan: UpdatePlan) -> tuple:
+        """(work, pinned, axis_work, axis_pinned) on the device; pinned buffers must outlive the copy."""
+        work, pinned = self._upload(plan.work)
+        axis_work, axis_pinned = self._upload(plan.axis_work) if plan.axis_total else (None, None)
+        return work, pinned, axis_work, axis_pinned
+
+    def _capture_update(self, arrays: Sequence[Any]) -> Tuple[Any, tuple]:
+        """For benchmarks: one update's launches as a CUDA graph (replaying it times the kernels
+        without Python's launch overhead). Returns (graph, what must outlive its replays); the
+        inputs must be complete, and each replay counts them again."""
+        plan = plan_update(self._specs, arrays, self._names, self._channel_counts, self._new_channel_keys)
+        self._check_pointers(plan)
+        with self._device, self._stream:
+            tables = self._upload_tables(plan)
+            self._stream.synchronize()
+            self._stream.begin_capture()
+            try:
+                self._launch(plan, tables)
+            finally:
+                graph = self._stream.end_capture()
+        return graph, (tuple(arrays), tables)
+
+    def _launch(self, plan: UpdatePlan, tables: tuple) -> None:
         k, cfg = self._kernels, self._kernels.config
+        work, _, axis_work, _ = tables
         n = np.uint32(len(plan.work))
         blocks = grid_blocks(plan.total, k.max_blocks, cfg.min_block_elements)
         count_args = (work, n, np.uint64(plan.total), self._states, self._counts, np.uint32(k.capacity),
                       np.uint32(cfg.values_per_bin))
         k.count((blocks,), (cfg.threads,), count_args + (np.int32(1),), shared_mem=k.shared_bytes)
         if plan.axis_total:
-            axis_work, axis_pinned = self._upload(plan.axis_work)
-            keep.append(axis_pinned)
             axis_blocks = grid_blocks(plan.axis_total, k.max_blocks, cfg.min_block_elements)
             k.channel_extremes((axis_blocks,), (cfg.threads,),
                                (axis_work, np.uint32(len(plan.axis_work)), np.uint64(plan.axis_total),
@@ -109,14 +129,14 @@ class DeviceStatsSet:
         return device, pinned
 
     def _wait_for_producers(self, plan: UpdatePlan, caller_stream: Any) -> None:
-        """Order the kernels after whatever wrote the inputs, without blocking the host."""
+        """Order the kernels after whatever wrote the inputs, without blocking the host: an event
+        on each producer stream (__cuda_array_interface__ v3 names it; else the caller's current
+        stream), waited for by the set's stream."""
         cp = self._cp
-        producers = [cp.cuda.ExternalStream(s) for s in sorted(plan.streams)]
-        if plan.wait_current:
-            producers.append(caller_stream)
-        for producer in producers:
+        producers = sorted(plan.streams) + ([caller_stream.ptr] if plan.wait_current else [])
+        for stream_ptr in dict.fromkeys(producers):
             written = cp.cuda.Event(disable_timing=True)
-            written.record(producer)
+            cp.cuda.runtime.eventRecord(written.ptr, stream_ptr)
             self._stream.wait_event(written)
 
     def _check_pointers(self, plan: UpdatePlan) -> None:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 _TYPESTRS = {"<f4": np.dtype(np.float32), "<f2": np.dtype(np.float16)}
+_IS_HALF = {np.dtype(np.float32): False, np.dtype(np.float16): True}
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,8 @@ class DeviceTensor:
         object.__setattr__(self, "dtype", np.dtype(self.dtype))
 
 
-@dataclass(frozen=True)
-class Described:
-    """One input as the planner needs it."""
+class Described(NamedTuple):
+    """One input as the planner needs it (a NamedTuple: built per tensor per batch)."""
 
     ptr: int
     shape: Tuple[int, ...]
@@ -39,9 +39,7 @@ class Described:
     wait_current: bool     # no stream information: order after CuPy's current stream
 
 
-def _c_contiguous(shape: Tuple[int, ...], strides: Optional[Tuple[int, ...]], itemsize: int) -> bool:
-    if strides is None:
-        return True
+def _c_contiguous(shape: Tuple[int, ...], strides: Tuple[int, ...], itemsize: int) -> bool:
     expected = itemsize
     for dim, stride in zip(reversed(shape), reversed(strides)):
         if dim != 1 and stride != expected:
@@ -53,34 +51,32 @@ def _c_contiguous(shape: Tuple[int, ...], strides: Optional[Tuple[int, ...]], it
 def describe(obj: Any, what: str) -> Described:
     """Validate one input; `what` names it in the one-line errors (ValueError)."""
     if isinstance(obj, DeviceTensor):
-        if obj.dtype not in (np.float32, np.float16):
+        if obj.dtype not in _IS_HALF:
             raise ValueError(f"{what}: expected float32 or float16, got dtype {obj.dtype}")
         return _described(what, obj.ptr, obj.shape, obj.dtype, None, None, False)
     cai = getattr(obj, "__cuda_array_interface__", None)
     if cai is None:
         raise ValueError(f"{what}: expected a GPU array (__cuda_array_interface__) or a DeviceTensor, "
                          f"got {type(obj).__name__}")
-    typestr = cai["typestr"]
-    if typestr not in _TYPESTRS:
-        raise ValueError(f"{what}: expected a float32 or float16 GPU array, got typestr {typestr}")
-    shape = tuple(int(d) for d in cai["shape"])
-    strides = cai.get("strides")
-    return _described(what, int(cai["data"][0]), shape, _TYPESTRS[typestr],
-                      None if strides is None else tuple(int(s) for s in strides),
+    dtype = _TYPESTRS.get(cai["typestr"])
+    if dtype is None:
+        raise ValueError(f"{what}: expected a float32 or float16 GPU array, got typestr {cai['typestr']}")
+    return _described(what, int(cai["data"][0]), tuple(cai["shape"]), dtype, cai.get("strides"),
                       cai.get("stream"), "stream" not in cai)
 
 
-def _described(what: str, ptr: int, shape: Tuple[int, ...], dtype: np.dtype,
-               strides: Optional[Tuple[int, ...]], stream: Optional[int], wait_current: bool) -> Described:
-    if not _c_contiguous(shape, strides, dtype.itemsize):
+def _described(what: str, ptr: int, shape: Tuple[int, ...], dtype: np.dtype, strides: Optional[Tuple[int, ...]],
+               stream: Optional[int], wait_current: bool) -> Described:
+    itemsize = dtype.itemsize
+    if strides is not None and not _c_contiguous(shape, tuple(strides), itemsize):
         raise ValueError(f"{what}: GPU arrays must be C-contiguous (call .copy() or ascontiguousarray first)")
-    if any(d < 0 for d in shape):
+    if shape and min(shape) < 0:
         raise ValueError(f"{what}: negative dimension in shape {shape}")
     size = math.prod(shape)
     if size == 0:
         raise ValueError(f"{what}: cannot update statistics with an empty array")
-    if ptr <= 0 or ptr % dtype.itemsize:
+    if ptr <= 0 or ptr % itemsize:
         raise ValueError(f"{what}: device address {ptr:#x} is not a valid {dtype} address")
     if stream == 0:
         raise ValueError(f"{what}: __cuda_array_interface__ stream 0 is not allowed (v3 protocol)")
-    return Described(ptr, shape, dtype == np.float16, size, stream, wait_current)
+    return Described(ptr, shape, _IS_HALF[dtype], size, stream, wait_current)
