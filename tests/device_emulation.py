@@ -27,7 +27,7 @@ def cxx() -> Optional[str]:
 def build(source: str, out_dir: Path) -> Path:
     """Compile tests/native/<source> against csrc/ (the core's own headers)."""
     exe = out_dir / Path(source).stem
-    subprocess.run([cxx(), "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'csrc'}",
+    subprocess.run([cxx(), "-std=c++17", "-O2", "-Wall", "-Wextra", f"-I{ROOT / 'csrc'}",
                     f"-I{ROOT / 'csrc' / 'cuda'}", str(NATIVE / source), "-o", str(exe)],
                    check=True, capture_output=True, text=True)
     return exe
