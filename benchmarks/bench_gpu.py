@@ -293,8 +293,8 @@ def main() -> None:
         except Exception as exc:  # one shot on the device: report and go on to the next section
             log.exception("section failed: %s", exc)
         cp.get_default_memory_pool().free_all_blocks()
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        if args.json:  # after every section: a run cut short keeps what it measured
+            args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
 
 
 if __name__ == "__main__":
