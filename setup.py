@@ -11,6 +11,7 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 
@@ -57,6 +58,20 @@ class CMakeBuild(build_ext):
         subprocess.run(["cmake", "--build", ".", "--config", cfg], cwd=build_temp, check=True)
 
 
+# Sources ptqengine.gpu compiles at run time (NVRTC through CuPy): the same files the core is built
+# from, shipped flat in ptqengine/gpu/kernels/ (pyengine/gpu/kernels.py finds them there).
+GPU_KERNEL_SOURCES = ("csrc/binning.h", "csrc/cuda/stats_logic.h", "csrc/cuda/stats_kernels.cu")
+
+
+class BuildPyWithKernels(build_py):
+    def run(self) -> None:
+        super().run()
+        target = Path(self.build_lib) / "ptqengine" / "gpu" / "kernels"
+        target.mkdir(parents=True, exist_ok=True)
+        for source in GPU_KERNEL_SOURCES:
+            self.copy_file(str(ROOT / source), str(target / Path(source).name))
+
+
 def discover_packages(package: str, directory: str) -> dict:
     """Map package names to folders for `directory` and every sub-folder with an __init__.py."""
     found = {}
@@ -75,6 +90,6 @@ setup(
     packages=list(PACKAGE_DIR),
     package_dir=PACKAGE_DIR,
     ext_modules=[CMakeExtension("ptqengine._core")],
-    cmdclass={"build_ext": CMakeBuild},
+    cmdclass={"build_ext": CMakeBuild, "build_py": BuildPyWithKernels},
     zip_safe=False,
 )

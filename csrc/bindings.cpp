@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <numeric>
+#include <optional>
 
 #include "parallel.h"
 #include "scale_search.h"
@@ -111,6 +112,25 @@ PYBIND11_MODULE(_core, m) {
 #endif
            },
            py::arg("pointer"), py::arg("size"), py::arg("is_half"))
+      .def("absorb_counts",
+           [](TensorStats& s, int exponent,
+              const py::array_t<ptq::count_t, py::array::c_style | py::array::forcecast>& counts,
+              ptq::count_t count, ptq::count_t nan_count, ptq::count_t inf_count, float min,
+              float max, std::optional<py::array_t<float, py::array::c_style | py::array::forcecast>> channel_min,
+              std::optional<py::array_t<float, py::array::c_style | py::array::forcecast>> channel_max) {
+             if (counts.ndim() != 1 || counts.size() != 2 * static_cast<py::ssize_t>(s.grid_bins()))
+               throw py::value_error("absorb_counts needs 2 * grid_bins counts");
+             if (channel_min.has_value() != channel_max.has_value() ||
+                 (channel_min && channel_min->size() != channel_max->size()))
+               throw py::value_error("absorb_counts needs channel_min and channel_max of one size");
+             const std::size_t channels = channel_min ? static_cast<std::size_t>(channel_min->size()) : 0;
+             s.absorb_counts(exponent, counts.data(), count, nan_count, inf_count, min, max,
+                             channel_min ? channel_min->data() : nullptr,
+                             channel_max ? channel_max->data() : nullptr, channels);
+           },
+           py::arg("exponent"), py::arg("counts"), py::arg("count"), py::arg("nan_count"),
+           py::arg("inf_count"), py::arg("min"), py::arg("max"), py::arg("channel_min") = py::none(),
+           py::arg("channel_max") = py::none())
       .def("merge", &TensorStats::merge, py::arg("other"))
       .def_property_readonly("num_bins", &TensorStats::num_bins)
       .def_property_readonly("grid_bins", &TensorStats::grid_bins)

@@ -340,9 +340,27 @@ void TensorStats::channel_minmax_strided(const TensorView& view, std::int64_t ch
 }
 
 void TensorStats::absorb_counts(int exponent, const count_t* signed_counts, count_t count,
-                                count_t nan_count, count_t inf_count, float min, float max) {
-  if (axis_ != kNoAxis) throw StatsError("per-channel statistics are collected on the CPU only");
-  State part = fresh_state(0);
+                                count_t nan_count, count_t inf_count, float min, float max,
+                                const float* channel_min, const float* channel_max,
+                                std::size_t channels) {
+  if (axis_ != kNoAxis && channels == 0)
+    throw StatsError("per-channel statistics need the per-channel min/max of the counted data");
+  if (axis_ == kNoAxis && channels != 0)
+    throw StatsError("per-channel min/max given for statistics without an axis");
+  if (exponent != kEmptyExponent && (exponent < -160 || exponent > 129))
+    throw StatsError("grid exponent " + std::to_string(exponent) + " is out of range");
+  if (channels != 0 && !s_.channel_min.empty() && s_.channel_min.size() != channels)
+    throw StatsError("axis " + std::to_string(axis_) + " has " + std::to_string(channels) +
+                     " channels, earlier updates had " + std::to_string(s_.channel_min.size()));
+  if (channels != 0 && s_.channel_min.empty()) {
+    s_.channel_min.assign(channels, std::numeric_limits<float>::infinity());
+    s_.channel_max.assign(channels, -std::numeric_limits<float>::infinity());
+  }
+  State part = fresh_state(channels);
+  if (channels != 0) {
+    std::copy(channel_min, channel_min + channels, part.channel_min.begin());
+    std::copy(channel_max, channel_max + channels, part.channel_max.begin());
+  }
   part.exponent = exponent;
   std::copy(signed_counts, signed_counts + part.counts.size(), part.counts.begin());
   part.count = count;

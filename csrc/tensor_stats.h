@@ -59,10 +59,13 @@ class TensorStats {
   // |x| histogram on the grid: positive + negative side, bin by bin.
   std::vector<count_t> abs_counts() const;
 
-  // Folds in observations counted elsewhere (the CUDA path) on this object's grid definition:
-  // signed_counts has 2 * grid_bins entries on the grid of `exponent`. Per-tensor only (no axis).
+  // Folds in observations counted elsewhere (the CUDA paths) on this object's grid definition:
+  // signed_counts has 2 * grid_bins entries on the grid of `exponent`. Statistics with an axis
+  // need the per-channel extremes too (`channels` of each; +inf/-inf for a channel without
+  // finite values); without an axis, channels must be 0.
   void absorb_counts(int exponent, const count_t* signed_counts, count_t count, count_t nan_count,
-                     count_t inf_count, float min, float max);
+                     count_t inf_count, float min, float max, const float* channel_min = nullptr,
+                     const float* channel_max = nullptr, std::size_t channels = 0);
 
   std::vector<std::uint8_t> to_bytes() const;
   static TensorStats from_bytes(const std::uint8_t* data, std::size_t size);

@@ -68,33 +68,40 @@ class TensorStats:
         """Fold an array in (float32 or float16, any shape and strides). Returns self.
 
         Arrays on a GPU (anything with __cuda_array_interface__: CuPy, PyTorch CUDA tensors) are
-        counted there by the CUDA kernels when ptqengine was built with CUDA; the result is the
-        same, bit for bit, as for the same values on the host.
+        counted there, by ptqengine.gpu's kernels when CuPy is installed, else by the CUDA kernels
+        built into the extension; the result is the same, bit for bit, as for the same values on
+        the host.
         """
         cuda = getattr(array, "__cuda_array_interface__", None)
         if cuda is not None:
-            self._update_device(cuda)
+            self._update_device(array, cuda)
             return self
         self._native.update(_as_input(array), _resolve_threads(threads))
         return self
 
-    def _update_device(self, cai: dict) -> None:
-        typestr = cai["typestr"]
-        if typestr not in ("<f4", "<f2"):
-            raise ValueError(f"expected a float32 or float16 GPU array, got typestr {typestr}")
-        itemsize = 4 if typestr == "<f4" else 2
-        shape = tuple(cai["shape"])
-        size = int(np.prod(shape)) if shape else 1
-        strides = cai.get("strides")
-        contiguous = strides is None or tuple(strides) == tuple(
-            int(np.prod(shape[i + 1:])) * itemsize for i in range(len(shape)))
-        if not contiguous:
-            raise ValueError("GPU arrays must be C-contiguous (call .copy() or ascontiguousarray first)")
+    def _update_device(self, array: Any, cai: dict) -> None:
+        from .gpu.tensors import describe
+
+        describe(array, "GPU array")  # dtype, layout and size checks before any CUDA call
+        try:
+            import cupy  # noqa: F401
+        except ImportError:
+            self.update_device_legacy(array)
+            return
+        from .gpu.device_set import update_tensor_stats
+
+        update_tensor_stats(self, array)
+
+    def update_device_legacy(self, array: Any) -> "TensorStats":
+        """The extension's own CUDA kernels (csrc/cuda/stats_cuda.cu), kept for comparison."""
+        from .gpu.tensors import describe
+
+        d = describe(array, "GPU array")
         if self.axis is not None:
-            raise ValueError("per-channel statistics of GPU arrays are not supported: pass a host array")
-        if size == 0:
-            raise ValueError("cannot update statistics with an empty array")
-        self._native.update_device(int(cai["data"][0]), size, typestr == "<f2")
+            raise ValueError("per-channel statistics of GPU arrays need CuPy (ptqengine[gpu]) "
+                             "or a host array")
+        self._native.update_device(d.ptr, d.size, d.is_half)
+        return self
 
     def merge(self, other: "TensorStats") -> "TensorStats":
         """Add other's observations to self. Returns self."""

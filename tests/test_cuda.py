@@ -22,7 +22,7 @@ class FakeDeviceArray:
 
     def __init__(self, typestr="<f4", shape=(4,), strides=None):
         self.__cuda_array_interface__ = {"typestr": typestr, "shape": shape, "strides": strides,
-                                         "data": (0, False), "version": 3}
+                                         "data": (256, False), "version": 3}
 
 
 def test_device_arrays_are_validated_before_any_cuda_call():
@@ -30,14 +30,16 @@ def test_device_arrays_are_validated_before_any_cuda_call():
         TensorStats().update(FakeDeviceArray("<f8"))
     with pytest.raises(ValueError, match="C-contiguous"):
         TensorStats().update(FakeDeviceArray(shape=(2, 2), strides=(4, 8)))
+    with pytest.raises(ValueError, match="empty"):
+        TensorStats().update(FakeDeviceArray(shape=(0, 3)))
     with pytest.raises(ValueError, match="per-channel"):
-        TensorStats(axis=0).update(FakeDeviceArray())
+        TensorStats(axis=0).update_device_legacy(FakeDeviceArray())
 
 
 @pytest.mark.skipif(_core.cuda_built, reason="only meaningful for a build without CUDA")
 def test_cpu_only_build_says_so():
     with pytest.raises(ValueError, match="without CUDA"):
-        TensorStats().update(FakeDeviceArray())
+        TensorStats().update_device_legacy(FakeDeviceArray())
 
 
 @gpu
