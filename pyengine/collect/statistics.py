@@ -71,21 +71,21 @@ class _HostFold:
 class _DeviceFold:
     """Graph inputs (host arrays) on the CPU, node outputs (device views) on the GPU."""
 
-    def __init__(self, targets: Sequence[TensorStats], host_count: int, device_index: int,
+    def __init__(self, targets: Sequence[TensorStats], names: Sequence[str], host_count: int, device_index: int,
                  threads: Optional[int]) -> None:
         from ..gpu import DeviceStatsSet
 
         self.host = _HostFold(targets[:host_count], threads)
-        self.templates = list(targets[host_count:])
-        self.device = DeviceStatsSet([(t.num_bins, t.grid_bins, t.axis) for t in self.templates],
-                                     device_id=device_index)
+        self.device = DeviceStatsSet([(t.num_bins, t.grid_bins, t.axis) for t in targets[host_count:]],
+                                     device_id=device_index, names=list(names[host_count:]))
         self.host_count = host_count
         self.pending: Dict[int, Any] = {}  # slot -> the event after the kernels that read it
 
     def add(self, arrays: Sequence[Any], slot: int = 0) -> None:
         if self.host_count:
             self.host.add(arrays[:self.host_count])
-        self.pending[slot] = self.device.update(arrays[self.host_count:])
+        self.device.update(arrays[self.host_count:])
+        self.pending[slot] = self.device.record_event()
 
     def wait(self, slot: int) -> None:
         """Before a slot's buffers are overwritten: its last batch's kernels must have read them."""
@@ -186,8 +186,8 @@ class StatisticsCollector:
         targets = [TensorStats(self.options.num_bins, self._axis(name, _ndim(a)))
                    for name, a in zip(self.observation.observed, arrays)]
         if self.options.device.is_cuda:
-            return _DeviceFold(targets, len(self.observation.inputs), self.options.device.index,
-                               self.options.threads)
+            return _DeviceFold(targets, self.observation.observed, len(self.observation.inputs),
+                               self.options.device.index, self.options.threads)
         return _HostFold(targets, self.options.threads)
 
     def _axis(self, name: str, ndim: int) -> Optional[int]:

@@ -11,7 +11,7 @@ Kernels: csrc/cuda/stats_kernels.cu, compiled at run time by NVRTC through CuPy 
 toolkit needed, only the driver and the pip wheels). Importing this package needs no GPU.
 """
 from .device_set import DeviceStatsSet
-from .status import device_index, gpu_status
+from .status import device_count, device_index, gpu_status
 from .tensors import DeviceTensor
 
-__all__ = ["DeviceStatsSet", "DeviceTensor", "device_index", "gpu_status"]
+__all__ = ["DeviceStatsSet", "DeviceTensor", "device_count", "device_index", "gpu_status"]

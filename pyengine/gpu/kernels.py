@@ -30,8 +30,13 @@ class LaunchConfig:
     min_block_elements: int = 1 << 15  # fewer blocks for small launches
 
     def options(self) -> Tuple[str, ...]:
+        # PTQ_WINDOW_BYTES is not read by the source: CuPy reuses one loaded module for equal source and
+        # options, and a function's dynamic shared-memory limit is set on that module's function. Without
+        # it, a config with a smaller window lowered the limit of the default config's functions and
+        # their launches failed with CUDA_ERROR_INVALID_VALUE (seen on the H200).
+        window = -1 if self.window_bytes is None else self.window_bytes
         return (f"-DPTQ_THREADS={self.threads}", f"-DPTQ_MIN_BLOCKS={self.blocks_per_sm}",
-                f"-DPTQ_UNROLL={self.unroll}")
+                f"-DPTQ_UNROLL={self.unroll}", f"-DPTQ_WINDOW_BYTES={window}")
 
 
 def source_dirs() -> Tuple[Path, ...]:

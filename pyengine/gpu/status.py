@@ -33,6 +33,14 @@ def device_index(device: str) -> int:
     return int(match.group(1) or 0)
 
 
+def device_count() -> int:
+    """CUDA devices visible to this process (0 when CuPy or the driver is missing)."""
+    try:
+        return int(import_cupy().cuda.runtime.getDeviceCount())
+    except Exception:  # no CuPy, no driver: no device
+        return 0
+
+
 def gpu_status(device: str) -> None:
     """Raise OptionError (one line) unless `device` ('cuda' or 'cuda:N') can count statistics:
     CuPy importable, a driver and that device present, the kernels compiled (first call per
