@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <optional>
 #include <string_view>
 
 #include "grid.h"
@@ -57,6 +58,8 @@ auto without_gil(Fn&& fn) {
 }
 
 using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+using CountsIn = py::array_t<count_t, py::array::c_style | py::array::forcecast>;
+using FloatsIn = py::array_t<float, py::array::c_style | py::array::forcecast>;
 // Kernel outputs: never converted (a converted copy would swallow the output).
 using CountsOut = py::array_t<count_t, py::array::c_style>;
 using DoubleOut = py::array_t<double, py::array::c_style>;
@@ -123,6 +126,22 @@ PYBIND11_MODULE(_core, m) {
 #endif
            },
            py::arg("pointer"), py::arg("size"), py::arg("is_half"))
+      .def("absorb_counts",
+           [](TensorStats& s, i64 exponent, const CountsIn& counts, count_t count, count_t nan_count,
+              count_t inf_count, float min, float max, const std::optional<FloatsIn>& channel_min,
+              const std::optional<FloatsIn>& channel_max) {
+             const auto size = [](const std::optional<FloatsIn>& a) {
+               return a ? static_cast<std::size_t>(a->size()) : std::size_t{0};
+             };
+             const TensorStats::Counts part{
+                 exponent, counts.data(), static_cast<std::size_t>(counts.size()), count, nan_count,
+                 inf_count, min, max, channel_min ? channel_min->data() : nullptr, size(channel_min),
+                 channel_max ? channel_max->data() : nullptr, size(channel_max)};
+             without_gil([&] { s.absorb_counts(part); });
+           },
+           py::arg("exponent"), py::arg("counts"), py::arg("count"), py::arg("nan_count"),
+           py::arg("inf_count"), py::arg("min"), py::arg("max"), py::arg("channel_min") = py::none(),
+           py::arg("channel_max") = py::none())
       .def("merge", &TensorStats::merge, py::arg("other"), release)
       .def_property_readonly("num_bins", &TensorStats::num_bins)
       .def_property_readonly("grid_bins", &TensorStats::grid_bins)

@@ -10,9 +10,8 @@
 // Statistics bytes are untrusted input (files, other processes): from_bytes checks every field
 // and every invariant an update or merge maintains, and throws StatsError for anything else.
 // No size read from the bytes is allocated before the bytes are known to hold that much.
-#include <cmath>
 #include <cstring>
-#include <limits>
+#include <string>
 
 #include "tensor_stats.h"
 
@@ -131,19 +130,6 @@ void decode_side(Reader& r, std::uint32_t grid_bins, count_t* c) {
   if (span.left != 0) corrupt("histogram span length");
 }
 
-// Highest bin with a count on one side of the signed grid, or -1.
-std::int64_t last_used_bin(const count_t* c, std::int64_t g) {
-  for (std::int64_t b = g - 1; b >= 0; --b)
-    if (c[b] != 0) return b;
-  return -1;
-}
-
-bool empty_range(float lo, float hi) {
-  return lo == std::numeric_limits<float>::infinity() && hi == -std::numeric_limits<float>::infinity();
-}
-
-bool finite_range(float lo, float hi) { return std::isfinite(lo) && std::isfinite(hi) && lo <= hi; }
-
 }  // namespace
 
 std::vector<std::uint8_t> TensorStats::to_bytes() const {
@@ -223,41 +209,12 @@ TensorStats TensorStats::from_bytes(const std::uint8_t* data, std::size_t size) 
     decode_side(r, static_cast<std::uint32_t>(grid_bins),
                 s.counts.data() + static_cast<std::size_t>(side) * grid_bins);
   if (r.left != 0) throw StatsError("statistics bytes have trailing data");
-  t.check_invariants();
-  return t;
-}
-
-// What every update, merge and absorb_counts maintains; checked on bytes from outside.
-void TensorStats::check_invariants() const {
-  const State& s = s_;
-  if (s.nan_count > s.count || s.inf_count > s.count - s.nan_count)
-    corrupt("NaN and Inf counts exceed the count");
-  count_t binned = 0;
-  for (count_t c : s.counts)
-    if (__builtin_add_overflow(binned, c, &binned)) corrupt("histogram counts overflow");
-  if (binned != s.finite_count()) corrupt("histogram counts do not sum to the finite count");
-  if (axis_ == kNoAxis && !s.channel_min.empty()) corrupt("channel ranges without an axis");
-  const bool any = s.finite_count() > 0;
-  if (any ? !finite_range(s.min, s.max) : !empty_range(s.min, s.max)) corrupt("min/max");
-  for (std::size_t c = 0; c < s.channel_min.size(); ++c) {
-    const float lo = s.channel_min[c], hi = s.channel_max[c];
-    if (!empty_range(lo, hi) && !(any && finite_range(lo, hi) && lo >= s.min && hi <= s.max))
-      corrupt("channel min/max");
+  try {
+    t.check_state(t.s_, true);
+  } catch (const StatsError& e) {
+    corrupt(e.what());
   }
-  // The grid is the smallest that holds absmax, and no count lies beyond min or max.
-  const float absmax = s.absmax();
-  if (s.exponent != (absmax > 0.0f ? exponent_above(absmax) : kEmptyExponent))
-    corrupt("grid exponent does not match the range");
-  const double scale = grid_scale(s.exponent, log2_grid_);
-  const auto g = static_cast<std::uint32_t>(grid_bins_);
-  const auto bin_of = [&](float x) -> std::int64_t {
-    return s.exponent == kEmptyExponent ? 0 : signed_bin(std::fabs(x), scale, g);
-  };
-  const std::int64_t pos_last = last_used_bin(s.counts.data(), g);
-  const std::int64_t neg_last = last_used_bin(s.counts.data() + g, g);
-  if (pos_last != (any && s.max >= 0.0f ? bin_of(s.max) : -1) ||
-      neg_last != (any && s.min < 0.0f ? bin_of(s.min) : -1))
-    corrupt("histogram extends beyond min/max");
+  return t;
 }
 
 }  // namespace ptq

@@ -263,18 +263,48 @@ void TensorStats::channel_minmax_strided(const TensorView& view, std::int64_t ch
 }
 
 void TensorStats::absorb_counts(int exponent, const count_t* signed_counts, count_t count,
-                                count_t nan_count, count_t inf_count, float min, float max) {
-  if (axis_ != kNoAxis) throw StatsError("per-channel statistics are collected on the CPU only");
-  check(valid_exponent(exponent), "grid exponent " + std::to_string(exponent) + " is out of range");
-  State part = fresh_state(0);
-  part.exponent = exponent;
-  std::copy(signed_counts, signed_counts + part.counts.size(), part.counts.begin());
-  part.count = count;
-  part.nan_count = nan_count;
-  part.inf_count = inf_count;
-  part.min = min;
-  part.max = max;
+                                count_t nan_count, count_t inf_count, float min, float max,
+                                const float* channel_min, const float* channel_max,
+                                std::size_t channels) {
+  absorb_counts(Counts{exponent, signed_counts, 2 * static_cast<std::size_t>(grid_bins_), count,
+                       nan_count, inf_count, min, max, channel_min, channels, channel_max, channels});
+}
+
+void TensorStats::absorb_counts(const Counts& c) {
+  check(c.signed_counts_size == 2 * static_cast<std::size_t>(grid_bins_),
+        "absorb_counts needs 2 * grid_bins counts");
+  check(c.channel_min_size == c.channel_max_size,
+        "absorb_counts needs channel_min and channel_max of one size");
+  const std::size_t channels = c.channel_min_size;
+  check(axis_ == kNoAxis || channels > 0,
+        "per-channel statistics need the per-channel min/max of the counted data");
+  check(axis_ != kNoAxis || channels == 0, "per-channel min/max given for statistics without an axis");
+  check(c.exponent >= kEmptyExponent && c.exponent <= kMaxExponent &&
+            valid_exponent(static_cast<int>(c.exponent)),
+        "grid exponent " + std::to_string(c.exponent) + " is out of range");
+  State part = fresh_state(channels);
+  part.exponent = static_cast<int>(c.exponent);
+  std::copy(c.signed_counts, c.signed_counts + part.counts.size(), part.counts.begin());
+  std::copy(c.channel_min, c.channel_min + channels, part.channel_min.begin());
+  std::copy(c.channel_max, c.channel_max + channels, part.channel_max.begin());
+  part.count = c.count;
+  part.nan_count = c.nan_count;
+  part.inf_count = c.inf_count;
+  part.min = c.min;
+  part.max = c.max;
+  try {
+    check_state(part, false);
+  } catch (const StatsError& e) {
+    throw StatsError(std::string("counted statistics are inconsistent (") + e.what() + ")");
+  }
   std::lock_guard<std::mutex> lock(mutex_);
+  if (channels > 0 && !s_.channel_min.empty() && s_.channel_min.size() != channels)
+    throw StatsError("axis " + std::to_string(axis_) + " has " + std::to_string(channels) +
+                     " channels, earlier updates had " + std::to_string(s_.channel_min.size()));
+  if (channels > 0 && s_.channel_min.empty()) {
+    s_.channel_min.assign(channels, std::numeric_limits<float>::infinity());
+    s_.channel_max.assign(channels, -std::numeric_limits<float>::infinity());
+  }
   absorb(s_, part);
 }
 

@@ -94,10 +94,27 @@ class TensorStats {
     return fn(static_cast<const State&>(s_));
   }
 
-  // Folds in observations counted elsewhere (the CUDA path) on this object's grid definition:
-  // signed_counts has 2 * grid_bins entries on the grid of `exponent`. Per-tensor only (no axis).
+  // Observations counted elsewhere (the CUDA paths) on this object's grid definition.
+  struct Counts {
+    std::int64_t exponent;                // the grid the counts are on
+    const count_t* signed_counts;         // 2 * grid_bins counts
+    std::size_t signed_counts_size;
+    count_t count, nan_count, inf_count;  // every value, NaN, Inf
+    float min, max;                       // +inf / -inf when nothing finite was counted
+    // Per-channel extremes, statistics with an axis only (+inf/-inf for a channel without
+    // finite values).
+    const float* channel_min = nullptr;
+    std::size_t channel_min_size = 0;
+    const float* channel_max = nullptr;
+    std::size_t channel_max_size = 0;
+  };
+  // Folds them in after checking them like statistics bytes (sizes, counts summing to the
+  // finite count, ranges, a grid that holds every value): a bad part changes nothing.
+  void absorb_counts(const Counts& part);
+  // The same with channels of each extreme (the CUDA code's form).
   void absorb_counts(int exponent, const count_t* signed_counts, count_t count, count_t nan_count,
-                     count_t inf_count, float min, float max);
+                     count_t inf_count, float min, float max, const float* channel_min = nullptr,
+                     const float* channel_max = nullptr, std::size_t channels = 0);
 
   // Serialisation (serialize.cpp). from_bytes checks every field and invariant and throws
   // StatsError for anything a valid object cannot produce.
@@ -112,7 +129,9 @@ class TensorStats {
                     std::int64_t end_segment, std::int64_t segment_len,
                     std::int64_t channels) const;
   void channel_minmax_strided(const TensorView& view, std::int64_t channels, std::int64_t inner);
-  void check_invariants() const;  // serialize.cpp: what from_bytes must find true
+  // What every update, merge and absorb maintains (state_checks.cpp); minimal_grid: the grid is
+  // the smallest that holds absmax, as in a whole object (a counted part may use a larger one).
+  void check_state(const State& s, bool minimal_grid) const;
 
   int num_bins_;
   int grid_bins_;

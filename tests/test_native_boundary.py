@@ -253,3 +253,60 @@ def _heavy_call(name: str):
 @pytest.mark.parametrize("name", ["merge", "to_bytes", "from_bytes", "search_histogram", "mse"])
 def test_heavy_calls_release_the_gil(name):
     assert _python_runs_during(_heavy_call(name))
+
+
+# --- counts made elsewhere (the GPU paths) are checked before they are folded in -------------------------
+def _part(s: TensorStats) -> dict:
+    n = s._native
+    part = dict(exponent=n.exponent, counts=n.signed_counts(), count=n.count, nan_count=n.nan_count,
+                inf_count=n.inf_count, min=n.min, max=n.max)
+    if s.axis is not None:
+        part.update(channel_min=n.channel_min(), channel_max=n.channel_max())
+    return part
+
+
+@pytest.mark.parametrize("axis", [None, 1])
+def test_absorb_counts_equals_merge(axis):
+    rng = np.random.default_rng(8)
+    a, b = (rng.standard_normal((4, 6, 300)).astype(np.float32) * k for k in (1, 30))
+    b[0, 0, :5] = np.nan
+    merged = TensorStats(axis=axis).update(a).merge(TensorStats(axis=axis).update(b))
+    absorbed = TensorStats(axis=axis).update(a)
+    absorbed._native.absorb_counts(**_part(TensorStats(axis=axis).update(b)))
+    assert absorbed == merged
+
+
+BAD_PARTS = {
+    "counts of another grid": lambda p: p.update(counts=p["counts"][:-2]),
+    "nan + inf > count": lambda p: p.update(nan_count=p["count"], inf_count=1),
+    "counts do not sum to the finite count": lambda p: p.update(count=p["count"] + 1),
+    "exponent 2^40": lambda p: p.update(exponent=2**40),
+    "grid too small for max": lambda p: p.update(exponent=p["exponent"] - 1),
+    "min above max": lambda p: p.update(min=p["max"] + 1),
+    "max NaN": lambda p: p.update(max=float("nan")),
+    "channels without an axis": lambda p: p.update(channel_min=np.zeros(2, np.float32),
+                                                   channel_max=np.zeros(2, np.float32)),
+}
+
+
+@pytest.mark.parametrize("spoil", BAD_PARTS.values(), ids=BAD_PARTS.keys())
+def test_inconsistent_counts_are_refused_and_change_nothing(spoil):
+    rng = np.random.default_rng(9)
+    target = TensorStats().update(rng.standard_normal(1000).astype(np.float32))
+    before = target.to_bytes()
+    part = _part(TensorStats().update(rng.standard_normal(500).astype(np.float32) * 3))
+    spoil(part)
+    with pytest.raises(ValueError):
+        target._native.absorb_counts(**part)
+    assert target.to_bytes() == before
+
+
+def test_per_channel_counts_need_matching_channels():
+    x = np.ones((2, 3, 4), np.float32)
+    part = _part(TensorStats(axis=1).update(x))
+    with pytest.raises(ValueError, match="per-channel"):
+        TensorStats(axis=1)._native.absorb_counts(**{**part, "channel_min": None, "channel_max": None})
+    with pytest.raises(ValueError, match="one size"):
+        TensorStats(axis=1)._native.absorb_counts(**{**part, "channel_max": part["channel_max"][:2]})
+    with pytest.raises(ValueError, match="channels"):
+        TensorStats(axis=1).update(np.ones((2, 5, 4), np.float32))._native.absorb_counts(**part)
