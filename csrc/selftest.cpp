@@ -1,5 +1,6 @@
 // The core's own test, without Python: grid growth, merges in any order, serialisation and its
-// corruption checks, argument checks, and threads sharing one object. Built with
+// corruption checks, counts absorbed from elsewhere, argument checks, and threads sharing one
+// object. Built with
 // -DPTQ_BUILD_TESTS=ON (optionally -DPTQ_SANITIZE=address,undefined) and run by ctest or by
 // tests/test_native_selftest.py. Prints one line per failed expectation; exit code 1 if any.
 #include <algorithm>
@@ -171,6 +172,26 @@ void test_serialisation() {
   EXPECT_THROWS(TensorStats::from_bytes(b.data(), b.size()));
 }
 
+void test_absorb_counts() {
+  // Counts made elsewhere fold in like a merge; an inconsistent part is refused and changes nothing.
+  const std::vector<float> a = values(3000, 11, 2.0f), b = values(2000, 12, 50.0f);
+  TensorStats merged = stats_of(a), absorbed = stats_of(a);
+  const TensorStats other = stats_of(b);
+  merged.merge(other);
+  const auto part = other.snapshot();
+  absorbed.absorb_counts(part.exponent, part.counts.data(), part.count, part.nan_count,
+                         part.inf_count, part.min, part.max);
+  EXPECT(absorbed.to_bytes() == merged.to_bytes());
+  const Bytes before = absorbed.to_bytes();
+  EXPECT_THROWS(absorbed.absorb_counts(part.exponent, part.counts.data(), part.count + 1,
+                                       part.nan_count, part.inf_count, part.min, part.max));
+  EXPECT_THROWS(absorbed.absorb_counts(part.exponent - 1, part.counts.data(), part.count,
+                                       part.nan_count, part.inf_count, part.min, part.max));
+  EXPECT_THROWS(absorbed.absorb_counts(part.exponent, part.counts.data(), part.count,
+                                       part.nan_count, part.inf_count, part.max + 1.0f, part.max));
+  EXPECT(absorbed.to_bytes() == before);
+}
+
 void test_argument_checks() {
   const auto no_axis = TensorStats::kNoAxis;
   EXPECT_THROWS(TensorStats(15, 64, no_axis));
@@ -254,6 +275,7 @@ int main() {
   test_growth_equals_one_pass();
   test_merge_in_any_order();
   test_serialisation();
+  test_absorb_counts();
   test_argument_checks();
   test_threads_share_one_object();
   if (failures) {
