@@ -2,18 +2,31 @@
 
 CMakeLists.txt owns the source list; this file only knows where the extension must land.
 Environment knobs: PTQ_CUDA=AUTO|ON|OFF (default AUTO), CMAKE_BUILD_PARALLEL_LEVEL.
+
+The build directory (build/temp.*/ptqengine._core) outlives one `pip install`, but the tools that
+configured it may not: pip builds in a throw-away environment whose cmake, ninja and pybind11 are
+gone by the next install, and CMake's cache remembers their paths. So the directory carries a
+stamp of everything its cache depends on (the cmake, generator and make program, Python,
+pybind11, compilers, our -D flags); when the stamp differs, the directory is configured from
+scratch, and a reused directory that still fails is wiped and built once more from scratch.
 """
+import json
+import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import List
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
+STAMP = "ptq-build-stamp.json"
+log = logging.getLogger("ptqengine.setup")
 
 
 def read_version() -> str:
@@ -25,6 +38,51 @@ class CMakeExtension(Extension):
     def __init__(self, name: str, sourcedir: str = "") -> None:
         super().__init__(name, sources=[])
         self.sourcedir = os.fspath(Path(sourcedir).resolve())
+
+
+def generator_args() -> List[str]:
+    """Ninja (with its exact path) when the ninja package is there; else CMake's default."""
+    if os.environ.get("CMAKE_GENERATOR"):
+        return []  # the user's choice; it is part of the stamp through the environment
+    try:
+        import ninja
+    except ImportError:
+        return []
+    bin_dir = getattr(ninja, "BIN_DIR", None)
+    program = Path(bin_dir) / "ninja" if bin_dir else shutil.which("ninja")
+    return ["-GNinja"] + ([f"-DCMAKE_MAKE_PROGRAM={program}"] if program else [])
+
+
+def pybind11_args() -> List[str]:
+    try:
+        import pybind11
+    except ImportError:
+        return []
+    return [f"-Dpybind11_DIR={pybind11.get_cmake_dir()}"]
+
+
+def build_stamp(cmake: str, cmake_args: List[str]) -> dict:
+    """Everything a CMake cache depends on; a different stamp means a stale cache."""
+    env = {k: os.environ.get(k) for k in ("CC", "CXX", "CUDACXX", "CXXFLAGS", "LDFLAGS", "CMAKE_GENERATOR")}
+    return {"cmake": os.path.realpath(cmake), "args": cmake_args, "env": env}
+
+
+def fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def prepare_build_dir(build_temp: Path, stamp: dict) -> bool:
+    """Wipes build_temp unless its stamp matches; True when an existing configuration is reused."""
+    try:
+        reusable = json.loads((build_temp / STAMP).read_text()) == stamp
+    except (OSError, ValueError):
+        reusable = False
+    if not reusable:
+        if build_temp.exists():
+            log.info("ptqengine: %s was configured by other tools; configuring from scratch", build_temp)
+        fresh_dir(build_temp)
+    return reusable
 
 
 class CMakeBuild(build_ext):
@@ -39,23 +97,29 @@ class CMakeBuild(build_ext):
             f"-DPTQ_VERSION={read_version()}",
             f"-DPTQ_CUDA={os.environ.get('PTQ_CUDA', 'AUTO')}",
             "-DPTQ_BUILD_TESTS=OFF",
+            *pybind11_args(),
+            *generator_args(),
         ]
-        try:
-            import pybind11
-
-            cmake_args.append(f"-Dpybind11_DIR={pybind11.get_cmake_dir()}")
-        except ImportError:
-            pass
-        try:
-            import ninja  # noqa: F401
-
-            cmake_args.append("-GNinja")
-        except ImportError:
-            pass
+        cmake = shutil.which("cmake") or "cmake"
         build_temp = Path(self.build_temp) / ext.name
-        build_temp.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["cmake", ext.sourcedir, *cmake_args], cwd=build_temp, check=True)
-        subprocess.run(["cmake", "--build", ".", "--config", cfg], cwd=build_temp, check=True)
+        stamp = build_stamp(cmake, cmake_args)
+        reused = prepare_build_dir(build_temp, stamp)
+        try:
+            self.run_cmake(cmake, ext.sourcedir, cmake_args, cfg, build_temp, stamp)
+        except subprocess.CalledProcessError:
+            if not reused:
+                raise
+            log.warning("ptqengine: the reused build directory failed; building from scratch")
+            fresh_dir(build_temp)
+            self.run_cmake(cmake, ext.sourcedir, cmake_args, cfg, build_temp, stamp)
+
+    @staticmethod
+    def run_cmake(cmake: str, sourcedir: str, cmake_args: List[str], cfg: str, build_temp: Path,
+                  stamp: dict) -> None:
+        (build_temp / STAMP).unlink(missing_ok=True)  # written again only after a clean configure
+        subprocess.run([cmake, sourcedir, *cmake_args], cwd=build_temp, check=True)
+        (build_temp / STAMP).write_text(json.dumps(stamp, sort_keys=True))
+        subprocess.run([cmake, "--build", ".", "--config", cfg], cwd=build_temp, check=True)
 
 
 # Sources ptqengine.gpu compiles at run time (NVRTC through CuPy): the same files the core is built

@@ -1,136 +1,41 @@
-// Scale search kernels. Conventions are documented in scale_search.h.
-//
-// Entropy in O(num_quantized_bins) per candidate instead of O(i): with T the total count and S the
-// count inside the candidate range (P sums to T, Q to S),
-//   KL = (1/T) [ sum_j P_j log P_j - sum_j P_j log Q_j ] - log T + log S.
-// The first sum is a prefix sum plus the folded last bin; within a group g every non-zero bin has
-// the same Q = total_g / nonzero_g, so the second sum is sum_g total_g log(total_g / nonzero_g)
-// plus the outliers' share in the last bin. The curve agrees with the O(n^2) NumPy transcription
-// to ~1e-13.
+// Scale searches on a TensorStats: the grid is re-binned to the search histogram (or, for
+// percentiles, read directly) under the object's lock, then the histogram searches in
+// histogram_search.cpp run without it. Conventions are documented in scale_search.h.
 #include "scale_search.h"
 
 #include <algorithm>
 #include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <limits>
-
-#include "simd.h"
+#include <vector>
 
 namespace ptq {
 namespace {
 
-void check_range(bool ok, const char* what) {
-  if (!ok) throw StatsError(what);
-}
-
-// Natural log for positive normal doubles, to ~1 ulp of std::log, written so loops over arrays
-// vectorise: x = m * 2^e with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s), s = (m-1)/(m+1),
-// |s| < 0.172 so z = s^2 < 0.0295, series to s^19 (the first term left out, z^10 / 21, is below
-// 3e-17 relative: under double rounding).
-inline double log_vectorisable(double x) {
-  std::uint64_t bits;
-  std::memcpy(&bits, &x, 8);
-  // Biased exponent as a double without an int -> double conversion (AVX2 has none for 64-bit
-  // lanes): place it in the mantissa of 2^52 and subtract 2^52.
-  const std::uint64_t ebits = 0x4330000000000000ULL | (bits >> 52);
-  double biased;
-  std::memcpy(&biased, &ebits, 8);
-  biased -= 4503599627370496.0;
-  const std::uint64_t mbits = (bits & 0x000fffffffffffffULL) | 0x3ff0000000000000ULL;
-  double m;
-  std::memcpy(&m, &mbits, 8);
-  const double big = m > 1.4142135623730951 ? 1.0 : 0.0;
-  m = m * (1.0 - 0.5 * big);
-  const double e = (biased - 1023.0) + big;
-  const double s = (m - 1.0) / (m + 1.0);
-  const double z = s * s;
-  double p = 1.0 / 19;
-  p = p * z + 1.0 / 17;
-  p = p * z + 1.0 / 15;
-  p = p * z + 1.0 / 13;
-  p = p * z + 1.0 / 11;
-  p = p * z + 1.0 / 9;
-  p = p * z + 1.0 / 7;
-  p = p * z + 1.0 / 5;
-  p = p * z + 1.0 / 3;
-  p = p * z + 1.0;
-  return e * 0.6931471805599453 + 2.0 * s * p;
-}
-
-// Reductions below keep kLanes partial sums, lane k taking elements k, k + kLanes, ..., combined in
-// a fixed order at the end. That lets the compiler vectorise without reassociating (no
-// -ffast-math), and gives the same bits on every machine whichever clone (SSE2/AVX2) runs.
-constexpr int kLanes = 8;
-
-inline double combine(const double* lanes) {
-  double acc = 0.0;
-  for (int k = 0; k < kLanes; ++k) acc += lanes[k];
-  return acc;
-}
-
-// total * (log(total) - log(nonzero)); empty groups (total 0) give 0 * (log 1 - x) = 0.
-inline double cross_term(double t, double log_nonzero) {
-  const double safe = t > 0.0 ? t : 1.0;
-  return t * (log_vectorisable(safe) - log_nonzero);
-}
-
-// Element-wise first (vectorises: no reduction), then a fixed-order lane sum.
-PTQ_HOT_LOOP void cross_terms(const double* totals, const double* log_nonzero, int n,
-                              double* out /* OUT */) {
-  for (int g = 0; g < n; ++g) out[g] = cross_term(totals[g], log_nonzero[g]);
-}
-
-double group_cross_term(const double* totals, const double* log_nonzero, int n, double* scratch) {
-  cross_terms(totals, log_nonzero, n, scratch);
-  double lanes[kLanes] = {};
-  int g = 0;
-  for (; g + kLanes <= n; g += kLanes)
-    for (int k = 0; k < kLanes; ++k) lanes[k] += scratch[g + k];
-  for (int k = 0; g + k < n; ++k) lanes[k] += scratch[g + k];
-  return combine(lanes);
-}
-
-// Squared error of fake-quantising a bin centre x (units of the search-bin width).
-inline double centre_error(double count, double x, double inv_step, double step, double qmax) {
-  // Adding and removing 1.5 * 2^52 rounds half-to-even (like torch.round) and vectorises.
-  double q = (x * inv_step + 6755399441055744.0) - 6755399441055744.0;
-  q = q > qmax ? qmax : q;
-  const double d = x - q * step;
-  return count * d * d;
-}
-
-// Error of threshold `threshold_bin` (in bin widths) over all bins; centre of bin j is j + 0.5.
-PTQ_HOT_LOOP double quantisation_error(const double* bins, int nb, double threshold_bin,
-                                       double qmax) {
-  const double step = threshold_bin / qmax;
-  const double inv_step = qmax / threshold_bin;
-  double lanes[kLanes] = {};
-  int j = 0;
-  for (; j + kLanes <= nb; j += kLanes)
-    for (int k = 0; k < kLanes; ++k)
-      lanes[k] += centre_error(bins[j + k], j + k + 0.5, inv_step, step, qmax);
-  for (int k = 0; j + k < nb; ++k)
-    lanes[k] += centre_error(bins[j + k], j + k + 0.5, inv_step, step, qmax);
-  return combine(lanes);
+// stats' search histogram (num_bins bins) into out, under stats' lock; returns absmax (0 when
+// there is nothing to search).
+double search_histogram_into(const TensorStats& stats, std::int64_t num_bins, double* out) {
+  return stats.read([&](const TensorStats::State& s) {
+    const double absmax = s.absmax();
+    rebin_to_search(s.counts.data(), stats.grid_bins(), stats.bin_width_of(s.exponent), absmax,
+                    num_bins, out);
+    return absmax;
+  });
 }
 
 }  // namespace
 
-std::vector<double> search_histogram(const TensorStats& stats, int num_bins) {
-  check_range(num_bins >= 1, "num_bins must be positive");
-  std::vector<double> out(static_cast<std::size_t>(num_bins), 0.0);
-  const double absmax = stats.absmax();
-  if (stats.finite_count() == 0) return out;
-  const std::vector<count_t>& sc = stats.signed_counts();
-  const std::size_t g = static_cast<std::size_t>(stats.grid_bins());
+void rebin_to_search(const count_t* sc, std::int64_t grid_bins, double w, double absmax,
+                     std::int64_t num_bins, double* out /* OUT */) {
+  std::fill(out, out + num_bins, 0.0);
+  const std::size_t g = static_cast<std::size_t>(grid_bins);
   if (absmax == 0.0) {
     out[0] = static_cast<double>(sc[0] + sc[g]);
-    return out;
+    return;
   }
-  const double w = stats.bin_width();
+  check(std::isfinite(absmax) && absmax > 0.0 && w > 0.0 && absmax / w <= static_cast<double>(g),
+        "absmax must lie on the grid");
   const double W = absmax / num_bins;
   const double inv_W = num_bins / absmax;
+  const std::int64_t last = num_bins - 1;
   // Grid bins above the one holding absmax are empty.
   const std::size_t used = std::min(g, static_cast<std::size_t>(absmax / w) + 1);
   for (std::size_t f = 0; f < used; ++f) {
@@ -140,13 +45,13 @@ std::vector<double> search_histogram(const TensorStats& stats, int num_bins) {
     const double lo = f * w;
     const double hi = std::min((f + 1) * w, absmax);
     if (!(hi > lo)) {  // absmax sits exactly on this bin's lower edge: all its values equal absmax
-      out[num_bins - 1] += c;
+      out[last] += c;
       continue;
     }
-    int j = std::min(static_cast<int>(lo * inv_W), num_bins - 1);
+    std::int64_t j = std::min(static_cast<std::int64_t>(lo * inv_W), last);
     double a = lo;
     while (a < hi) {
-      const double edge = j >= num_bins - 1 ? hi : std::min((j + 1) * W, hi);
+      const double edge = j >= last ? hi : std::min((j + 1) * W, hi);
       if (edge > a) {  // lo * inv_W may round one bin low: then this bin takes nothing
         out[j] += c * (edge - a) / (hi - lo);
         a = edge;
@@ -154,185 +59,109 @@ std::vector<double> search_histogram(const TensorStats& stats, int num_bins) {
       ++j;
     }
   }
+}
+
+void rebin_counts(const count_t* signed_counts, std::int64_t counts_size, std::int64_t exponent,
+                  double absmax, std::int64_t num_bins, double* out /* OUT */) {
+  check(counts_size % 2 == 0, "a signed grid has an even number of counts");
+  const int log2_grid = log2_of_grid(counts_size / 2);
+  check(exponent >= kMinExponent && exponent <= kMaxExponent, "grid exponent is out of range");
+  check(std::isfinite(absmax) && absmax >= 0.0 && absmax < std::ldexp(1.0, static_cast<int>(exponent)),
+        "absmax must be finite, >= 0 and below 2^exponent");
+  check_int(num_bins, 1, kMaxNumBins, "num_bins");
+  check_aligned(signed_counts, "counts");
+  check_aligned(out, "out");
+  rebin_to_search(signed_counts, counts_size / 2, std::ldexp(1.0, static_cast<int>(exponent) - log2_grid),
+                  absmax, num_bins, out);
+}
+
+std::vector<double> search_histogram(const TensorStats& stats, std::int64_t num_bins) {
+  check_int(num_bins, 1, kMaxNumBins, "num_bins");
+  std::vector<double> out(static_cast<std::size_t>(num_bins));
+  search_histogram_into(stats, num_bins, out.data());
   return out;
 }
 
 double amax_percentile(const TensorStats& stats, double percentile) {
-  check_range(percentile > 0.0 && percentile <= 100.0, "percentile must be in (0, 100]");
-  const double absmax = stats.absmax();
-  if (stats.finite_count() == 0 || absmax == 0.0) return 0.0;
-  if (percentile == 100.0) return absmax;
-  const std::vector<count_t> abs = stats.abs_counts();
-  const double target = percentile / 100.0 * static_cast<double>(stats.finite_count());
-  const double w = stats.bin_width();
-  count_t cum = 0;
-  for (std::size_t f = 0; f < abs.size(); ++f) {
-    cum += abs[f];
-    if (static_cast<double>(cum) >= target) return std::min((f + 1) * w, absmax);
-  }
-  return absmax;
+  check_percentile(percentile);
+  return stats.read([&](const TensorStats::State& s) {
+    const double absmax = s.absmax();
+    if (s.finite_count() == 0 || absmax == 0.0) return 0.0;
+    if (percentile == 100.0) return absmax;
+    const double target = percentile / 100.0 * static_cast<double>(s.finite_count());
+    const double w = stats.bin_width_of(s.exponent);
+    const std::size_t g = static_cast<std::size_t>(stats.grid_bins());
+    count_t cum = 0;
+    for (std::size_t f = 0; f < g; ++f) {
+      cum += s.counts[f] + s.counts[g + f];
+      if (static_cast<double>(cum) >= target) return std::min((f + 1) * w, absmax);
+    }
+    return absmax;
+  });
 }
 
-std::vector<double> entropy_curve(const std::vector<double>& bins, int nq, int start_bin,
-                                  int stride) {
-  const int nb = static_cast<int>(bins.size());
-  check_range(nq >= 1 && nq <= start_bin && start_bin <= nb,
-              "entropy needs 1 <= num_quantized_bins <= start_bin <= num_bins");
-  check_range(stride >= 1, "stride must be >= 1");
-  std::vector<double> cum(nb + 1, 0.0);
-  std::vector<double> blogb(nb + 1, 0.0);
-  std::vector<int> nz(nb + 1, 0);
-  for (int j = 0; j < nb; ++j) {
-    const double b = bins[j];
-    cum[j + 1] = cum[j] + b;
-    blogb[j + 1] = blogb[j] + (b > 0.0 ? b * std::log(b) : 0.0);
-    nz[j + 1] = nz[j] + (b > 0.0);
-  }
-  std::vector<double> log_int(nb + 1, 0.0);
-  for (int k = 1; k <= nb; ++k) log_int[k] = std::log(static_cast<double>(k));
-  const double total = static_cast<double>(cum[nb]);
-  std::vector<double> curve;
-  const double inf = std::numeric_limits<double>::infinity();
-  if (!(total > 0.0)) return std::vector<double>((nb - start_bin) / stride + 1, inf);
-  const double log_total = std::log(total);
-  std::vector<double> totals(nq), log_nonzero(nq);
-  std::vector<int> nonzero_of(nq);
-  std::vector<double> scratch(nq);
-  for (int i = start_bin; i <= nb; i += stride) {
-    const double inside = static_cast<double>(cum[i]);
-    const double outliers = std::max(0.0, static_cast<double>(cum[nb] - cum[i]));
-    const double last_p = bins[i - 1] + outliers;
-    const double plogp = blogb[i - 1] + (last_p > 0.0 ? last_p * std::log(last_p) : 0.0);
-    // Group g covers bins [ceil(g*i/nq), ceil((g+1)*i/nq)); the bounds advance by i/nq each step,
-    // tracked as quotient and remainder to keep divisions out of the inner loop.
-    const int step_q = i / nq, step_r = i % nq;
-    int bound = 0, rem = nq - 1;  // ceil(g*i/nq) == (g*i + nq - 1) / nq, held as bound*nq + rem
-    int last_group = 0;
-    for (int g = 0; g < nq; ++g) {
-      const int lo = bound;
-      bound += step_q;
-      rem += step_r;
-      if (rem >= nq) {
-        rem -= nq;
-        ++bound;
-      }
-      const int hi = bound;
-      if (lo <= i - 1 && i - 1 < hi) last_group = g;
-      const int nonzero = nz[hi] - nz[lo];
-      totals[g] = nonzero == 0 ? 0.0 : static_cast<double>(cum[hi] - cum[lo]);
-      nonzero_of[g] = nonzero;
-    }
-    // Q's group totals come from the unfolded bins; its zero pattern is P's, so the last bin is
-    // non-zero when outliers fold into it. Q = 0 where P > 0 (an empty last group receiving
-    // outliers) makes the divergence infinite.
-    if (outliers > 0.0 && bins[i - 1] <= 0.0) {
-      if (totals[last_group] <= 0.0) {
-        curve.push_back(inf);
-        continue;
-      }
-      ++nonzero_of[last_group];
-    }
-    for (int g = 0; g < nq; ++g) log_nonzero[g] = log_int[nonzero_of[g]];
-    double plogq = group_cross_term(totals.data(), log_nonzero.data(), nq, scratch.data());
-    // Every P_j in a group meets the same Q; the outliers in P[i-1] meet the last group's Q.
-    if (outliers > 0.0) plogq += outliers * (std::log(totals[last_group]) - log_nonzero[last_group]);
-    // p = P / T and q = Q / S with T the total count and S the count inside the candidate range.
-    curve.push_back((plogp - plogq) / total - log_total + std::log(inside));
-  }
-  return curve;
-}
-
-double amax_entropy(const std::vector<double>& bins, double bin_width, int nq, int start_bin,
-                    int stride) {
-  const std::vector<double> curve = entropy_curve(bins, nq, start_bin, stride);
-  std::size_t best = curve.size();
-  double best_kl = std::numeric_limits<double>::infinity();
-  for (std::size_t k = 0; k < curve.size(); ++k) {
-    if (curve[k] <= best_kl && std::isfinite(curve[k])) {  // <=: the LAST minimum wins
-      best_kl = curve[k];
-      best = k;
-    }
-  }
-  if (best == curve.size()) return bin_width * bins.size();  // all undefined: keep the range
-  return bin_width * (start_bin + static_cast<int>(best) * stride);
-}
-
-double amax_entropy(const TensorStats& stats, int nq, int start_bin, int stride,
-                    bool zero_bin_from_neighbour) {
+double amax_entropy(const TensorStats& stats, std::int64_t nq, std::int64_t start_bin,
+                    std::int64_t stride, bool zero_bin_from_neighbour) {
   const int nb = stats.num_bins();
-  if (stats.finite_count() == 0 || stats.absmax() == 0.0f) return 0.0;
-  std::vector<double> bins = search_histogram(stats, nb);
-  if (zero_bin_from_neighbour && nb > 1) bins[0] = bins[1];
-  return amax_entropy(bins, static_cast<double>(stats.absmax()) / nb, nq, start_bin, stride);
+  check_entropy_args(nb, nq, start_bin, stride);  // before the early return below
+  std::vector<double> bins(static_cast<std::size_t>(nb));
+  const double absmax = search_histogram_into(stats, nb, bins.data());
+  if (absmax == 0.0) return 0.0;
+  if (zero_bin_from_neighbour) bins[0] = bins[1];  // nb >= kMinNumBins
+  return amax_entropy(bins, absmax / nb, nq, start_bin, stride);
 }
 
-double amax_mse(const std::vector<double>& bins, double bin_width, int num_bits, int start_bin) {
-  check_range(num_bits >= 2 && num_bits <= 16, "num_bits must be between 2 and 16");
-  const int nb = static_cast<int>(bins.size());
-  check_range(start_bin >= 0 && start_bin < nb, "start_bin must be in [0, num_bins)");
-  const double qmax = std::ldexp(1.0, num_bits - 1) - 1.0;
-  int best = start_bin;
-  double best_err = std::numeric_limits<double>::infinity();
-  for (int i = start_bin; i < nb; ++i) {
-    const double err = quantisation_error(bins.data(), nb, i + 0.5, qmax);
-    if (err < best_err) {  // <: the FIRST minimum wins
-      best_err = err;
-      best = i;
-    }
-  }
-  return bin_width * (best + 0.5);
-}
-
-double amax_mse(const TensorStats& stats, int num_bits, int start_bin) {
+double amax_mse(const TensorStats& stats, std::int64_t num_bits, std::int64_t start_bin) {
   const int nb = stats.num_bins();
-  check_range(num_bits >= 2 && num_bits <= 16, "num_bits must be between 2 and 16");
-  check_range(start_bin >= 0 && start_bin < nb, "start_bin must be in [0, num_bins)");
-  if (stats.finite_count() == 0 || stats.absmax() == 0.0f) return 0.0;
-  return amax_mse(search_histogram(stats, nb), static_cast<double>(stats.absmax()) / nb, num_bits,
-                  start_bin);
+  check_mse_args(nb, num_bits, start_bin);
+  std::vector<double> bins(static_cast<std::size_t>(nb));
+  const double absmax = search_histogram_into(stats, nb, bins.data());
+  if (absmax == 0.0) return 0.0;
+  return amax_mse(bins, absmax / nb, num_bits, start_bin);
 }
 
-AsymmetricRange asymmetric_range(const TensorStats& stats, double percentile, int num_bits,
-                                 bool is_signed) {
-  check_range(percentile > 0.0 && percentile <= 100.0, "percentile must be in (0, 100]");
-  check_range(num_bits >= 2 && num_bits <= 16, "num_bits must be between 2 and 16");
+AsymmetricRange asymmetric_range(const TensorStats& stats, double percentile,
+                                 std::int64_t num_bits_requested, bool is_signed) {
+  check_percentile(percentile);
+  const int num_bits = check_num_bits(num_bits_requested);
   AsymmetricRange r{};
   r.qmin = is_signed ? -(1LL << (num_bits - 1)) : 0;
   r.qmax = is_signed ? (1LL << (num_bits - 1)) - 1 : (1LL << num_bits) - 1;
   double lo = 0.0, hi = 0.0;
-  if (stats.finite_count() > 0) {
-    lo = stats.min();
-    hi = stats.max();
-    if (percentile < 100.0) {
-      const std::vector<count_t>& c = stats.signed_counts();
-      const std::size_t g = static_cast<std::size_t>(stats.grid_bins());
-      count_t pos_total = 0, neg_total = 0;
-      for (std::size_t b = 0; b < g; ++b) {
-        pos_total += c[b];
-        neg_total += c[g + b];
-      }
-      const double target = percentile / 100.0 * static_cast<double>(stats.finite_count());
-      const double w = stats.bin_width();
-      // hi: smallest edge e >= 0 with count(x < e) >= target; values below 0 all count.
-      count_t cum = neg_total;
-      for (std::size_t b = 0; b < g && hi > 0.0; ++b) {
-        cum += c[b];
-        if (static_cast<double>(cum) >= target) {
-          hi = std::min((b + 1) * w, hi);
-          break;
-        }
-      }
-      // lo: mirror image on the negative side.
-      cum = pos_total;
-      for (std::size_t b = 0; b < g && lo < 0.0; ++b) {
-        cum += c[g + b];
-        if (static_cast<double>(cum) >= target) {
-          lo = std::max(-((b + 1) * w), lo);
-          break;
-        }
+  stats.read([&](const TensorStats::State& s) {
+    if (s.finite_count() == 0) return 0;
+    lo = s.min;
+    hi = s.max;
+    if (percentile == 100.0) return 0;
+    const count_t* c = s.counts.data();
+    const std::size_t g = static_cast<std::size_t>(stats.grid_bins());
+    count_t pos_total = 0, neg_total = 0;
+    for (std::size_t b = 0; b < g; ++b) {
+      pos_total += c[b];
+      neg_total += c[g + b];
+    }
+    const double target = percentile / 100.0 * static_cast<double>(s.finite_count());
+    const double w = stats.bin_width_of(s.exponent);
+    // hi: smallest edge e >= 0 with count(x < e) >= target; values below 0 all count.
+    count_t cum = neg_total;
+    for (std::size_t b = 0; b < g && hi > 0.0; ++b) {
+      cum += c[b];
+      if (static_cast<double>(cum) >= target) {
+        hi = std::min((b + 1) * w, hi);
+        break;
       }
     }
-  }
+    // lo: mirror image on the negative side.
+    cum = pos_total;
+    for (std::size_t b = 0; b < g && lo < 0.0; ++b) {
+      cum += c[g + b];
+      if (static_cast<double>(cum) >= target) {
+        lo = std::max(-((b + 1) * w), lo);
+        break;
+      }
+    }
+    return 0;
+  });
   lo = std::min(lo, 0.0);
   hi = std::max(hi, 0.0);
   r.lo = lo;

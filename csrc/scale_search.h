@@ -23,28 +23,43 @@
 //   weighted by counts; the FIRST minimum.
 // - Asymmetric ranges include 0; zero point = round-half-even(qmin - lo / scale), clamped.
 #pragma once
+#include <cstdint>
 #include <vector>
 
 #include "tensor_stats.h"
 
 namespace ptq {
 
-std::vector<double> search_histogram(const TensorStats& stats, int num_bins);
+// Kernel: the signed grid's |x| counts re-binned to num_bins bins over [0, absmax] (above).
+// bin_width is the grid's; every count must lie below absmax's grid bin edge. absmax == 0 puts
+// bin 0 of both sides in out[0].
+void rebin_to_search(const count_t* signed_counts, std::int64_t grid_bins, double bin_width,
+                     double absmax, std::int64_t num_bins, double* out /* OUT: num_bins */);
+
+// rebin_to_search with every argument checked: the bindings' `kernels` entry point (tests).
+// The grid has counts_size / 2 bins per sign and the given exponent.
+void rebin_counts(const count_t* signed_counts, std::int64_t counts_size, std::int64_t exponent,
+                  double absmax, std::int64_t num_bins, double* out /* OUT: num_bins */);
+
+// Every integer argument is checked here (StatsError), whatever the caller checked before.
+std::vector<double> search_histogram(const TensorStats& stats, std::int64_t num_bins);
 
 double amax_percentile(const TensorStats& stats, double percentile);
 // zero_bin_from_neighbour: bin 0 takes bin 1's count before the search (ModelOpt's convention, so
 // the spike of exact zeros in ReLU outputs does not dominate the divergence).
-double amax_entropy(const TensorStats& stats, int num_quantized_bins, int start_bin, int stride,
-                    bool zero_bin_from_neighbour);
-double amax_mse(const TensorStats& stats, int num_bits, int start_bin);
-// The same searches on a given |x| histogram whose bins all have width bin_width.
-double amax_entropy(const std::vector<double>& bins, double bin_width, int num_quantized_bins,
-                    int start_bin, int stride);
-double amax_mse(const std::vector<double>& bins, double bin_width, int num_bits, int start_bin);
+double amax_entropy(const TensorStats& stats, std::int64_t num_quantized_bins,
+                    std::int64_t start_bin, std::int64_t stride, bool zero_bin_from_neighbour);
+double amax_mse(const TensorStats& stats, std::int64_t num_bits, std::int64_t start_bin);
+// The same searches on a given |x| histogram whose bins all have width bin_width: 1 to 2^20
+// finite, non-negative counts, a finite positive width.
+double amax_entropy(const std::vector<double>& bins, double bin_width,
+                    std::int64_t num_quantized_bins, std::int64_t start_bin, std::int64_t stride);
+double amax_mse(const std::vector<double>& bins, double bin_width, std::int64_t num_bits,
+                std::int64_t start_bin);
 // KL divergence per candidate (for plots and tests); +inf where undefined. Index k is candidate
 // start_bin + k * stride.
-std::vector<double> entropy_curve(const std::vector<double>& bins, int num_quantized_bins,
-                                  int start_bin, int stride);
+std::vector<double> entropy_curve(const std::vector<double>& bins, std::int64_t num_quantized_bins,
+                                  std::int64_t start_bin, std::int64_t stride);
 
 struct AsymmetricRange {
   double lo, hi, scale;
@@ -52,7 +67,7 @@ struct AsymmetricRange {
   long long qmin, qmax;
 };
 // lo/hi percentiles of the signed values (pass 100 for min/max).
-AsymmetricRange asymmetric_range(const TensorStats& stats, double percentile, int num_bits,
-                                 bool is_signed);
+AsymmetricRange asymmetric_range(const TensorStats& stats, double percentile,
+                                 std::int64_t num_bits, bool is_signed);
 
 }  // namespace ptq

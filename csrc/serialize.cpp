@@ -6,7 +6,12 @@
 // tokens: (c << 1) for a non-zero count c, ((n - 1) << 1) | 1 for a run of n empty bins. Most
 // counts are small and most of a fine grid is empty, so a tensor takes a few KB instead of up to
 // 1 MiB (this is what shards send to the driver). Equal statistics give equal bytes.
+//
+// Statistics bytes are untrusted input (files, other processes): from_bytes checks every field
+// and every invariant an update or merge maintains, and throws StatsError for anything else.
+// No size read from the bytes is allocated before the bytes are known to hold that much.
 #include <cstring>
+#include <string>
 
 #include "tensor_stats.h"
 
@@ -14,6 +19,10 @@ namespace ptq {
 namespace {
 
 constexpr std::uint32_t kFormatVersion = 2;
+
+[[noreturn]] void corrupt(const std::string& why) {
+  throw StatsError("statistics bytes are corrupt (" + why + ")");
+}
 
 struct Writer {
   std::vector<std::uint8_t> out;
@@ -41,7 +50,7 @@ struct Writer {
 struct Reader {
   const std::uint8_t* p;
   std::size_t left;
-  void need(std::size_t n) {
+  void need(std::size_t n) const {
     if (left < n) throw StatsError("statistics bytes are truncated or corrupt");
   }
   std::uint32_t u32() {
@@ -73,10 +82,12 @@ struct Reader {
       need(1);
       const std::uint8_t byte = *p++;
       --left;
+      // The tenth byte holds bit 63 only: anything more would not fit 64 bits.
+      if (shift == 63 && byte > 1) corrupt("varint overflows 64 bits");
       v |= static_cast<std::uint64_t>(byte & 0x7f) << shift;
       if (!(byte & 0x80)) return v;
     }
-    throw StatsError("statistics bytes are corrupt (varint too long)");
+    corrupt("varint too long");
   }
 };
 
@@ -96,6 +107,29 @@ void encode_span(Writer& w, const count_t* c, std::uint32_t length) {
   }
 }
 
+// Reads one side's span into c (grid_bins zeroed counts).
+void decode_side(Reader& r, std::uint32_t grid_bins, count_t* c) {
+  const std::uint32_t first = r.u32(), length = r.u32(), nbytes = r.u32();
+  if (static_cast<std::uint64_t>(first) + length > grid_bins) corrupt("histogram span out of range");
+  r.need(nbytes);
+  Reader span{r.p, nbytes};
+  r.p += nbytes;
+  r.left -= nbytes;
+  std::uint32_t b = 0;
+  while (b < length) {
+    const std::uint64_t token = span.varint();
+    if (token & 1u) {
+      const std::uint64_t run = (token >> 1) + 1;
+      if (run > length - b) corrupt("empty run too long");
+      b += static_cast<std::uint32_t>(run);  // counts start at zero
+    } else {
+      if (token == 0) corrupt("a zero count outside an empty run");
+      c[first + b++] = token >> 1;
+    }
+  }
+  if (span.left != 0) corrupt("histogram span length");
+}
+
 }  // namespace
 
 std::vector<std::uint8_t> TensorStats::to_bytes() const {
@@ -105,30 +139,33 @@ std::vector<std::uint8_t> TensorStats::to_bytes() const {
   w.i32(num_bins_);
   w.i32(grid_bins_);
   w.i32(axis_);
-  w.i32(s_.exponent);
-  w.u64(s_.count);
-  w.u64(s_.nan_count);
-  w.u64(s_.inf_count);
-  w.f32(s_.min);
-  w.f32(s_.max);
-  w.u32(static_cast<std::uint32_t>(s_.channel_min.size()));
-  for (float v : s_.channel_min) w.f32(v);
-  for (float v : s_.channel_max) w.f32(v);
-  for (int side = 0; side < 2; ++side) {
-    const count_t* c = s_.counts.data() + static_cast<std::size_t>(side) * grid_bins_;
-    std::uint32_t first = 0, end = 0;
-    for (std::uint32_t b = 0; b < static_cast<std::uint32_t>(grid_bins_); ++b) {
-      if (c[b] == 0) continue;
-      if (end == 0) first = b;
-      end = b + 1;
+  read([&](const State& s) {
+    w.i32(s.exponent);
+    w.u64(s.count);
+    w.u64(s.nan_count);
+    w.u64(s.inf_count);
+    w.f32(s.min);
+    w.f32(s.max);
+    w.u32(static_cast<std::uint32_t>(s.channel_min.size()));
+    for (float v : s.channel_min) w.f32(v);
+    for (float v : s.channel_max) w.f32(v);
+    for (int side = 0; side < 2; ++side) {
+      const count_t* c = s.counts.data() + static_cast<std::size_t>(side) * grid_bins_;
+      std::uint32_t first = 0, end = 0;
+      for (std::uint32_t b = 0; b < static_cast<std::uint32_t>(grid_bins_); ++b) {
+        if (c[b] == 0) continue;
+        if (end == 0) first = b;
+        end = b + 1;
+      }
+      Writer span;
+      encode_span(span, c + first, end - first);
+      w.u32(first);
+      w.u32(end - first);
+      w.u32(static_cast<std::uint32_t>(span.out.size()));
+      w.out.insert(w.out.end(), span.out.begin(), span.out.end());
     }
-    Writer span;
-    encode_span(span, c + first, end - first);
-    w.u32(first);
-    w.u32(end - first);
-    w.u32(static_cast<std::uint32_t>(span.out.size()));
-    w.out.insert(w.out.end(), span.out.begin(), span.out.end());
-  }
+    return 0;
+  });
   return w.out;
 }
 
@@ -141,46 +178,42 @@ TensorStats TensorStats::from_bytes(const std::uint8_t* data, std::size_t size) 
   const std::uint32_t version = r.u32();
   if (version != kFormatVersion)
     throw StatsError("unsupported statistics format version " + std::to_string(version));
-  const int num_bins = r.i32(), grid_bins = r.i32(), axis = r.i32();
-  TensorStats t(num_bins, grid_bins, axis);
-  t.s_.exponent = r.i32();
-  // float32 magnitudes lie in [2^-149, 2^128): any other grid exponent is corruption.
-  if (t.s_.exponent != kEmptyExponent && (t.s_.exponent < -160 || t.s_.exponent > 129))
-    throw StatsError("statistics bytes are corrupt (grid exponent out of range)");
-  t.s_.count = r.u64();
-  t.s_.nan_count = r.u64();
-  t.s_.inf_count = r.u64();
-  t.s_.min = r.f32();
-  t.s_.max = r.f32();
+  const std::int32_t num_bins = r.i32(), grid_bins = r.i32(), axis = r.i32();
+  const std::int32_t exponent = r.i32();
+  // Everything before the histogram is read and checked before the grid is allocated.
+  if (!valid_exponent(exponent)) corrupt("grid exponent out of range");
+  const count_t count = r.u64(), nan_count = r.u64(), inf_count = r.u64();
+  const float min = r.f32(), max = r.f32();
   const std::uint32_t channels = r.u32();
   r.need(static_cast<std::size_t>(channels) * 8);
-  t.s_.channel_min.resize(channels);
-  t.s_.channel_max.resize(channels);
-  for (auto& v : t.s_.channel_min) v = r.f32();
-  for (auto& v : t.s_.channel_max) v = r.f32();
-  for (int side = 0; side < 2; ++side) {
-    const std::uint32_t first = r.u32(), length = r.u32(), nbytes = r.u32();
-    if (static_cast<std::uint64_t>(first) + length > static_cast<std::uint64_t>(grid_bins))
-      throw StatsError("statistics bytes are corrupt (histogram span out of range)");
-    r.need(nbytes);
-    Reader span{r.p, nbytes};
-    r.p += nbytes;
-    r.left -= nbytes;
-    count_t* c = t.s_.counts.data() + static_cast<std::size_t>(side) * grid_bins + first;
-    std::uint32_t b = 0;
-    while (b < length) {
-      const std::uint64_t token = span.varint();
-      if (token & 1u) {
-        const std::uint64_t run = (token >> 1) + 1;
-        if (run > length - b) throw StatsError("statistics bytes are corrupt (empty run too long)");
-        b += static_cast<std::uint32_t>(run);  // counts start at zero
-      } else {
-        c[b++] = token >> 1;
-      }
+  std::vector<float> channel_min(channels), channel_max(channels);
+  for (auto& v : channel_min) v = r.f32();
+  for (auto& v : channel_max) v = r.f32();
+  TensorStats t = [&] {
+    try {
+      return TensorStats(num_bins, grid_bins, axis);
+    } catch (const StatsError& e) {
+      corrupt(e.what());
     }
-    if (span.left != 0) throw StatsError("statistics bytes are corrupt (histogram span length)");
-  }
+  }();
+  State& s = t.s_;
+  s.exponent = exponent;
+  s.count = count;
+  s.nan_count = nan_count;
+  s.inf_count = inf_count;
+  s.min = min;
+  s.max = max;
+  s.channel_min = std::move(channel_min);
+  s.channel_max = std::move(channel_max);
+  for (int side = 0; side < 2; ++side)
+    decode_side(r, static_cast<std::uint32_t>(grid_bins),
+                s.counts.data() + static_cast<std::size_t>(side) * grid_bins);
   if (r.left != 0) throw StatsError("statistics bytes have trailing data");
+  try {
+    t.check_state(t.s_, true);
+  } catch (const StatsError& e) {
+    corrupt(e.what());
+  }
   return t;
 }
 

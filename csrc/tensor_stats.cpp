@@ -1,27 +1,22 @@
 // Streaming statistics kernel.
 //
-// Data is walked once, in blocks of kBlock elements that stay in L1: a first loop over the block
-// finds its finite |x| maximum, min/max and NaN/Inf counts (vectorised); if the maximum does not fit
-// the grid, the grid grows (bins summed in pairs of pairs, exactly); a second loop over the
-// still-cached block computes bin indices (vectorised) and a scalar loop increments the counts.
-// Large inputs are split across threads, each with its own histogram, merged exactly at the end,
-// so the result does not depend on the thread count.
+// Data is walked once, in blocks of kBlock elements that stay in L1 (grid.h): a first loop over
+// the block finds its finite |x| maximum, min/max and NaN/Inf counts (vectorised); if the
+// maximum does not fit the grid, the grid grows (bins summed in pairs of pairs, exactly); a
+// second loop over the still-cached block computes bin indices (vectorised) and a scalar loop
+// increments the counts. Large inputs are split across threads, each with its own histogram,
+// merged exactly at the end, so the result does not depend on the thread count.
 #include "tensor_stats.h"
 
 #include <algorithm>
-#include <cfloat>
-#include <climits>
 #include <cmath>
-#include <cstring>
 #include <limits>
 
 #include "parallel.h"
-#include "simd.h"
 
 namespace ptq {
 namespace {
 
-constexpr std::int64_t kBlock = 4096;
 // Below this many elements per thread, a thread's private histogram (zeroed, then merged: 2 MiB
 // of traffic at the default grid) costs more than it saves; measured: 1M-value updates ran 10-14%
 // slower on 2 threads with 2^18. Many small tensors are spread over threads by update_many instead.
@@ -29,88 +24,17 @@ constexpr std::int64_t kMinPerThread = 1 << 21;
 // Channel runs shorter than this are not worth a block each (e.g. NHWC activations, axis -1).
 constexpr std::int64_t kMinChannelRun = 256;
 
-struct BlockSummary {
-  float amax = 0.0f;
-  float mn = std::numeric_limits<float>::infinity();
-  float mx = -std::numeric_limits<float>::infinity();
-  count_t nan = 0;
-  count_t nonfinite = 0;
-};
-
-// Finite floats map to order-preserving int32 keys: non-negative bits stay, negative ones get
-// all but the sign bit flipped. This inverts the mapping.
-inline float key_float(std::int32_t key) {
-  const std::uint32_t bits = static_cast<std::uint32_t>(key) ^ (static_cast<std::uint32_t>(key >> 31) >> 1);
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
+int check_grid_bins(std::int64_t grid_bins, int num_bins) {
+  if (grid_bins < 2 * static_cast<std::int64_t>(num_bins) || grid_bins > kMaxGridBins ||
+      (grid_bins & (grid_bins - 1)) != 0)
+    throw StatsError("grid_bins must be a power of two >= 2 * num_bins and <= 2^24, got " +
+                     std::to_string(grid_bins));
+  return static_cast<int>(grid_bins);
 }
 
-// Integer arithmetic on the bit patterns so the loop vectorises without -ffast-math:
-// |x| bits below 0x7f800000 are finite, above it NaN, and finite keys order like the floats.
-PTQ_HOT_LOOP void summarize_bits(const std::uint32_t* q, std::int32_t m,
-                                  std::uint32_t* counts /* OUT: amax bits, nan, nonfinite */,
-                                  std::int32_t* keys /* OUT: min key, max key */) {
-  constexpr std::uint32_t kInfBits = 0x7f800000u;
-  std::uint32_t amax = 0, nan = 0, nonfinite = 0;
-  std::int32_t mn = INT32_MAX, mx = INT32_MIN;
-  // Written with masks and plain ternaries: the shape GCC's vectoriser accepts.
-  for (std::int32_t i = 0; i < m; ++i) {
-    const std::uint32_t abits = q[i] & 0x7fffffffu;
-    // -0.0 counts as +0.0 so min/max bits never depend on which zero came first.
-    const std::uint32_t bits = q[i] & (0u - static_cast<std::uint32_t>(abits != 0));
-    const std::uint32_t finmask = 0u - static_cast<std::uint32_t>(abits < kInfBits);
-    nan += (abits > kInfBits);
-    nonfinite += (abits >= kInfBits);
-    const std::uint32_t a = abits & finmask;
-    amax = amax > a ? amax : a;
-    const std::uint32_t key =
-        bits ^ (static_cast<std::uint32_t>(static_cast<std::int32_t>(bits) >> 31) >> 1);
-    const std::int32_t kmin = static_cast<std::int32_t>((key & finmask) | (0x7fffffffu & ~finmask));
-    const std::int32_t kmax = static_cast<std::int32_t>((key & finmask) | (0x80000000u & ~finmask));
-    mn = mn < kmin ? mn : kmin;
-    mx = mx > kmax ? mx : kmax;
-  }
-  counts[0] = amax;
-  counts[1] = nan;
-  counts[2] = nonfinite;
-  keys[0] = mn;
-  keys[1] = mx;
-}
-
-BlockSummary summarize(const float* q, std::int64_t m) {
-  std::uint32_t counts[3];
-  std::int32_t keys[2];
-  summarize_bits(reinterpret_cast<const std::uint32_t*>(q), static_cast<std::int32_t>(m), counts,
-                 keys);
-  BlockSummary b;
-  std::memcpy(&b.amax, &counts[0], 4);
-  b.nan = counts[1];
-  b.nonfinite = counts[2];
-  if (b.nonfinite < static_cast<count_t>(m)) {
-    b.mn = key_float(keys[0]);
-    b.mx = key_float(keys[1]);
-  }
-  return b;
-}
-
-// Bin indices of an all-finite block, float path: exact while the grid scale is a normal float.
-PTQ_HOT_LOOP void bin_indices_f32(const float* q, std::int64_t m, float scale, std::int32_t g,
-                                  std::int32_t* idx /* OUT */) {
-  for (std::int64_t i = 0; i < m; ++i) {
-    const float x = q[i];
-    std::int32_t b = static_cast<std::int32_t>(std::fabs(x) * scale);
-    b = b < g ? b : g - 1;
-    idx[i] = b + (x < 0.0f ? g : 0);
-  }
-}
-
-void count_indices(const std::int32_t* idx, std::int64_t m, count_t* counts /* OUT */,
-                   const float* next, std::int64_t next_len) {
-  for (std::int64_t i = 0; i < m; ++i) {
-    if ((i & 15) == 0 && i < next_len) __builtin_prefetch(next + i, 0, 3);
-    ++counts[idx[i]];
-  }
+int check_axis(std::int64_t axis) {
+  if (axis == TensorStats::kNoAxis) return TensorStats::kNoAxis;
+  return check_int(axis, -kMaxAxis, kMaxAxis - 1, "axis");
 }
 
 }  // namespace
@@ -121,17 +45,48 @@ std::int64_t TensorView::size() const {
   return n;
 }
 
-TensorStats::TensorStats(int num_bins, int grid_bins, int axis)
-    : num_bins_(num_bins), grid_bins_(grid_bins), axis_(axis) {
-  if (num_bins < 16 || num_bins > (1 << 20))
-    throw StatsError("num_bins must be between 16 and 1048576, got " + std::to_string(num_bins));
-  if (grid_bins < 2 * num_bins || grid_bins > (1 << 24) || (grid_bins & (grid_bins - 1)) != 0)
-    throw StatsError("grid_bins must be a power of two >= 2 * num_bins and <= 2^24, got " +
-                     std::to_string(grid_bins));
+void TensorView::check() const {
+  check_int(static_cast<std::int64_t>(shape.size()), 0, kMaxAxis, "array dimensions");
+  std::int64_t n = 1;
+  for (auto d : shape) {
+    if (d < 0 || (d > 0 && n > std::numeric_limits<std::int64_t>::max() / d))
+      throw StatsError("array shape is invalid");
+    n *= d;
+  }
+  if (n == 0) throw StatsError("cannot update statistics with an empty array");
+  const std::uintptr_t item = is_half ? sizeof(half_bits_t) : sizeof(float);
+  if (data == nullptr || reinterpret_cast<std::uintptr_t>(data) % item != 0)
+    throw StatsError("array data must be aligned to its element size");
+}
+
+float TensorStats::State::absmax() const {
+  if (finite_count() == 0) return 0.0f;
+  return std::max(std::fabs(min), std::fabs(max));
+}
+
+TensorStats::TensorStats(std::int64_t num_bins, std::int64_t grid_bins, std::int64_t axis)
+    : num_bins_(check_int(num_bins, kMinNumBins, kMaxNumBins, "num_bins")),
+      grid_bins_(check_grid_bins(grid_bins, num_bins_)),
+      axis_(check_axis(axis)) {
   log2_grid_ = 0;
-  while ((1 << log2_grid_) < grid_bins) ++log2_grid_;
+  while ((1 << log2_grid_) < grid_bins_) ++log2_grid_;
   s_ = fresh_state(0);
 }
+
+TensorStats::TensorStats(const TensorStats& other)
+    : num_bins_(other.num_bins_),
+      grid_bins_(other.grid_bins_),
+      log2_grid_(other.log2_grid_),
+      axis_(other.axis_),
+      s_(other.snapshot()) {}
+
+// Only temporaries are moved (a value returned from from_bytes): no other thread can see them.
+TensorStats::TensorStats(TensorStats&& other) noexcept
+    : num_bins_(other.num_bins_),
+      grid_bins_(other.grid_bins_),
+      log2_grid_(other.log2_grid_),
+      axis_(other.axis_),
+      s_(std::move(other.s_)) {}
 
 TensorStats::State TensorStats::fresh_state(std::size_t channels) const {
   State s;
@@ -143,59 +98,41 @@ TensorStats::State TensorStats::fresh_state(std::size_t channels) const {
   return s;
 }
 
-double TensorStats::bin_width() const {
-  return s_.exponent == kEmptyExponent ? 0.0 : std::ldexp(1.0, s_.exponent - log2_grid_);
+double TensorStats::bin_width_of(int exponent) const {
+  return exponent == kEmptyExponent ? 0.0 : std::ldexp(1.0, exponent - log2_grid_);
 }
 
-float TensorStats::absmax() const {
-  if (finite_count() == 0) return 0.0f;
-  return std::max(std::fabs(s_.min), std::fabs(s_.max));
-}
+int TensorStats::exponent() const { return read([](const State& s) { return s.exponent; }); }
+double TensorStats::bin_width() const { return bin_width_of(exponent()); }
+count_t TensorStats::count() const { return read([](const State& s) { return s.count; }); }
+count_t TensorStats::finite_count() const { return read([](const State& s) { return s.finite_count(); }); }
+count_t TensorStats::nan_count() const { return read([](const State& s) { return s.nan_count; }); }
+count_t TensorStats::inf_count() const { return read([](const State& s) { return s.inf_count; }); }
+float TensorStats::min() const { return read([](const State& s) { return s.min; }); }
+float TensorStats::max() const { return read([](const State& s) { return s.max; }); }
+float TensorStats::absmax() const { return read([](const State& s) { return s.absmax(); }); }
+std::vector<float> TensorStats::channel_min() const { return read([](const State& s) { return s.channel_min; }); }
+std::vector<float> TensorStats::channel_max() const { return read([](const State& s) { return s.channel_max; }); }
+std::vector<count_t> TensorStats::signed_counts() const { return read([](const State& s) { return s.counts; }); }
+TensorStats::State TensorStats::snapshot() const { return read([](const State& s) { return s; }); }
 
 std::vector<count_t> TensorStats::abs_counts() const {
   std::vector<count_t> out(grid_bins_);
-  for (int b = 0; b < grid_bins_; ++b) out[b] = s_.counts[b] + s_.counts[b + grid_bins_];
+  read([&](const State& s) {
+    for (int b = 0; b < grid_bins_; ++b) out[b] = s.counts[b] + s.counts[b + grid_bins_];
+    return 0;
+  });
   return out;
 }
 
-void TensorStats::grow(State& s, int new_exponent) const {
-  if (new_exponent <= s.exponent) return;
-  const std::int64_t g = grid_bins_;
-  const std::int64_t shift = s.exponent == kEmptyExponent
-                                 ? static_cast<std::int64_t>(log2_grid_) + 1
-                                 : static_cast<std::int64_t>(new_exponent) - s.exponent;
-  for (int side = 0; side < 2; ++side) {
-    count_t* c = s.counts.data() + side * g;
-    if (shift > log2_grid_) {
-      count_t total = 0;
-      for (std::int64_t b = 0; b < g; ++b) total += c[b];
-      std::fill(c, c + g, count_t{0});
-      c[0] = total;
-      continue;
-    }
-    const std::int64_t group = std::int64_t{1} << shift;
-    // In place: new bin j reads old bins [j*group, (j+1)*group), all at or after j.
-    for (std::int64_t j = 0; j < g / group; ++j) {
-      count_t sum = 0;
-      for (std::int64_t k = 0; k < group; ++k) sum += c[j * group + k];
-      c[j] = sum;
-    }
-    std::fill(c + g / group, c + g, count_t{0});
-  }
-  s.exponent = new_exponent;
-}
-
-void TensorStats::absorb(State& into, const State& from) const {
+// from is brought onto into's grid in place (callers own it).
+void TensorStats::absorb(State& into, State& from) const {
   const int target = std::max(into.exponent, from.exponent);
-  grow(into, target);
-  const State* src = &from;
-  State regridded;
-  if (from.exponent < target) {
-    regridded = from;
-    grow(regridded, target);
-    src = &regridded;
-  }
-  for (std::size_t b = 0; b < into.counts.size(); ++b) into.counts[b] += src->counts[b];
+  grow_grid(log2_grid_, into.exponent, target, into.counts.data());
+  into.exponent = target;
+  grow_grid(log2_grid_, from.exponent, target, from.counts.data());
+  from.exponent = target;
+  for (std::size_t b = 0; b < into.counts.size(); ++b) into.counts[b] += from.counts[b];
   into.count += from.count;
   into.nan_count += from.nan_count;
   into.inf_count += from.inf_count;
@@ -210,7 +147,6 @@ void TensorStats::absorb(State& into, const State& from) const {
 void TensorStats::process(State& s, const float* data, std::int64_t n,
                           std::int64_t channel) const {
   alignas(64) std::int32_t idx[kBlock];
-  const std::int32_t g = grid_bins_;
   for (std::int64_t off = 0; off < n; off += kBlock) {
     const std::int64_t m = std::min(kBlock, n - off);
     const float* q = data + off;
@@ -225,28 +161,13 @@ void TensorStats::process(State& s, const float* data, std::int64_t n,
       s.channel_max[channel] = std::max(s.channel_max[channel], b.mx);
     }
     if (b.amax > 0.0f && (s.exponent == kEmptyExponent ||
-                          static_cast<double>(b.amax) >= std::ldexp(1.0, s.exponent)))
-      grow(s, exponent_above(b.amax));
-    const double scale = grid_scale(s.exponent, log2_grid_);
-    const bool float_exact = s.exponent != kEmptyExponent && scale <= static_cast<double>(FLT_MAX) &&
-                             scale >= static_cast<double>(FLT_MIN);
-    if (b.nonfinite == 0 && float_exact) {
-      bin_indices_f32(q, m, static_cast<float>(scale), g, idx);
-      const std::int64_t next_len = std::min(kBlock, n - off - m);
-      count_indices(idx, m, s.counts.data(), q + m, next_len);
-    } else {
-      // Rare path: non-finite values in the block, or a grid so small/large that the float
-      // multiplier would leave the normal range. Same bins, computed in double.
-      for (std::int64_t i = 0; i < m; ++i) {
-        const float x = q[i];
-        if (!is_finite(x)) continue;
-        if (s.exponent == kEmptyExponent) {  // only zeros so far
-          ++s.counts[0];
-          continue;
-        }
-        ++s.counts[signed_bin(x, scale, static_cast<std::uint32_t>(g))];
-      }
+                          static_cast<double>(b.amax) >= std::ldexp(1.0, s.exponent))) {
+      const int grown = exponent_above(b.amax);
+      grow_grid(log2_grid_, s.exponent, grown, s.counts.data());
+      s.exponent = grown;
     }
+    bin_block(q, m, s.exponent, log2_grid_, b.nonfinite == 0, idx, q + m,
+              std::min(kBlock, n - off - m), s.counts.data());
   }
 }
 
@@ -273,10 +194,12 @@ void TensorStats::process_view(State& s, const TensorView& view, std::int64_t fi
   }
 }
 
-void TensorStats::update(const TensorView& view, int threads) {
+void TensorStats::update(const TensorView& view, std::int64_t threads_requested) {
+  view.check();
+  int threads = check_threads(threads_requested);
+  if (threads == 0) threads = default_threads();
   const std::int64_t n = view.size();
-  if (n <= 0) throw StatsError("cannot update statistics with an empty array");
-  if (threads <= 0) threads = default_threads();
+  std::lock_guard<std::mutex> lock(mutex_);
 
   std::int64_t channels = 0, inner = 1;
   if (axis_ != kNoAxis) {
@@ -343,45 +266,60 @@ void TensorStats::absorb_counts(int exponent, const count_t* signed_counts, coun
                                 count_t nan_count, count_t inf_count, float min, float max,
                                 const float* channel_min, const float* channel_max,
                                 std::size_t channels) {
-  if (axis_ != kNoAxis && channels == 0)
-    throw StatsError("per-channel statistics need the per-channel min/max of the counted data");
-  if (axis_ == kNoAxis && channels != 0)
-    throw StatsError("per-channel min/max given for statistics without an axis");
-  if (exponent != kEmptyExponent && (exponent < -160 || exponent > 129))
-    throw StatsError("grid exponent " + std::to_string(exponent) + " is out of range");
-  if (channels != 0 && !s_.channel_min.empty() && s_.channel_min.size() != channels)
+  absorb_counts(Counts{exponent, signed_counts, 2 * static_cast<std::size_t>(grid_bins_), count,
+                       nan_count, inf_count, min, max, channel_min, channels, channel_max, channels});
+}
+
+void TensorStats::absorb_counts(const Counts& c) {
+  check(c.signed_counts_size == 2 * static_cast<std::size_t>(grid_bins_),
+        "absorb_counts needs 2 * grid_bins counts");
+  check(c.channel_min_size == c.channel_max_size,
+        "absorb_counts needs channel_min and channel_max of one size");
+  const std::size_t channels = c.channel_min_size;
+  check(axis_ == kNoAxis || channels > 0,
+        "per-channel statistics need the per-channel min/max of the counted data");
+  check(axis_ != kNoAxis || channels == 0, "per-channel min/max given for statistics without an axis");
+  check(c.exponent >= kEmptyExponent && c.exponent <= kMaxExponent &&
+            valid_exponent(static_cast<int>(c.exponent)),
+        "grid exponent " + std::to_string(c.exponent) + " is out of range");
+  State part = fresh_state(channels);
+  part.exponent = static_cast<int>(c.exponent);
+  std::copy(c.signed_counts, c.signed_counts + part.counts.size(), part.counts.begin());
+  std::copy(c.channel_min, c.channel_min + channels, part.channel_min.begin());
+  std::copy(c.channel_max, c.channel_max + channels, part.channel_max.begin());
+  part.count = c.count;
+  part.nan_count = c.nan_count;
+  part.inf_count = c.inf_count;
+  part.min = c.min;
+  part.max = c.max;
+  try {
+    check_state(part, false);
+  } catch (const StatsError& e) {
+    throw StatsError(std::string("counted statistics are inconsistent (") + e.what() + ")");
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (channels > 0 && !s_.channel_min.empty() && s_.channel_min.size() != channels)
     throw StatsError("axis " + std::to_string(axis_) + " has " + std::to_string(channels) +
                      " channels, earlier updates had " + std::to_string(s_.channel_min.size()));
-  if (channels != 0 && s_.channel_min.empty()) {
+  if (channels > 0 && s_.channel_min.empty()) {
     s_.channel_min.assign(channels, std::numeric_limits<float>::infinity());
     s_.channel_max.assign(channels, -std::numeric_limits<float>::infinity());
   }
-  State part = fresh_state(channels);
-  if (channels != 0) {
-    std::copy(channel_min, channel_min + channels, part.channel_min.begin());
-    std::copy(channel_max, channel_max + channels, part.channel_max.begin());
-  }
-  part.exponent = exponent;
-  std::copy(signed_counts, signed_counts + part.counts.size(), part.counts.begin());
-  part.count = count;
-  part.nan_count = nan_count;
-  part.inf_count = inf_count;
-  part.min = min;
-  part.max = max;
   absorb(s_, part);
 }
 
 void TensorStats::merge(const TensorStats& other) {
   if (other.num_bins_ != num_bins_ || other.grid_bins_ != grid_bins_ || other.axis_ != axis_)
     throw StatsError("cannot merge statistics with different num_bins, grid_bins or axis");
-  if (!s_.channel_min.empty() && !other.s_.channel_min.empty() &&
-      s_.channel_min.size() != other.s_.channel_min.size())
+  State from = other.snapshot();  // other's lock only, released before ours is taken
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!s_.channel_min.empty() && !from.channel_min.empty() &&
+      s_.channel_min.size() != from.channel_min.size())
     throw StatsError("cannot merge statistics with different channel counts");
-  if (s_.channel_min.empty() && !other.s_.channel_min.empty()) {
-    s_.channel_min.assign(other.s_.channel_min.size(), std::numeric_limits<float>::infinity());
-    s_.channel_max.assign(other.s_.channel_min.size(), -std::numeric_limits<float>::infinity());
+  if (s_.channel_min.empty() && !from.channel_min.empty()) {
+    s_.channel_min.assign(from.channel_min.size(), std::numeric_limits<float>::infinity());
+    s_.channel_max.assign(from.channel_min.size(), -std::numeric_limits<float>::infinity());
   }
-  State from = other.s_;
   if (from.channel_min.empty()) {
     from.channel_min.assign(s_.channel_min.size(), std::numeric_limits<float>::infinity());
     from.channel_max.assign(s_.channel_min.size(), -std::numeric_limits<float>::infinity());

@@ -28,8 +28,9 @@ def _as_input(array: Any) -> np.ndarray:
             raise ValueError(f"expected a floating-point array, got dtype {a.dtype}")
     if a.size == 0:
         raise ValueError("cannot update statistics with an empty array")
-    # Zero-copy for C-contiguous input; other layouts are copied once.
-    return np.ascontiguousarray(a)
+    # Zero-copy for aligned C-contiguous input; other layouts (and unaligned buffers, e.g. from
+    # np.frombuffer at an odd offset) are copied once.
+    return np.require(a, requirements=["C", "A"])
 
 
 def _resolve_threads(threads: Optional[int]) -> int:
@@ -52,8 +53,9 @@ class TensorStats:
 
     def __init__(self, num_bins: int = 2048, axis: Optional[int] = None, *,
                  grid_bins: Optional[int] = None) -> None:
-        if grid_bins is None:
-            grid_bins = 1 << int(np.ceil(np.log2(num_bins * DEFAULT_GRID_FACTOR)))
+        if grid_bins is None:  # the power of two at or above num_bins * DEFAULT_GRID_FACTOR
+            grid_bins = 1 << max(int(num_bins) * DEFAULT_GRID_FACTOR - 1, 1).bit_length()
+        # Ranges are checked by the core (ValueError), whatever the caller passes.
         self._native = _core.TensorStats(int(num_bins), int(grid_bins),
                                          _core.NO_AXIS if axis is None else int(axis))
 

@@ -11,7 +11,7 @@ import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from .atomic import write_bytes_atomic
 from .errors import FormatError, PtqError
@@ -37,30 +37,58 @@ class StatsBundle:
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "<bytes>") -> "StatsBundle":
-        if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 8:
-            raise FormatError(f"{source}: not a ptqengine statistics file")
-        version, head_len = struct.unpack_from("<II", data, len(MAGIC))
-        if version != VERSION:
-            raise FormatError(f"{source}: statistics file version {version} is not supported")
-        start = len(MAGIC) + 8
-        try:
-            header = json.loads(data[start:start + head_len].decode())
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise FormatError(f"{source}: statistics file header is corrupt") from None
-        pos = start + head_len
+        """Parse a statistics file; anything malformed raises FormatError naming `source`."""
+        entries, metadata, pos = _read_header(data, source)
         tensors: Dict[str, TensorStats] = {}
-        for entry in header.get("tensors", []):
-            blob = data[pos:pos + entry["nbytes"]]
-            if len(blob) != entry["nbytes"]:
-                raise FormatError(f"{source}: statistics file is truncated at tensor {entry['name']!r}")
+        for name, nbytes in entries:
+            blob = data[pos:pos + nbytes]
+            if len(blob) != nbytes:
+                raise FormatError(f"{source}: statistics file is truncated at tensor {name!r}")
             try:
-                tensors[entry["name"]] = TensorStats.from_bytes(blob)
+                tensors[name] = TensorStats.from_bytes(blob)
             except ValueError as exc:
-                raise FormatError(f"{source}: tensor {entry['name']!r}: {exc}") from None
-            pos += entry["nbytes"]
+                raise FormatError(f"{source}: tensor {name!r}: {exc}") from None
+            pos += nbytes
         if pos != len(data):
             raise FormatError(f"{source}: statistics file has trailing bytes")
-        return cls(tensors, header.get("metadata", {}))
+        return cls(tensors, metadata)
+
+
+def _read_header(data: bytes, source: str) -> Tuple[List[Tuple[str, int]], Dict[str, Any], int]:
+    """The header's (name, nbytes) entries and metadata, checked; and where the tensors start."""
+    start = len(MAGIC) + 8
+    if not data.startswith(MAGIC) or len(data) < start:
+        raise FormatError(f"{source}: not a ptqengine statistics file")
+    version, head_len = struct.unpack_from("<II", data, len(MAGIC))
+    if version != VERSION:
+        raise FormatError(f"{source}: statistics file version {version} is not supported")
+    if start + head_len > len(data):
+        raise FormatError(f"{source}: statistics file is truncated in its header")
+    try:
+        header = json.loads(data[start:start + head_len].decode())
+    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: JSON and int-size errors
+        raise FormatError(f"{source}: statistics file header is corrupt") from None
+    if not isinstance(header, dict) or set(header) != {"metadata", "tensors"}:
+        raise FormatError(f"{source}: statistics file header must be an object with exactly "
+                          "'metadata' and 'tensors'")
+    metadata, listed = header["metadata"], header["tensors"]
+    if not isinstance(metadata, dict):
+        raise FormatError(f"{source}: statistics file metadata must be an object")
+    if not isinstance(listed, list):
+        raise FormatError(f"{source}: statistics file 'tensors' must be a list")
+    entries: List[Tuple[str, int]] = []
+    seen = set()
+    for k, entry in enumerate(listed):
+        if not (isinstance(entry, dict) and set(entry) == {"name", "nbytes"}
+                and isinstance(entry["name"], str) and type(entry["nbytes"]) is int
+                and entry["nbytes"] >= 0):
+            raise FormatError(f"{source}: statistics file tensor entry {k} must be "
+                              '{"name": <string>, "nbytes": <integer >= 0>}')
+        if entry["name"] in seen:
+            raise FormatError(f"{source}: statistics file lists tensor {entry['name']!r} twice")
+        seen.add(entry["name"])
+        entries.append((entry["name"], entry["nbytes"]))
+    return entries, metadata, start + head_len
 
 
 def save_stats(path: Union[str, Path], tensors: Union[StatsBundle, Mapping[str, TensorStats]],

@@ -1,4 +1,6 @@
 """TensorStats: counts, min/max, histograms, per-channel, serialisation, edge cases."""
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -194,6 +196,13 @@ def test_merge_rejects_different_configuration():
         TensorStats(num_bins=2048, grid_bins=3000)
 
 
+@pytest.mark.parametrize("kwargs", [{"num_bins": 0}, {"num_bins": -5}, {"num_bins": 15},
+                                    {"num_bins": 2**40}, {"grid_bins": 2**40}, {"axis": 2**31}])
+def test_bad_construction_arguments_are_value_errors(kwargs):
+    with pytest.raises(ValueError):
+        TensorStats(**kwargs)
+
+
 def test_stats_bundle_file_round_trip(tmp_path):
     rng = np.random.default_rng(8)
     tensors = {f"t{i}": TensorStats().update(rng.standard_normal(50).astype(np.float32)) for i in range(3)}
@@ -218,3 +227,63 @@ def test_unknown_method_and_option_are_named():
         s.compute_amax("percentile", pct=99)
     with pytest.raises(ValueError, match="percentile must be"):
         s.compute_amax("percentile", percentile=120)
+
+
+# --- the bytes of version-2 statistics do not change --------------------------------------------------
+def _hashed_values(n, seed, scale=1.0, dtype=np.float32):
+    """Deterministic values from integer hashing only (no RNG stream, no libm), heavy-tailed."""
+    i = np.arange(n, dtype=np.uint64) + np.uint64(seed) * np.uint64(0x7F4A7C15)
+    h = (i * np.uint64(2654435761)) & np.uint64(0xFFFFFFFF)
+    h ^= h >> np.uint64(13)
+    h = (h * np.uint64(0x5BD1E995)) & np.uint64(0xFFFFFFFF)
+    u = h.astype(np.float64) / 2.0**32 * 2.0 - 1.0
+    return (u * u * u * scale).astype(dtype)
+
+
+def _golden_cases():
+    growing = TensorStats()
+    for k in range(6):
+        growing.update(_hashed_values(50_000, 10 + k, scale=4.0 ** k))
+    x = _hashed_values(3_000_000, 3, 7.5)
+    x[::997], x[5::1999], x[7::3001] = np.nan, np.inf, -np.inf
+    many = [TensorStats() for _ in range(3)]
+    ptqengine.update_many(many, [_hashed_values(n, 20 + n) for n in (10, 300_000, 7)], threads=2)
+    return {
+        "small": TensorStats().update(_hashed_values(1000, 1)),
+        "growing": growing,
+        "big_nonfinite": TensorStats().update(x, threads=2),
+        "f16": TensorStats(num_bins=512).update(_hashed_values(40_000, 4, 300.0, np.float16)),
+        "axis1": TensorStats(axis=1).update(_hashed_values(4800, 5).reshape(2, 8, 300)),
+        "axis_last": TensorStats(axis=-1).update(_hashed_values(168, 6).reshape(4, 7, 6)),
+        "tiny": TensorStats(num_bins=128).update(_hashed_values(100, 7, 1e-39)),
+        "huge": TensorStats(num_bins=128).update(_hashed_values(100, 8, 1e37)),
+        "zeros": TensorStats().update(np.zeros(10, np.float32)),
+        "empty": TensorStats(num_bins=64),
+        **{f"many{k}": s for k, s in enumerate(many)},
+    }
+
+
+# SHA-256 of each case's bytes, taken from the build before the native boundary was hardened
+# (main at 91dd219): saved statistics must read and compare equal across versions.
+GOLDEN_SHA256 = {
+    "small": "c23e74754a18c610a660e22fdf20679d2d4207f18ea10d3081bcf02eb7d38ec7",
+    "growing": "82915dc9ebc934d01df120aae6442c1ca70d1702a69d42fe419656435f5242e0",
+    "big_nonfinite": "d50e68c17c55d080993265161f25848f9d863480cd5b9c3f7cac6f51953f5e2a",
+    "f16": "496ab9d5b4252224f0b602267ea41d0545e276eb1a297f30caeece0cc1035973",
+    "axis1": "136932815db2e3b65d4578fad3d40f56f277bb802317d45d6e6a8361f5c916c7",
+    "axis_last": "f4a30e58e60faf3697abf0f3f1b8e19870dc469bc5e26b7b3733c4d39e8a9d65",
+    "tiny": "4337817447f9481e6c7b762304ee538e30374705378a80f773969cb8e3fb6be6",
+    "huge": "1888c3fa6ee64478192747d22c14e9af329b41a77516494556e97d6cbfeadf00",
+    "zeros": "201bf34a4cba6c965889f555d7d7563a0e474bca74a26af9b9bf5caf75316950",
+    "empty": "b9b3ef79595f5c673306bc719ff5a5f41462d743d6c53b29b3fecf5428c956a0",
+    "many0": "c91c337e267713de99616ac8018bd97ebd9c6f32afe878dd01d3ca77685e1994",
+    "many1": "029509ef9565889bf4d56dd24803f71d2ff91e4b6ebbce6467541205ff7d3d6b",
+    "many2": "b78f1c9dcaef3f66ab8915b47ad8c0f6b5f577ddfbc5016d51395959c8a417dc",
+}
+
+
+def test_statistics_bytes_are_unchanged():
+    cases = _golden_cases()
+    assert {k: hashlib.sha256(s.to_bytes()).hexdigest() for k, s in cases.items()} == GOLDEN_SHA256
+    for s in cases.values():  # and every one reads back
+        assert TensorStats.from_bytes(s.to_bytes()) == s

@@ -1,0 +1,77 @@
+// Argument checks at the core's edge. Every integer, size and range that comes from outside the
+// core (Python, a statistics file) is checked here, in C++, before it reaches a loop or an
+// allocation: a Python wrapper can be bypassed, the core cannot. A failed check throws
+// StatsError, which the bindings map to ValueError.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace ptq {
+
+// Raised for bad arguments and corrupt statistics bytes; the bindings map it to ValueError.
+struct StatsError : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+// Limits of what the core accepts. Large enough for any real use, small enough that no argument
+// can ask for an absurd allocation or thread count.
+constexpr std::int64_t kMinNumBins = 16;          // bins of a TensorStats' search histogram
+constexpr std::int64_t kMaxNumBins = 1 << 20;     // ... and of any histogram a search runs on
+constexpr std::int64_t kMaxGridBins = 1 << 24;    // grid bins per sign (2 x 128 MiB of counts)
+constexpr std::int64_t kMaxAxis = 64;             // |axis| < NumPy's largest ndim
+constexpr std::int64_t kMaxThreads = 4096;        // 0 means "every core"
+constexpr std::int64_t kMinNumBits = 2, kMaxNumBits = 16;
+
+inline void check(bool ok, const std::string& message) {
+  if (!ok) throw StatsError(message);
+}
+
+// Arrays handed in from outside must be aligned to their element type (vectorised loops).
+template <typename T>
+void check_aligned(const T* p, const char* name) {
+  if (reinterpret_cast<std::uintptr_t>(p) % alignof(T) != 0)
+    throw StatsError(std::string(name) + " must be aligned to its element size");
+}
+
+// value in [lo, hi], returned as an int (every limit above fits one).
+inline int check_int(std::int64_t value, std::int64_t lo, std::int64_t hi, const char* name) {
+  if (value < lo || value > hi)
+    throw StatsError(std::string(name) + " must be between " + std::to_string(lo) + " and " +
+                     std::to_string(hi) + ", got " + std::to_string(value));
+  return static_cast<int>(value);
+}
+
+// A percentile in (0, 100]; NaN fails.
+inline double check_percentile(double percentile) {
+  if (!(percentile > 0.0 && percentile <= 100.0))
+    throw StatsError("percentile must be in (0, 100], got " + std::to_string(percentile));
+  return percentile;
+}
+
+inline int check_num_bits(std::int64_t num_bits) {
+  return check_int(num_bits, kMinNumBits, kMaxNumBits, "num_bits");
+}
+
+// Thread counts: 0 = every core the OS reports, otherwise 1..kMaxThreads.
+inline int check_threads(std::int64_t threads) {
+  return check_int(threads, 0, kMaxThreads, "threads");
+}
+
+// Search arguments against a histogram of nb bins.
+inline void check_entropy_args(std::int64_t nb, std::int64_t nq, std::int64_t start_bin,
+                               std::int64_t stride) {
+  if (!(nq >= 1 && nq <= start_bin && start_bin <= nb))
+    throw StatsError("entropy needs 1 <= num_quantized_bins <= start_bin <= num_bins, got " +
+                     std::to_string(nq) + ", " + std::to_string(start_bin) + ", " +
+                     std::to_string(nb));
+  check(stride >= 1, "stride must be >= 1, got " + std::to_string(stride));
+}
+
+inline void check_mse_args(std::int64_t nb, std::int64_t num_bits, std::int64_t start_bin) {
+  check_num_bits(num_bits);
+  check_int(start_bin, 0, nb - 1, "start_bin");
+}
+
+}  // namespace ptq
