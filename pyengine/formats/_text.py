@@ -26,4 +26,4 @@ def read_utf8(path: Union[str, Path], what: str, binary_hint: str = "",
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise FormatError(f"{p}: not {what} (not UTF-8 text{binary_hint})") from None
+        raise FormatError(f"{p}: not {what} (binary data, not UTF-8 text{binary_hint})") from None
