@@ -28,6 +28,7 @@ import numpy as np
 
 import ptqengine
 from ptqengine.algorithms import amax_from_histogram
+from ptqengine.algorithms import compute_amax
 
 NUM_BINS = 2048
 NUM_QUANTIZED_BINS = 128
@@ -164,8 +165,8 @@ def search_rows(batches: list[np.ndarray], repeat: int, ort, mo) -> list[tuple[s
         stats.update(b)
     rows: list[tuple[str, Optional[float], Optional[float]]] = []
     for method in ("entropy", "mse", "percentile"):
-        amax = stats.compute_amax(method)
-        ms = best_seconds(lambda: stats.compute_amax(method), repeat) * 1e3
+        amax = compute_amax(stats, method)
+        ms = best_seconds(lambda: compute_amax(stats, method), repeat) * 1e3
         rows.append((f"ptqengine compute_amax('{method}')", ms, amax))
     hist, width = stats.search_histogram()
     ms = best_seconds(stats.search_histogram, repeat) * 1e3
@@ -207,7 +208,7 @@ def search_rows(batches: list[np.ndarray], repeat: int, ort, mo) -> list[tuple[s
         for method in ("entropy", "mse", "percentile"):
             kwargs = {"percentile": PERCENTILE} if method == "percentile" else {}
             t0 = time.perf_counter()
-            amax = float(c.compute_amax(method, **kwargs))
+            amax = float(compute_amax(c, method, **kwargs))
             ms = (time.perf_counter() - t0) * 1e3  # entropy and mse take seconds: one run
             note = " (values wrong on CPU)" if method == "mse" else ""
             rows.append((f"ModelOpt compute_amax('{method}'){note}", ms, amax))
@@ -227,7 +228,7 @@ def grid_rows(batches: list[np.ndarray], factors: list[int], repeat: int) -> Non
             return s
         gbs = nbytes / best_seconds(run, repeat) / 1e9
         s = run()
-        ms = best_seconds(lambda: s.compute_amax("entropy"), max(repeat, 10)) * 1e3
+        ms = best_seconds(lambda: compute_amax(s, "entropy"), max(repeat, 10)) * 1e3
         print(f"  {f'2048 * {f}':>22s} {gbs:12.2f} {ms:11.2f} {len(s.to_bytes()) / 1e3:12.0f}")
 
 

@@ -1,8 +1,9 @@
 """ptqengine: post-training-quantization calibration for ONNX models."""
 from ._version import __version__
-from .algorithms import ALGORITHMS, AsymmetricRange, compute_amax_many, symmetric_scale
+from .algorithms import ALGORITHMS, AsymmetricRange, compute_amax, compute_amax_many, symmetric_scale
 from .errors import PtqError
 from .stats import TensorStats, merge_all, update_many
+from . import gpu  # noqa: E402,F401  (registers the GPU path of TensorStats.update; CuPy loads on first use)
 from .statsfile import StatsBundle, load_stats, save_stats
 
 # Calibration pulls in onnx and onnxruntime (~0.5 s): loaded on first use, so that the statistics
@@ -31,6 +32,7 @@ __all__ = [
     "PtqError",
     "StatsBundle",
     "TensorStats",
+    "compute_amax",
     "compute_amax_many",
     "load_stats",
     "merge_all",

@@ -6,7 +6,7 @@ any order, gives the same bytes as one pass over all of it.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -39,6 +39,23 @@ def _resolve_threads(threads: Optional[int]) -> int:
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     return int(threads)
+
+
+# GPU arrays are counted by ptqengine.gpu, the device side of this layer, which registers its entry points
+# here when it is imported (importing ptqengine does it): this module needs nothing from it.
+_DEVICE_UPDATES: Dict[str, Callable[["TensorStats", Any], None]] = {}
+
+
+def register_device_updates(update: Callable[["TensorStats", Any], None],
+                            legacy: Callable[["TensorStats", Any], None]) -> None:
+    _DEVICE_UPDATES.update(update=update, legacy=legacy)
+
+
+def _device_updates(kind: str) -> Callable[["TensorStats", Any], None]:
+    try:
+        return _DEVICE_UPDATES[kind]
+    except KeyError:
+        raise ValueError("GPU arrays are counted by ptqengine.gpu, which is not loaded (import ptqengine)") from None
 
 
 class TensorStats:
@@ -74,35 +91,15 @@ class TensorStats:
         built into the extension; the result is the same, bit for bit, as for the same values on
         the host.
         """
-        cuda = getattr(array, "__cuda_array_interface__", None)
-        if cuda is not None:
-            self._update_device(array, cuda)
+        if getattr(array, "__cuda_array_interface__", None) is not None:
+            _device_updates("update")(self, array)
             return self
         self._native.update(_as_input(array), _resolve_threads(threads))
         return self
 
-    def _update_device(self, array: Any, cai: dict) -> None:
-        from .gpu.tensors import describe
-
-        describe(array, "GPU array")  # dtype, layout and size checks before any CUDA call
-        try:
-            import cupy  # noqa: F401
-        except ImportError:
-            self.update_device_legacy(array)
-            return
-        from .gpu.device_set import update_tensor_stats
-
-        update_tensor_stats(self, array)
-
     def update_device_legacy(self, array: Any) -> "TensorStats":
         """The extension's own CUDA kernels (csrc/cuda/stats_cuda.cu), kept for comparison."""
-        from .gpu.tensors import describe
-
-        d = describe(array, "GPU array")
-        if self.axis is not None:
-            raise ValueError("per-channel statistics of GPU arrays need CuPy (ptqengine[gpu]) "
-                             "or a host array")
-        self._native.update_device(d.ptr, d.size, d.is_half)
+        _device_updates("legacy")(self, array)
         return self
 
     def merge(self, other: "TensorStats") -> "TensorStats":
@@ -228,18 +225,7 @@ class TensorStats:
         absmax = self._native.absmax
         return self._native.search_histogram(n), absmax / n
 
-    # --- scale search -----------------------------------------------------------------------
-    def compute_amax(self, method: str = "max", **options: Any) -> Union[float, np.ndarray, "AsymmetricRange"]:
-        """Clipping threshold by `method` (see ptqengine.algorithms.ALGORITHMS for the list).
-
-        Symmetric methods return amax (float, or one per channel with per_channel=True);
-        asymmetric ones (minmax_asym, percentile_asym) return an AsymmetricRange.
-        """
-        from .algorithms import compute_amax
-
-        return compute_amax(self, method, **options)
-
-
+    
 def update_many(stats: Sequence[TensorStats], arrays: Sequence[Any],
                 threads: Optional[int] = None) -> None:
     """Update many statistics at once, tensors shared among native threads, GIL released."""
@@ -261,5 +247,3 @@ def merge_all(parts: Iterable[TensorStats]) -> TensorStats:
         out.merge(p)
     return out
 
-
-from .algorithms import AsymmetricRange  # noqa: E402  (type used in annotations above)

@@ -10,8 +10,11 @@
 Kernels: csrc/cuda/stats_kernels.cu, compiled at run time by NVRTC through CuPy (no CUDA
 toolkit needed, only the driver and the pip wheels). Importing this package needs no GPU.
 """
-from .device_set import DeviceStatsSet
+from ..stats import register_device_updates
+from .device_set import DeviceStatsSet, update_tensor_stats, update_tensor_stats_legacy
 from .status import device_count, device_index, gpu_status
 from .tensors import DeviceTensor
+
+register_device_updates(update_tensor_stats, update_tensor_stats_legacy)  # TensorStats.update(gpu array)
 
 __all__ = ["DeviceStatsSet", "DeviceTensor", "device_count", "device_index", "gpu_status"]

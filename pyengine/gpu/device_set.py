@@ -200,11 +200,16 @@ _single = threading.local()
 
 def update_tensor_stats(stats: TensorStats, array: Any) -> None:
     """TensorStats.update for one GPU array: count it with the set kernels, fold it into stats.
-    A one-tensor set per thread, device and spec is kept and reset between calls."""
-    cp = import_cupy()
+    A one-tensor set per thread, device and spec is kept and reset between calls. Without CuPy, the
+    extension's own CUDA kernels count it (when it was built with them)."""
     from .tensors import describe
 
-    ptr = describe(array, "GPU array").ptr
+    ptr = describe(array, "GPU array").ptr  # dtype, layout and size checks before any CUDA call
+    try:
+        import cupy as cp
+    except ImportError:
+        update_tensor_stats_legacy(stats, array)
+        return
     attrs = cp.cuda.runtime.pointerGetAttributes(ptr)
     if attrs.type not in _DEVICE_MEMORY_TYPES:
         raise ValueError(f"GPU array: address {ptr:#x} is not device memory")
@@ -220,3 +225,13 @@ def update_tensor_stats(stats: TensorStats, array: Any) -> None:
         one._reset()
     one.update([array])
     stats.merge(one.to_host()[0])
+
+
+def update_tensor_stats_legacy(stats: TensorStats, array: Any) -> None:
+    """The extension's own CUDA kernels (csrc/cuda/stats_cuda.cu), kept for comparison."""
+    from .tensors import describe
+
+    d = describe(array, "GPU array")
+    if stats.axis is not None:
+        raise ValueError("per-channel statistics of GPU arrays need CuPy (ptqengine[gpu]) or a host array")
+    stats._native.update_device(d.ptr, d.size, d.is_half)
