@@ -93,6 +93,7 @@ class Runner:
             self.session.run_with_iobinding(binding)
         except Exception as exc:
             raise DataError(ort_error_line(exc, feeds, self.origin)) from None
+        binding.synchronize_outputs()  # the statistics kernels read them on another stream
         return binding.get_outputs()
 
     def _run_bound(self, feeds: Feeds, buffers: List[Any]) -> List[Any]:
@@ -101,6 +102,7 @@ class Runner:
             for name, value in zip(self.outputs, buffers):
                 binding.bind_ortvalue_output(name, value)
             self.session.run_with_iobinding(binding)
+            binding.synchronize_outputs()  # the statistics kernels read them on another stream
             return [_device_view(v) for v in buffers]
         for name, buf in zip(self.outputs, buffers):
             binding.bind_output(name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
