@@ -19,7 +19,7 @@ import tempfile
 import numpy as np
 import onnxruntime as ort
 
-from ptqengine.pipeline import calibrate
+from ptqengine import calibrate
 from ptqengine.qdq import quantize_model
 
 HERE = pathlib.Path(__file__).resolve().parent
