@@ -1,9 +1,11 @@
 """Plain-NumPy transcriptions of the documented calibration algorithms: slow and obvious on purpose.
 
 They are what the native kernels are checked against (see ../shared/REFERENCES.md for the sources):
-- entropy: TensorRT EntropyCalibration2 as described by Migacz (GTC 2017), with the conventions of
-  csrc/scale_search.h (Q from the unfolded bins with P's zero pattern, group j -> floor(j*nq/i),
-  last minimum, threshold i*w);
+- entropy: TensorRT EntropyCalibration2 as described by Migacz (GTC 2017): Q from the unfolded bins,
+  group j -> floor(j*nq/i), last minimum, threshold i*w. Which bins of Q stay empty is where public
+  implementations differ (zero_mask): "folded" = the bins empty in P, outliers folded in (MXNet,
+  onnxruntime, csrc/scale_search.h); "unfolded" = the bins empty in bins[:i] (ModelOpt /
+  pytorch-quantization), where a candidate whose last bin is empty but receives outliers has KL = inf;
 - percentile, mse: as ModelOpt's HistogramCalibrator describes them.
 """
 from __future__ import annotations
@@ -24,6 +26,8 @@ def abs_histogram(x: np.ndarray, num_bins: int = 2048) -> tuple[np.ndarray, floa
 
 
 def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    if not q.sum() > 0:
+        return float("inf")
     p = p / p.sum()
     q = q / q.sum()
     mask = p > 0
@@ -32,22 +36,37 @@ def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
 
 
+ZERO_MASKS = ("folded", "unfolded")
+
+
 def entropy_curve(bins: np.ndarray, num_quantized_bins: int = 128, start_bin: int = 128,
-                  stride: int = 1) -> np.ndarray:
+                  stride: int = 1, zero_mask: str = "folded") -> np.ndarray:
+    """KL(P||Q) of every candidate i = start_bin, start_bin + stride, ..., len(bins)."""
+    if zero_mask not in ZERO_MASKS:
+        raise ValueError(f"zero_mask must be one of {ZERO_MASKS}")
     bins = np.asarray(bins, dtype=np.float64)
     out = []
     for i in range(start_bin, len(bins) + 1, stride):
         p = bins[:i].copy()
         p[i - 1] += bins[i:].sum()
         groups = (np.arange(i) * num_quantized_bins) // i
-        q = np.zeros(i)
-        for g in range(num_quantized_bins):
-            members = groups == g
-            nonzero = members & (p > 0)
-            if nonzero.any():
-                q[nonzero] = bins[:i][members].sum() / nonzero.sum()
+        totals = np.bincount(groups, weights=bins[:i], minlength=num_quantized_bins)
+        nonzero = (p if zero_mask == "folded" else bins[:i]) > 0
+        members = np.bincount(groups, weights=nonzero, minlength=num_quantized_bins)
+        q = np.where(nonzero, totals[groups] / np.maximum(members[groups], 1), 0.0)
         out.append(kl_divergence(p, q))
     return np.array(out)
+
+
+def last_argmin(curve: np.ndarray) -> int:
+    """Index of the LAST minimum (ties go to the larger threshold, as ModelOpt)."""
+    return len(curve) - 1 - int(np.argmin(curve[::-1]))
+
+
+def entropy_amax_of_histogram(bins: np.ndarray, bin_width: float, zero_mask: str = "folded",
+                              num_quantized_bins: int = 128, start_bin: int = 128) -> float:
+    curve = entropy_curve(bins, num_quantized_bins, start_bin, zero_mask=zero_mask)
+    return (start_bin + last_argmin(curve)) * bin_width
 
 
 def entropy_amax(x: np.ndarray, num_bins: int = 2048, num_quantized_bins: int = 128,
@@ -58,9 +77,7 @@ def entropy_amax(x: np.ndarray, num_bins: int = 2048, num_quantized_bins: int = 
         return 0.0
     if zero_bin == "neighbour":
         bins[0] = bins[1]
-    curve = entropy_curve(bins, num_quantized_bins, start_bin)
-    best = len(curve) - 1 - int(np.argmin(curve[::-1]))  # the LAST minimum
-    return (start_bin + best) * amax / num_bins
+    return entropy_amax_of_histogram(bins, amax / num_bins, "folded", num_quantized_bins, start_bin)
 
 
 def percentile_amax(x: np.ndarray, percentile: float) -> float:

@@ -31,6 +31,33 @@ def test_entropy_curve_matches_reference_on_the_same_histogram(name, x):
     np.testing.assert_allclose(native[finite], expected[finite], rtol=1e-9, atol=1e-12)
 
 
+def kl(p, q):
+    p, q = np.asarray(p, float) / np.sum(p), np.asarray(q, float) / np.sum(q)
+    return float(np.sum(p[p > 0] * np.log(p[p > 0] / q[p > 0])))
+
+
+def test_entropy_of_the_worked_example_in_migacz_slides():
+    """Migacz, "8-bit Inference with TensorRT" (GTC 2017): P = [1, 0, 2, 3, 5, 3, 1, 7] quantised into 2
+    levels gives [6, 16], expanded over each level's non-empty bins (3 and 4 of them) to
+    Q = [2, 0, 2, 2, 4, 4, 4, 4]. One candidate (i = 8, no outliers)."""
+    native = entropy_curve(np.array([1, 0, 2, 3, 5, 3, 1, 7], float), num_quantized_bins=2, start_bin=8)
+    assert native.shape == (1,)
+    assert native[0] == pytest.approx(kl([1, 0, 2, 3, 5, 3, 1, 7], [2, 0, 2, 2, 4, 4, 4, 4]), rel=1e-12)
+
+
+def test_which_bins_of_q_stay_empty_is_the_folded_p_convention():
+    """Candidate i = 4 of [4, 2, 3, 0, 1] (2 levels): its last bin is empty but takes the outlier, P = [4, 2, 3, 1].
+    With Q empty where P is (MXNet, onnxruntime, ours) level 1 spreads 3 over two bins: Q = [3, 3, 1.5, 1.5].
+    With Q empty where bins[:i] is (ModelOpt), Q = [3, 3, 3, 0] meets P = 1: KL is infinite, the candidate
+    cannot win. Candidate i = 5 has no outliers, so both read it alike: Q = [3, 3, 3, 0, 1]."""
+    bins = np.array([4, 2, 3, 0, 1], float)
+    native = entropy_curve(bins, num_quantized_bins=2, start_bin=4)
+    expected = [kl([4, 2, 3, 1], [3, 3, 1.5, 1.5]), kl([4, 2, 3, 0, 1], [3, 3, 3, 0, 1])]
+    np.testing.assert_allclose(native, expected, rtol=1e-12)
+    np.testing.assert_allclose(ref.entropy_curve(bins, 2, 4, zero_mask="folded"), expected, rtol=1e-12)
+    assert ref.entropy_curve(bins, 2, 4, zero_mask="unfolded").tolist() == [np.inf, pytest.approx(expected[1])]
+
+
 @pytest.mark.parametrize("name,x", CASES, ids=IDS)
 def test_entropy_and_mse_on_the_same_histogram_within_one_bin(name, x):
     bins, amax = ref.abs_histogram(x)

@@ -52,7 +52,7 @@ def test_cache_bytes_are_the_documented_format(tmp_path):
     assert data == (b"TRT-8601-EntropyCalibration2\n"
                     b"input: 3c010204\n"  # 1/127, the value from NVIDIA's documentation
                     b"conv1: 3f800000\n"  # scale exactly 1.0
-                    b"relu: " + struct.pack("!f", 2.5 / 127).hex().encode() + b"\n")
+                    b"relu: 3ca14285\n")  # 2.5/127 = (1 + 0x214285 / 2^23) * 2^(0x79 - 127), by hand
 
 
 def test_cache_header_follows_version_and_calibrator(tmp_path):
@@ -87,14 +87,14 @@ def test_small_scales_keep_eight_hex_digits():
 def test_zero_and_nan_amax_get_smallest_scale_and_a_warning(value):
     text, warnings = format_trt_cache({"ok": 1.0, "dead": value})
     assert text.splitlines()[2] == "dead: 00800000"
-    assert struct.unpack("!f", bytes.fromhex("00800000"))[0] == SMALLEST_SCALE
+    assert SMALLEST_SCALE == float(np.finfo(np.float32).tiny)  # 0x00800000, the smallest normal float32
     assert len(warnings) == 1 and "'dead'" in warnings[0]
 
 
 def test_infinite_amax_saturates_with_a_warning():
     text, warnings = format_trt_cache({"big": math.inf})
     assert text.splitlines()[1] == "big: 7f7fffff"
-    assert struct.unpack("!f", bytes.fromhex("7f7fffff"))[0] == LARGEST_SCALE
+    assert LARGEST_SCALE == float(np.finfo(np.float32).max)  # 0x7f7fffff
     assert "'big'" in warnings[0]
 
 
@@ -130,10 +130,25 @@ def test_reads_tensorrt_style_cache(tmp_path):
     cache = read_trt_cache(path)
     assert cache.version_code == 7000 and cache.version == "7.0.0"
     assert cache.algorithm == "EntropyCalibration2"
-    assert cache.amax["data"] == pytest.approx(struct.unpack("!f", bytes.fromhex("3c008912"))[0] * 127)
+    # NVIDIA's sampleINT8 README example: 0x3c008912 = (1 + 0x008912 / 2^23) * 2^(0x78 - 127) = 0.00784518
+    # (worked out by hand from the IEEE-754 fields), so amax = 127 * scale = 0.996338.
+    assert cache.amax["data"] == pytest.approx(0.9963379, rel=1e-6)
     assert cache.amax["(Unnamed Layer* 3) [Convolution]_output"] == pytest.approx(1.0, rel=1e-6)
     assert cache.amax["small"] == pytest.approx(SMALLEST_SCALE * 127)
     assert cache.scales["data"] == pytest.approx(cache.amax["data"] / 127)
+
+
+def test_modelopt_reads_our_cache(tmp_path):
+    """Another tool's reader: ModelOpt's import_scales_from_calib_cache (bytes.fromhex, split on ': ')."""
+    calib_utils = pytest.importorskip("modelopt.onnx.quantization.calib_utils")
+    amax = {"input": 1.0, "StatefulPartitionedCall:0": 2.5, "tiny": 1e-36, "conv/relu": 300.0}
+    path = tmp_path / "calibration.cache"
+    write_trt_cache(path, amax, version="8.5.1")
+    scales = calib_utils.import_scales_from_calib_cache(str(path))
+    assert list(scales) == [f"{name}_scale" for name in amax]
+    assert scales["input_scale"] == pytest.approx(1 / 127, rel=1e-7)  # 3c010204, the documented value
+    for name, value in amax.items():
+        assert scales[f"{name}_scale"] * 127 == pytest.approx(value, rel=1e-6), name
 
 
 @pytest.mark.parametrize("content, line", [
