@@ -8,7 +8,7 @@ activation exposed) twice:
   pass 2: the EXACT 2048-bin |x| histogram over [0, absmax] (np.histogram in float64, per image on the
           fixed range, so the same as all values at once): TensorRT's histogram, built without our code.
 Per tensor (tensors with byte-identical statistics, e.g. Identity/Reshape copies, counted once):
-  ours         TensorStats.compute_amax("entropy") (zero_bin="neighbour", the default)
+  ours         ptqengine.compute_amax(stats, "entropy") (zero_bin="neighbour", the default)
   mo_exact     modelopt.torch.quantization.calib.histogram._compute_amax_entropy on the exact histogram
   mo_calib     ModelOpt's HistogramCalibrator.compute_amax("entropy") on its own histogram
   kernel       our native search (amax_from_histogram) on the exact histogram
@@ -46,6 +46,7 @@ from ptqengine.images import find_images, generate_calibration_images
 from ptqengine.model import inspect_model
 from ptqengine.preprocess import PreprocessConfig, preprocess_image
 from ptqengine.qdq.testdata import write_lines, write_pages
+from ptqengine.algorithms import compute_amax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
 import reference  # noqa: E402  (tests/reference.py: plain NumPy transcriptions)
@@ -130,7 +131,7 @@ def collect(m: Model, images: int, batch: int, workdir: pathlib.Path, grid_facto
                 exact[n] += h
                 for f in grid_factors:
                     finer[f][n].update(a)
-    amax_on_finer = {n: {f: finer[f][n].compute_amax("entropy") for f in grid_factors} for n in keep}
+    amax_on_finer = {n: {f: compute_amax(finer[f][n], "entropy") for f in grid_factors} for n in keep}
     return stats, calibrators, keep, exact, amax_on_finer, len(stats)
 
 
@@ -170,7 +171,7 @@ def evaluate(name: str) -> dict:
     search, search_w = stats.search_histogram()
     search = search.copy()
     search[0] = search[1]
-    ours = stats.compute_amax("entropy")
+    ours = compute_amax(stats, "entropy")
     k = int(round(ours / w)) - 128
     row = dict(name=name, absmax=absmax, ours=ours, kernel=amax_from_histogram(bins, w, "entropy"),
                zeros=float(exact[0] / exact.sum()), top_bin=float(exact.max() / exact.sum()),
