@@ -40,10 +40,21 @@ def bound_names(function: ast.FunctionDef) -> set:
     return bound
 
 
+def module_names(tree: ast.Module) -> set:
+    """Names a module binds at its top level (a module-level `native = ...` is not a fixture there)."""
+    names = set()
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
 def fixture_misuses(trees: dict) -> list:
-    fixtures = fixture_names(trees)
+    shared = fixture_names({k: v for k, v in trees.items() if k == "conftest.py"})
     found = []
     for filename, tree in trees.items():
+        # the fixtures a test can see: conftest's and its own module's, unless the module rebinds the name
+        fixtures = (shared | fixture_names({filename: tree})) - module_names(tree)
         for function in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
             bound = bound_names(function)
             for node in ast.walk(function):
