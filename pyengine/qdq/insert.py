@@ -14,32 +14,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import consumer_count
+from .graph import FreshNames, consumer_count
 from .placement import QdqPlan
 from .weights import activation_scale, quantize_weight
 
 
-class _Names:
-    """Fresh, deterministic names that collide with nothing already in the graph."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.taken: Set[str] = {i.name for i in graph.initializer} | {i.name for i in graph.input}
-        for node in graph.node:
-            self.taken.update(o for o in node.output if o)
-            self.taken.update(i for i in node.input if i)
-            if node.name:
-                self.taken.add(node.name)
-
-    def fresh(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.taken:
-            i += 1
-            name = f"{base}_{i}"
-        self.taken.add(name)
-        return name
-
-
-def _activation_pair(tensor: str, amax: float, names: _Names
+def _activation_pair(tensor: str, amax: float, names: FreshNames
                      ) -> Tuple[List[onnx.NodeProto], List[onnx.TensorProto], str]:
     scale = activation_scale(amax)
     scale_name, zp_name = names.fresh(f"{tensor}_scale"), names.fresh(f"{tensor}_zero_point")
@@ -53,7 +33,7 @@ def _activation_pair(tensor: str, amax: float, names: _Names
     return nodes, inits, dequantized
 
 
-def _weight_dq(name: str, weight: np.ndarray, axis: Optional[int], names: _Names
+def _weight_dq(name: str, weight: np.ndarray, axis: Optional[int], names: FreshNames
                ) -> Tuple[onnx.NodeProto, List[onnx.TensorProto], str]:
     q = quantize_weight(weight, axis)
     q_name, scale_name = names.fresh(f"{name}_quantized"), names.fresh(f"{name}_scale")
@@ -70,7 +50,7 @@ def _weight_dq(name: str, weight: np.ndarray, axis: Optional[int], names: _Names
 def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float]) -> Dict[str, int]:
     """Apply the plan to model.graph in place; returns counts of what was added."""
     graph = model.graph
-    names = _Names(graph)
+    names = FreshNames(graph)
     inits = {i.name: i for i in graph.initializer}
     before: Dict[int, List[onnx.NodeProto]] = {}  # node index -> Q/DQ nodes to put in front of it
     new_inits: List[onnx.TensorProto] = []
