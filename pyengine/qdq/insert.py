@@ -16,16 +16,15 @@ from onnx import helper, numpy_helper
 
 from .graph import FreshNames, consumer_count
 from .placement import QdqPlan
-from .weights import activation_scale, quantize_weight
+from .weights import QParams, QuantizedWeight, quantize_weight, symmetric_qparams
 
 
-def _activation_pair(tensor: str, amax: float, names: FreshNames
+def _activation_pair(tensor: str, qparams: QParams, names: FreshNames
                      ) -> Tuple[List[onnx.NodeProto], List[onnx.TensorProto], str]:
-    scale = activation_scale(amax)
     scale_name, zp_name = names.fresh(f"{tensor}_scale"), names.fresh(f"{tensor}_zero_point")
     quantized, dequantized = names.fresh(f"{tensor}_quantized"), names.fresh(f"{tensor}_dequantized")
-    inits = [numpy_helper.from_array(np.array(scale, dtype=np.float32), scale_name),
-             numpy_helper.from_array(np.array(0, dtype=np.int8), zp_name)]
+    inits = [numpy_helper.from_array(np.array(qparams.scale, dtype=np.float32), scale_name),
+             numpy_helper.from_array(qparams.zero_point_array(), zp_name)]
     nodes = [helper.make_node("QuantizeLinear", [tensor, scale_name, zp_name], [quantized],
                               name=names.fresh(f"{tensor}_QuantizeLinear")),
              helper.make_node("DequantizeLinear", [quantized, scale_name, zp_name], [dequantized],
@@ -33,9 +32,8 @@ def _activation_pair(tensor: str, amax: float, names: FreshNames
     return nodes, inits, dequantized
 
 
-def _weight_dq(name: str, weight: np.ndarray, axis: Optional[int], names: FreshNames
+def _weight_dq(name: str, q: QuantizedWeight, names: FreshNames
                ) -> Tuple[onnx.NodeProto, List[onnx.TensorProto], str]:
-    q = quantize_weight(weight, axis)
     q_name, scale_name = names.fresh(f"{name}_quantized"), names.fresh(f"{name}_scale")
     zp_name, out_name = names.fresh(f"{name}_zero_point"), names.fresh(f"{name}_dequantized")
     inits = [numpy_helper.from_array(q.values, q_name),
@@ -47,8 +45,14 @@ def _weight_dq(name: str, weight: np.ndarray, axis: Optional[int], names: FreshN
     return node, inits, out_name
 
 
-def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float]) -> Dict[str, int]:
-    """Apply the plan to model.graph in place; returns counts of what was added."""
+def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float], *,
+               qparams: Optional[Mapping[str, QParams]] = None,
+               weights: Optional[Mapping[Tuple[str, Optional[int]], QuantizedWeight]] = None) -> Dict[str, int]:
+    """Apply the plan to model.graph in place; returns counts of what was added.
+
+    Activations: `qparams[tensor]` when given, else symmetric int8 from `amax[tensor]`. Weights:
+    `weights[(initializer, axis)]` when given, else max|w| per channel (weights.quantize_weight).
+    """
     graph = model.graph
     names = FreshNames(graph)
     inits = {i.name: i for i in graph.initializer}
@@ -58,7 +62,8 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float])
     act_out: Dict[str, str] = {}
     for edge in plan.activations:
         if edge.tensor not in act_out:
-            nodes, tensors, out = _activation_pair(edge.tensor, float(amax[edge.tensor]), names)
+            params = (qparams or {}).get(edge.tensor) or symmetric_qparams(float(amax[edge.tensor]))
+            nodes, tensors, out = _activation_pair(edge.tensor, params, names)
             before.setdefault(edge.node, []).extend(nodes)
             new_inits.extend(tensors)
             act_out[edge.tensor] = out
@@ -68,8 +73,8 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float])
     for edge in plan.weights:
         key = (edge.initializer, edge.axis)
         if key not in w_out:
-            node, tensors, out = _weight_dq(edge.initializer, numpy_helper.to_array(inits[edge.initializer]),
-                                            edge.axis, names)
+            q = (weights or {}).get(key) or quantize_weight(numpy_helper.to_array(inits[edge.initializer]), edge.axis)
+            node, tensors, out = _weight_dq(edge.initializer, q, names)
             before.setdefault(edge.node, []).append(node)
             new_inits.extend(tensors)
             w_out[key] = out

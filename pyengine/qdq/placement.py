@@ -205,3 +205,27 @@ def plan_qdq(graph: onnx.GraphProto, amax: Mapping[str, float], *, per_channel: 
     plan = _Planner(graph, amax, per_channel, excluded).run()
     plan.excluded_nodes = [node_label(graph.node[i], i) for i in sorted(excluded)]
     return plan
+
+
+def shared_scale_groups(graph: onnx.GraphProto, plan: QdqPlan) -> List[List[str]]:
+    """Quantised tensors that must share one scale (rule 4): a Concat's output and inputs, merged when
+    they overlap (a tensor read by two Concats joins both groups into one)."""
+    quantised = set(plan.activation_tensors)
+    parent: Dict[str, str] = {}
+
+    def find(t: str) -> str:
+        while parent.setdefault(t, t) != t:
+            t = parent[t]
+        return t
+
+    for node in graph.node:
+        if node.op_type != "Concat" or node.domain not in ("", "ai.onnx"):
+            continue
+        members = [t for t in list(node.output[:1]) + list(node.input) if t in quantised]
+        for t in members[1:]:
+            parent[find(t)] = find(members[0])
+    groups: Dict[str, List[str]] = {}
+    for t in plan.activation_tensors:
+        if t in parent:
+            groups.setdefault(find(t), []).append(t)
+    return [g for g in groups.values() if len(g) > 1]
