@@ -22,7 +22,7 @@ from onnx import numpy_helper
 
 from .bounds import Bound, bounded_amax, tensor_bounds
 from .capture import Feeds, capture
-from .graph import FreshNames
+from .graph import FreshNames, _drop_unused_initializers
 from .local import choose_ranges
 from .placement import QdqPlan, shared_scale_groups
 from .rounding import HessianSum, input_rows, round_layer, supported
@@ -31,6 +31,7 @@ from .weights import QParams, QuantizedWeight, asymmetric_qparams, dequantize, q
 log = logging.getLogger(__name__)
 
 CANDIDATE_ALGOS = ("entropy", "max", "percentile", "mse")
+BIAS_MODES = ("weights", "output", "off")
 WeightKey = Tuple[str, Optional[int]]
 
 
@@ -42,7 +43,7 @@ class AccuracyOptions:
     bounds: bool = True
     rounding: bool = True
     choose_ranges: bool = True
-    bias_correction: bool = True
+    bias_correction: str = "weights"  # "weights": E[(W - W_q) x]; "output": E[y - y_q] (input clipping too); "off"
     asymmetric: bool = False
     max_samples: int = 64  # calibration samples the data-driven steps use (the first ones)
 
@@ -141,7 +142,9 @@ def apply_bias_deltas(graph: onnx.GraphProto, deltas: Mapping[int, np.ndarray]) 
     from .local import add_to_bias
 
     names = FreshNames(graph)
-    return sum(add_to_bias(graph, index, delta, names) for index, delta in sorted(deltas.items()))
+    done = sum(add_to_bias(graph, index, delta, names) for index, delta in sorted(deltas.items()))
+    _drop_unused_initializers(graph)  # the biases replaced by corrected copies
+    return done
 
 
 def refine(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float], stats: Optional[Mapping[str, Any]],
@@ -157,13 +160,16 @@ def refine(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float], sta
     batches = _take(samples, options.max_samples) if samples else []
     if batches and options.rounding:
         summary["rounded_layers"] = _round(model, plan, weights, batches, origin, threads)
-    if batches and (options.choose_ranges or options.bias_correction):
+    if options.bias_correction not in BIAS_MODES:
+        raise ValueError(f"bias_correction must be one of {', '.join(BIAS_MODES)}, got {options.bias_correction!r}")
+    if batches and (options.choose_ranges or options.bias_correction != "off"):
         candidates = {t: _candidates(t, amax[t], stats, bounds, options) for t in tensors}
         local = choose_ranges(model, plan, candidates, _dequantized(plan, weights), batches, origin, threads)
         qparams.update(local.qparams)
         summary["ranges_changed"] = sum(1 for c in local.chosen.values() if c != 0)
-        if options.bias_correction:
-            summary["bias_corrected"] = apply_bias_deltas(graph, local.bias_delta)
+        if options.bias_correction != "off":
+            deltas = local.weight_bias_delta if options.bias_correction == "weights" else local.bias_delta
+            summary["bias_corrected"] = apply_bias_deltas(graph, deltas)
     if not options.asymmetric:
         groups = shared_scale_groups(graph, plan)
         for group in groups:

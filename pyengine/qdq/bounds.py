@@ -15,7 +15,9 @@ Two uses (quantize_model applies them to any algorithm's ranges for the Q/DQ exp
   value by (bound - amax): the error the saturation was meant to avoid. When the last bin below the
   bound holds at least PILEUP_FRACTION of the values, amax is never set below the bound. The threshold:
   1/256 is the share one int8 level of a uniform spread holds; the bin is 1/2048 of the range, so such a
-  bin holds 8x a uniform density's mass -- a point mass, not a tail.
+  bin holds 8x a uniform density's mass -- a point mass, not a tail. (Measured on |N(0, 1)| with 0.5-5%
+  of the values at 6: EntropyCalibration2 keeps 6 -- its last candidate bin takes all the clipped mass --
+  while the MSE search returns 5.993-5.999 and percentile clips below a pile-up under 0.01%.)
 """
 from __future__ import annotations
 

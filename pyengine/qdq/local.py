@@ -46,6 +46,7 @@ class LocalResult:
     chosen: Dict[str, int] = field(default_factory=dict)  # tensor -> index of the chosen candidate
     errors: Dict[str, List[float]] = field(default_factory=dict)  # tensor -> summed error per candidate
     bias_delta: Dict[int, np.ndarray] = field(default_factory=dict)  # node index -> E[y - y_q] per channel
+    weight_bias_delta: Dict[int, np.ndarray] = field(default_factory=dict)  # node -> E[(W - W_q) x] per channel
 
 
 @dataclass
@@ -109,8 +110,11 @@ class _TensorGraph:
             axes = numpy_helper.from_array(np.array(_reduce_axes(source.op_type, y_rank), np.int64), f"axes{i}")
             inits.append(axes)
             nodes.append(self._copy(source, "x", f"w{i}", slot, f"y{i}"))
-            nodes.append(helper.make_node("Shape", [f"y{i}"], [f"shape{i}"]))
-            outputs.append(f"shape{i}")
+            nodes += [helper.make_node("Shape", [f"y{i}"], [f"shape{i}"]),
+                      self._copy(source, "x", f"wq{i}", slot, f"yw{i}"),  # weights alone quantised
+                      helper.make_node("Sub", [f"y{i}", f"yw{i}"], [f"dw{i}"]),
+                      helper.make_node("ReduceSum", [f"dw{i}", f"axes{i}"], [f"mw{i}"], keepdims=0)]
+            outputs += [f"shape{i}", f"mw{i}"]
             for k in range(len(candidates)):
                 nodes += [self._copy(source, f"xq{k}", f"wq{i}", slot, f"y{i}_{k}"),
                           helper.make_node("Sub", [f"y{i}", f"y{i}_{k}"], [f"d{i}_{k}"]),
@@ -129,6 +133,7 @@ class _TensorGraph:
         self.session = load_session(model, f"range search of {tensor}", unfused_qdq=True)
         self.errors = np.zeros(len(candidates))
         self.sums = [np.zeros((len(candidates), 1)) for _ in self.weighted]
+        self.weight_sums = [np.zeros(1) for _ in self.weighted]
         self.counts = np.zeros(len(self.weighted))
 
     @staticmethod
@@ -150,6 +155,8 @@ class _TensorGraph:
             if self.sums[i].shape != means.shape:
                 self.sums[i] = np.zeros_like(means)
             self.sums[i] += means
+            weight_only = np.asarray(values[f"mw{i}"], np.float64).reshape(-1)
+            self.weight_sums[i] = self.weight_sums[i] + weight_only
             shape = values[f"shape{i}"]
             self.counts[i] += float(np.prod(shape)) / max(means.shape[1], 1)
 
@@ -181,9 +188,10 @@ def choose_ranges(model: onnx.ModelProto, plan: QdqPlan, candidates: Mapping[str
         best = int(np.argmin(tg.errors))
         result.qparams[tensor], result.chosen[tensor] = tg.candidates[best], best
         result.errors[tensor] = [float(e) for e in tg.errors]
-        for reader, sums, count in zip(tg.weighted, tg.sums, tg.counts):
+        for reader, sums, weight_sums, count in zip(tg.weighted, tg.sums, tg.weight_sums, tg.counts):
             if count > 0:
                 result.bias_delta[reader.node] = sums[best] / count
+                result.weight_bias_delta[reader.node] = weight_sums / count
     return result
 
 

