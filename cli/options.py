@@ -164,6 +164,15 @@ AlgoOpt = Annotated[Algo, typer.Option(
     help="entropy: TensorRT's minimum-KL (EntropyCalibration2); max: absolute maximum; "
          "percentile: percentile of |x|; mse: minimum quantisation error; auto: per tensor, the one that "
          "minimises the model's output error on 32 --data samples (calibrate, quantize).")]
+# quantize and calibrate: no --algo = per tensor, chosen by each quantised layer's own output error on --data
+# samples (ptqengine.qdq.local); an explicit --algo gives exactly that algorithm's ranges.
+LOCAL_CHOICE_HELP = (" Not given: the Q/DQ model takes, per tensor, the range (among these algorithms') whose "
+                     "quantised layers' own output error is least on --data samples; the TensorRT cache uses entropy.")
+DefaultAlgoOpt = Annotated[Optional[Algo], typer.Option(
+    "--algo", case_sensitive=False, rich_help_panel=ALGORITHM,
+    help="entropy: TensorRT's minimum-KL (EntropyCalibration2); max: absolute maximum; percentile: percentile "
+         "of |x|; mse: minimum quantisation error; auto: per tensor, the one that minimises the model's output "
+         "error on 32 --data samples." + LOCAL_CHOICE_HELP)]
 PercentileOpt = Annotated[Optional[float], typer.Option(
     "--percentile", min=0.0, max=100.0, rich_help_panel=ALGORITHM,
     help="Percentile for --algo percentile (default: 99.99).")]
@@ -207,6 +216,8 @@ class OutputPlan:
     stats: Optional[Path] = None
     qdq: Optional[Path] = None  # Q/DQ model of `model` with the calibrated ranges (TensorRT 11, onnxruntime)
     model: Optional[Path] = None
+    qdq_samples: Optional[list] = None  # calibration batches for the Q/DQ export's data-driven methods
+    qdq_accuracy: Any = None  # ptqengine.qdq.AccuracyOptions, None = its defaults
 
     def check(self) -> "OutputPlan":
         if self.cache is not None:
@@ -237,7 +248,8 @@ class OutputPlan:
         if self.qdq is not None:
             from ptqengine.qdq import quantize_model
 
-            quantized = quantize_model(self.model, self.qdq, calibration=result)
+            quantized = quantize_model(self.model, self.qdq, calibration=result, samples=self.qdq_samples,
+                                       accuracy=self.qdq_accuracy)
             warnings += quantized.report.notes
             outputs.append(("Q/DQ model", self.qdq))
         return outputs, warnings

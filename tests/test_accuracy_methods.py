@@ -228,3 +228,30 @@ def test_same_inputs_give_identical_bytes_with_every_method_on():
     amax = {"x": 2.0, "r1": 3.0}
     runs = [quantize_model(model, calibration=amax, samples=[{"x": x}]).model.SerializeToString() for _ in range(2)]
     assert runs[0] == runs[1]
+
+
+# --- the CLI --------------------------------------------------------------------------------------------------
+def test_cli_quantize_default_chooses_ranges_and_asymmetric_writes_zero_points(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from ptqengine.cli.main import app
+
+    rng = np.random.default_rng(9)
+    model_path = tmp_path / "m.onnx"
+    onnx.save(_conv_relu_depthwise(rng), str(model_path))
+    np.save(tmp_path / "x.npy", rng.standard_normal((16, 3, 16, 16)).astype(np.float32))
+    settings = {}
+    for name, extra in (("default", []), ("entropy", ["--algo", "entropy"]), ("asym", ["--asymmetric"])):
+        out = tmp_path / f"{name}.onnx"
+        done = CliRunner().invoke(app, ["quantize", str(model_path), "--data", str(tmp_path / "x.npy"), "-o", str(out),
+                                        "-q", *extra])
+        assert done.exit_code == 0, done.output
+        written = onnx.load(str(out))
+        settings[name] = json.loads(next(p.value for p in written.metadata_props if p.key == "ptqengine.qdq"))
+        zero_point_types = {dtype for _, _, dtype in _scales(written).values()}
+        assert zero_point_types == ({np.dtype(np.uint8)} if name == "asym" else {np.dtype(np.int8)})
+    assert settings["default"]["accuracy"]["choose_ranges"] is True
+    assert settings["entropy"]["accuracy"]["choose_ranges"] is False  # an explicit --algo is taken as asked
+    assert settings["asym"]["accuracy"]["asymmetric"] is True

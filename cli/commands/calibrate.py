@@ -1,6 +1,7 @@
 """ptqengine calibrate MODEL --data DIR: run the model on calibration data and write scale tables."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Annotated, Optional
 
@@ -20,7 +21,7 @@ def calibrate(
     data: Annotated[str, typer.Option(
         "--data", metavar="DIR", rich_help_panel=RUN,
         help="Directory of images (searched recursively), or .npy/.npz file(s) holding ready input tensors.")],
-    algo: opt.AlgoOpt = opt.Algo.entropy,
+    algo: opt.DefaultAlgoOpt = None,
     percentile: opt.PercentileOpt = None,
     batch_size: opt.BatchSizeOpt = 8,
     limit: opt.LimitOpt = None,
@@ -55,7 +56,7 @@ def calibrate(
     """Calibrate MODEL on --data and write a TensorRT INT8 calibration cache."""
     from ptqengine.pipeline import calibrate as run_calibration
 
-    algo_name, algo_options = opt.algorithm_options(algo, percentile)
+    algo_name, algo_options = opt.algorithm_options(algo or opt.Algo.entropy, percentile)
     scale_out = dopt.ScaleOut(engine, ray_address, workers, gpus_per_worker, shard_size, max_retries, resume,
                               shards_dir, shard).check()
     auto = algo_name == AUTO  # statistics do not depend on the algorithm: collect, then choose per tensor
@@ -65,6 +66,14 @@ def calibrate(
         dopt.write_shard(scale_out, model, data, save_stats, scales_json, quiet, **run_args)
         return
     outputs = opt.OutputPlan(output, trt_version, trt_calibrator, scales_json, save_stats, qdq, model).check()
+    if qdq is not None:  # the Q/DQ model's data-driven accuracy methods; no --algo: per-tensor range choice
+        from ptqengine.qdq import AccuracyOptions
+
+        from .quantize import method_samples
+
+        samples = method_samples(model, data, seed, preprocess, batch_size, threads)
+        outputs = dataclasses.replace(outputs, qdq_samples=samples,
+                                      qdq_accuracy=AccuracyOptions(choose_ranges=algo is None))
     with calibration_progress(quiet) as progress:
         if scale_out.sharded:
             result = scale_out.run(model, data, output, progress, **run_args)

@@ -35,8 +35,12 @@ def quantize(
         help="Calibration images (or .npy/.npz); static mode needs --data or --stats.")] = None,
     stats: Annotated[Optional[Path], typer.Option(
         "--stats", metavar="STATS.ptqs", rich_help_panel=RUN, help="Statistics saved by calibrate --save-stats.")] = None,
-    algo: opt.AlgoOpt = opt.Algo.entropy,
+    algo: opt.DefaultAlgoOpt = None,
     percentile: opt.PercentileOpt = None,
+    asymmetric: Annotated[bool, typer.Option(
+        "--asymmetric", rich_help_panel=QDQ,
+        help="uint8 activations with zero points (onnxruntime, Horizon). Not for TensorRT, which takes "
+             "symmetric int8 only.")] = False,
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", rich_help_panel=QDQ,
                                               help="Weight scales per output channel (default) or per tensor.")] = True,
     exclude: Annotated[Optional[List[str]], typer.Option(
@@ -61,25 +65,44 @@ def quantize(
 ) -> None:
     """Quantize MODEL to INT8: Q/DQ for TensorRT explicit quantization and onnxruntime, or dynamic."""
     from ptqengine.errors import OptionError
-    from ptqengine.qdq import quantize_model
+    from ptqengine.qdq import AccuracyOptions, quantize_model
 
     opt.check_writable(output, "-o")
-    algo_name, algo_options = opt.algorithm_options(algo, percentile)
-    calibration = None
+    algo_name, algo_options = opt.algorithm_options(algo or opt.Algo.entropy, percentile)
+    calibration, samples = None, None
     if mode is Mode.static:
         if (data is None) == (stats is None):
             raise OptionError("static mode needs exactly one of --data DIR or --stats STATS (or use --mode dynamic)")
         calibration = _calibration(model, data, stats, algo_name, algo_options, batch_size, limit, seed, threads,
                                    preprocess, quiet)
+        samples = method_samples(model, data, seed, preprocess, batch_size, threads)
+        if samples is None:
+            print_warning("--stats without --data: the data-driven accuracy methods (per-tensor ranges, rounding, "
+                          "bias correction) need calibration samples and are skipped")
     elif data is not None or stats is not None:
         print_warning("--mode dynamic needs no calibration: --data / --stats ignored")
+    accuracy = AccuracyOptions(choose_ranges=algo is None, asymmetric=asymmetric)
     result = quantize_model(model, output, calibration=calibration, mode=mode.value, per_channel=per_channel,
                             exclude=exclude or (), exclude_op_types=_split_op_types(exclude_op_types),
-                            fp16_fallback=fp16_fallback or ())
+                            fp16_fallback=fp16_fallback or (), samples=samples, accuracy=accuracy)
     for note in result.report.notes:
         print_warning(note)
     if not quiet:
         _summary(model, output, result.report)
+
+
+def method_samples(model: Path, data: Optional[str], seed: int, preprocess: Any, batch_size: int,
+                   threads: Optional[int]) -> Optional[list]:
+    """The first calibration samples (seeded like --limit), in batches, for the Q/DQ export's data-driven
+    accuracy methods; None without --data."""
+    if data is None:
+        return None
+    from ptqengine.analyze.measure import load_samples
+    from ptqengine.model import inspect_model
+    from ptqengine.qdq import AccuracyOptions
+
+    return load_samples(inspect_model(model), data, AccuracyOptions().max_samples, seed, preprocess, batch_size,
+                        threads)
 
 
 def _calibration(model, data, stats, algo, algo_options, batch_size, limit, seed, threads, preprocess, quiet):
