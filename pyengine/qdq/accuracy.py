@@ -45,7 +45,7 @@ class AccuracyOptions:
     choose_ranges: bool = True
     bias_correction: str = "weights"  # "weights": E[(W - W_q) x]; "output": E[y - y_q] (input clipping too); "off"
     asymmetric: bool = False
-    max_samples: int = 64  # calibration samples the data-driven steps use (the first ones)
+    max_samples: int = 32  # calibration samples the data-driven steps use (the first ones): cost vs noise
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
