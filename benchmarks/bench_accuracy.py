@@ -144,8 +144,9 @@ def paired_ci(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple:
 class Scorer:
     """Per-sample scores of an int8 model, cached by the model's SHA-256."""
 
-    def __init__(self, spec: dict, x_eval: np.ndarray, cache: pathlib.Path, threads: int) -> None:
-        self.spec, self.x, self.cache, self.threads = spec, x_eval, cache, threads
+    def __init__(self, spec: dict, x_eval: np.ndarray, cache: pathlib.Path, threads: int,
+                 cached_only: bool = False) -> None:
+        self.spec, self.x, self.cache, self.threads, self.cached_only = spec, x_eval, cache, threads, cached_only
         ref_file = cache / f"{spec['label']}.ref{len(x_eval)}.npy"
         if not ref_file.exists():
             np.save(ref_file, run_model(spec["path"], x_eval, threads))
@@ -157,6 +158,8 @@ class Scorer:
         if file.exists():
             saved = np.load(file)
             return saved["scores"], float(saved["sqnr"])
+        if self.cached_only:
+            return None, float("nan")
         out = run_model(model, self.x, self.threads)
         scores, sqnr = per_sample(self.ref, out, self.spec["kind"]), sqnr_db(self.ref, out)
         file.parent.mkdir(parents=True, exist_ok=True)
@@ -165,8 +168,8 @@ class Scorer:
 
 
 # --- the quantisers --------------------------------------------------------------------------------------
-def ours(spec: dict, calib_dir: pathlib.Path, x_calib: np.ndarray, work: pathlib.Path, all_ablations: bool
-         ) -> Dict[str, tuple]:
+def ours(spec: dict, calib_dir: pathlib.Path, x_calib: np.ndarray, work: pathlib.Path, all_ablations: bool,
+         code: Optional[str] = None) -> Dict[str, tuple]:
     """config -> (model path, quantize seconds, report.accuracy summary); one calibration for all rows."""
     from ptqengine.pipeline import calibrate
     from ptqengine.qdq import AccuracyOptions, quantize_model
@@ -187,7 +190,7 @@ def ours(spec: dict, calib_dir: pathlib.Path, x_calib: np.ndarray, work: pathlib
                         "default - MSE weight scales": ("entropy", AccuracyOptions(weight_scales="max")),
                         "default - bound rules": ("entropy", AccuracyOptions(bounds=False))})
     out = {}
-    code = code_hash()
+    code = code or code_hash()
     for config, (algo, options) in configs.items():
         path = work / f"{spec['label']}.ptq.{code}.{len(out)}.onnx"
         sidecar = path.with_suffix(".json")
@@ -300,22 +303,29 @@ def bench_model(label: str, spec: dict, args, log: Callable[[str], None]) -> Lis
     calib_file = cache / f"{label}.calib{args.calib}.npy"
     log(f"{label}: {len(x_calib)} calibration / {len(x_eval)} evaluation samples")
     if args.pack:  # quantise only; score elsewhere (--score-pack) into this cache
-        models = [p for p, _, _ in ours(spec, cache / label / f"calib{args.calib}", x_calib, work, label in args.ablations).values()]
+        models = [p for p, _, _ in ours(spec, cache / label / f"calib{args.calib}", x_calib, work, label in args.ablations,
+                                        args.models_from).values()]
         models += [p for p, _ in peers(spec, x_calib, calib_file, cache, args.peers_python, log).values()]
         write_pack(args.pack / label, spec, x_eval, models)
         return []
-    score = Scorer(spec, x_eval, cache, args.threads)
+    score = Scorer(spec, x_eval, cache, args.threads, args.cached_only)
     rows: List[Row] = []
     scores_of: List[np.ndarray] = []  # per-sample scores, parallel to rows
     for config, (path, seconds, summary) in ours(spec, cache / label / f"calib{args.calib}", x_calib, work,
-                                                 label in args.ablations).items():
+                                                 label in args.ablations, args.models_from).items():
         scores, sqnr = score(path)
+        if scores is None:
+            log(f"  ptqengine {config}: not scored (--cached-only)")
+            continue
         rows.append(Row(label, "ptqengine", config, float(scores.mean()), sqnr_db=sqnr, quantize_s=seconds,
                         notes=summary))
         scores_of.append(scores)
         log(f"  ptqengine {config}: {scores.mean():.4f}, SQNR {sqnr:.2f} dB, {seconds:.1f} s {summary}")
     for (tool, config), (path, seconds) in peers(spec, x_calib, calib_file, cache, args.peers_python, log).items():
         scores, sqnr = score(path)
+        if scores is None:
+            log(f"  {tool} {config}: not scored (--cached-only)")
+            continue
         rows.append(Row(label, tool, config, float(scores.mean()), sqnr_db=sqnr, quantize_s=seconds))
         scores_of.append(scores)
         log(f"  {tool} {config}: {scores.mean():.4f}, SQNR {sqnr:.2f} dB")
@@ -409,6 +419,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--cache", type=pathlib.Path, default=pathlib.Path.home() / ".cache/ptqengine-bench-accuracy")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=pathlib.Path)
+    parser.add_argument("--models-from", metavar="CODE_HASH",
+                        help="reuse ptqengine models cached by this code hash (code changed since, not the export)")
+    parser.add_argument("--cached-only", action="store_true", help="leave out rows whose scores are not cached")
     parser.add_argument("--pack", type=pathlib.Path, help="quantise only; write models + inputs here for --score-pack")
     parser.add_argument("--score-pack", type=pathlib.Path, help="score a pack (needs numpy + onnxruntime only)")
     parser.add_argument("--out", type=pathlib.Path, help="with --score-pack: where the score files go")

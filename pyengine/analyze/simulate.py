@@ -25,6 +25,7 @@ import onnx
 
 from ..errors import DataError, ModelError
 from ..model import load_model
+from ..qdq.accuracy import quantized_weights
 from ..qdq.graph import prepare
 from ..qdq.insert import insert_qdq
 from ..qdq.placement import QdqPlan, node_label, plan_qdq
@@ -79,6 +80,7 @@ class QuantSimulator:
         self.tensors: List[str] = self.plan.activation_tensors
         self.skipped: List[Tuple[str, str]] = list(self.plan.skipped)
         self.output_names = [o.name for o in self.prepared.graph.output]
+        self.weights = quantized_weights(self.prepared.graph, self.plan)  # as the export quantises them
 
     @property
     def all_nodes(self) -> Tuple[int, ...]:
@@ -93,7 +95,7 @@ class QuantSimulator:
         model = onnx.ModelProto()
         model.CopyFrom(self.prepared)
         if plan.activations or plan.weights:
-            insert_qdq(model, plan, amax)
+            insert_qdq(model, plan, amax, weights=self.weights)
         return model
 
     def session(self, nodes_on: Collection[int], amax: Mapping[str, float]):

@@ -107,7 +107,9 @@ def _base_qparams(tensors: Sequence[str], amax: Mapping[str, float], stats: Opti
     return out
 
 
-def _weights(graph: onnx.GraphProto, plan: QdqPlan, method: str) -> Dict[WeightKey, QuantizedWeight]:
+def quantized_weights(graph: onnx.GraphProto, plan: QdqPlan, method: str = AccuracyOptions.weight_scales
+                      ) -> Dict[WeightKey, QuantizedWeight]:
+    """The plan's weights quantised with `method` scales and nearest rounding (the data-free export)."""
     inits = {i.name: i for i in graph.initializer}
     out: Dict[WeightKey, QuantizedWeight] = {}
     for edge in plan.weights:
@@ -166,7 +168,7 @@ def refine(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float], sta
     summary: Dict[str, Any] = {"options": options.to_dict()}
     bounds = tensor_bounds(graph) if options.bounds else {}
     amax, summary["bound_changes"] = bounded_amax(amax, bounds, stats)
-    weights = _weights(graph, plan, options.weight_scales)
+    weights = quantized_weights(graph, plan, options.weight_scales)
     tensors = plan.activation_tensors
     qparams = _base_qparams(tensors, amax, stats, options.asymmetric)
     batches = _take(samples, options.max_samples) if samples else []
