@@ -6,12 +6,15 @@ https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/quantized
 The same model runs in onnxruntime's CPU provider, which is how it is checked here.
 
 Static mode (the default): prepare the graph (graph.py: opset >= 13, Constant weights as initializers,
-BatchNormalization folded), place Q/DQ by the rules in placement.py (activation ranges per tensor from a
-calibration, weights per channel from max|w|, weights.py), insert them (insert.py), optionally keep named
-nodes in FP16 (fp16.py), check with onnx.checker, write atomically.
+BatchNormalization folded), place Q/DQ by the rules in placement.py, decide the quantisation with the
+accuracy methods (accuracy.py: bound-aware ranges, weight-error scales per output channel, and with
+calibration `samples` data-driven rounding, per-tensor ranges by each layer's own output error, bias
+correction), insert them (insert.py), optionally keep named nodes in FP16 (fp16.py), check with
+onnx.checker, write atomically.
 Dynamic mode: weights int8 per channel, activations quantised at run time by onnxruntime (dynamic.py).
 
-    result = quantize_model("model.onnx", "model.int8.onnx", calibration=calibrate("model.onnx", "images/"))
+    result = quantize_model("model.onnx", "model.int8.onnx", calibration=calibrate("model.onnx", "images/"),
+                            samples=[{"x": batch} for batch in batches])  # samples: optional, better with them
 """
 from __future__ import annotations
 
