@@ -26,6 +26,7 @@ import onnx
 from ..errors import DataError, ModelError
 from ..model import load_model
 from ..qdq.accuracy import quantized_weights
+from ..qdq.capture import session_options
 from ..qdq.graph import prepare
 from ..qdq.insert import insert_qdq
 from ..qdq.placement import QdqPlan, node_label, plan_qdq
@@ -116,12 +117,8 @@ class QuantSimulator:
 def make_session(model: onnx.ModelProto, origin: str, threads: int = 1):
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
+    so = session_options(threads)  # the export's own session settings, with full optimisations as deployed
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = int(threads)
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
