@@ -158,6 +158,14 @@ _ALGO_HELP = "; ".join(f"{n}: {ALGORITHMS[n].summary}" for n in SYMMETRIC_METHOD
 AlgoOpt = Annotated[Algo, typer.Option(
     "--algo", case_sensitive=False, rich_help_panel=ALGORITHM,
     help=f"{_ALGO_HELP}; auto: per tensor, the one that minimises the model's output error on 32 --data samples.")]
+# calibrate and quantize: no --algo = for the Q/DQ model, per tensor the candidate range (these algorithms')
+# that its quantised layers reproduce best on --data samples (ptqengine.qdq.local); the TensorRT cache uses
+# entropy. An explicit --algo gives exactly that algorithm's ranges everywhere.
+DefaultAlgoOpt = Annotated[Optional[Algo], typer.Option(
+    "--algo", case_sensitive=False, rich_help_panel=ALGORITHM,
+    help=f"{_ALGO_HELP}; auto: per tensor, the one that minimises the model's output error on 32 --data "
+         "samples. Not given: the TensorRT cache takes entropy, the Q/DQ model per tensor the range its "
+         "quantised layers reproduce best on --data samples.")]
 SavedStatsAlgoOpt = Annotated[SavedStatsAlgo, typer.Option(
     "--algo", case_sensitive=False, rich_help_panel=ALGORITHM, help=_ALGO_HELP + ".")]
 PercentileOpt = Annotated[Optional[float], typer.Option(
@@ -171,8 +179,12 @@ TargetCosineOpt = Annotated[float, typer.Option(
          "agreement at least 95%. analyze's advice aims at it, evaluate's verdict checks it.")]
 
 
-def algorithm_options(algo: Enum, percentile: Optional[float]) -> Tuple[str, Dict[str, Any]]:
-    """(algorithm name, options) for the library; options not used by the algorithm are refused."""
+def algorithm_options(algo: Optional[Enum], percentile: Optional[float]) -> Tuple[Optional[str], Dict[str, Any]]:
+    """(algorithm name or None, options) for the library; options not used by the algorithm are refused."""
+    if algo is None:
+        if percentile is not None:
+            raise OptionError("--percentile is only used by --algo percentile")
+        return None, {}
     if algo.value == "percentile":
         return algo.value, ({} if percentile is None else {"percentile": percentile})
     if percentile is not None:
@@ -209,6 +221,7 @@ class OutputPlan:
     stats: Optional[Path] = None
     qdq: Optional[Path] = None  # Q/DQ model of `model` with the calibrated ranges (TensorRT 11, onnxruntime)
     model: Optional[Path] = None
+    qdq_args: Optional[Dict[str, Any]] = None  # ptqengine.api.export_qdq's keywords (data, choose_ranges, run)
 
     def check(self) -> "OutputPlan":
         if self.cache is not None:
@@ -237,9 +250,9 @@ class OutputPlan:
             write_scales_json(self.scales_json, result)
             outputs.append(("scales JSON", self.scales_json))
         if self.qdq is not None:
-            from ptqengine.qdq import quantize_model
+            from ptqengine.api import export_qdq
 
-            quantized = quantize_model(self.model, self.qdq, calibration=result)
+            quantized = export_qdq(self.model, self.qdq, result, **(self.qdq_args or {}))
             warnings += quantized.report.notes
             outputs.append(("Q/DQ model", self.qdq))
         return outputs, warnings

@@ -59,30 +59,66 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
     return chosen
 
 
+def export_qdq(model: PathLike, output: Optional[PathLike], calibration: Any, *, data: Any = None,
+               choose_ranges: bool = True, asymmetric: bool = False, per_channel: bool = True,
+               exclude: Sequence[str] = (), exclude_op_types: Sequence[str] = (), fp16_fallback: Sequence[str] = (),
+               **run_options: Any):
+    """The static Q/DQ model for a calibration: the data-free accuracy methods always, and with `data` the
+    data-driven ones on its first samples (ptqengine.qdq.accuracy). choose_ranges: per tensor, the candidate
+    range whose reading layers' output error is least (the default when no algorithm was asked for).
+    Run options: seed, preprocess, batch_size, threads, device."""
+    from .collect import RunOptions, model_sessions
+    from .collect.feed import sample_batches
+    from .model import inspect_model
+    from .qdq import AccuracyOptions, quantize_model
+
+    accuracy = AccuracyOptions(choose_ranges=choose_ranges, asymmetric=asymmetric)
+    samples = sessions = None
+    if data is not None:
+        o = RunOptions(**{k: v for k, v in run_options.items() if k in ("seed", "preprocess", "batch_size",
+                                                                         "threads", "device")})
+        samples = sample_batches(inspect_model(model), data, accuracy.max_samples, o.seed, o.preprocess,
+                                 o.batch_size, o.threads)
+        sessions = model_sessions(o.device, o.threads)
+    result = quantize_model(model, output, calibration=calibration, per_channel=per_channel, exclude=exclude,
+                            exclude_op_types=exclude_op_types, fp16_fallback=fp16_fallback, samples=samples,
+                            accuracy=accuracy, sessions=sessions)
+    if data is None:
+        result.report.notes.append("no calibration samples (--stats without --data): the data-driven accuracy "
+                                   "methods (per-tensor ranges, rounding, bias correction) were skipped")
+    return result
+
+
 def quantize(model: PathLike, output: Optional[PathLike] = None, *, data: Any = None,
-             stats: Optional[PathLike] = None, algo: str = "entropy", algo_options: Optional[Dict[str, Any]] = None,
-             mode: str = "static", per_channel: bool = True, exclude: Sequence[str] = (),
-             exclude_op_types: Sequence[str] = (), fp16_fallback: Sequence[str] = (),
-             progress: Optional[Progress] = None, stage_progress: Optional[StageProgress] = None,
-             **run_options: Any):
+             stats: Optional[PathLike] = None, algo: Optional[str] = None,
+             algo_options: Optional[Dict[str, Any]] = None, mode: str = "static", per_channel: bool = True,
+             asymmetric: bool = False, exclude: Sequence[str] = (), exclude_op_types: Sequence[str] = (),
+             fp16_fallback: Sequence[str] = (), progress: Optional[Progress] = None,
+             stage_progress: Optional[StageProgress] = None, **run_options: Any):
     """An int8 ONNX model: static Q/DQ from a calibration on `data` or from saved `stats`, or dynamic.
 
-    Returns (ptqengine.qdq.QuantizeResult, the CalibrationResult used or None)."""
+    algo None (the default): the statistics' entropy ranges are candidates with the other algorithms', and
+    each tensor takes the one its quantised layers reproduce best on `data` samples; an explicit algo gives
+    exactly its ranges. Returns (ptqengine.qdq.QuantizeResult, the CalibrationResult used or None)."""
     from .qdq import quantize_model
 
-    calibration_result = None
-    if mode == "static":
-        if (data is None) == (stats is None):
-            raise OptionError("static mode needs exactly one of --data DIR or --stats STATS (or use --mode dynamic)")
-        if stats is not None:
-            if algo == AUTO:
-                raise OptionError("--algo auto measures the output error on samples: give --data (not --stats)")
-            calibration_result = result_from_stats(load_stats(stats), algo, **(algo_options or {}))
-        else:
-            calibration_result = calibrate(model, data, algo=algo, algo_options=algo_options, progress=progress,
-                                           stage_progress=stage_progress, **run_options)
-    result = quantize_model(model, output, calibration=calibration_result, mode=mode, per_channel=per_channel,
-                            exclude=exclude, exclude_op_types=exclude_op_types, fp16_fallback=fp16_fallback)
-    if mode != "static" and (data is not None or stats is not None):
-        result.report.notes.insert(0, "--mode dynamic needs no calibration: --data / --stats ignored")
+    if mode != "static":
+        result = quantize_model(model, output, mode=mode, per_channel=per_channel, exclude=exclude,
+                                exclude_op_types=exclude_op_types, fp16_fallback=fp16_fallback)
+        if data is not None or stats is not None:
+            result.report.notes.insert(0, "--mode dynamic needs no calibration: --data / --stats ignored")
+        return result, None
+    if (data is None) == (stats is None):
+        raise OptionError("static mode needs exactly one of --data DIR or --stats STATS (or use --mode dynamic)")
+    base = algo or "entropy"
+    if stats is not None:
+        if algo == AUTO:
+            raise OptionError("--algo auto measures the output error on samples: give --data (not --stats)")
+        calibration_result = result_from_stats(load_stats(stats), base, **(algo_options or {}))
+    else:
+        calibration_result = calibrate(model, data, algo=base, algo_options=algo_options, progress=progress,
+                                       stage_progress=stage_progress, **run_options)
+    result = export_qdq(model, output, calibration_result, data=data, choose_ranges=algo is None,
+                        asymmetric=asymmetric, per_channel=per_channel, exclude=exclude,
+                        exclude_op_types=exclude_op_types, fp16_fallback=fp16_fallback, **run_options)
     return result, calibration_result

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from ptqengine.analyze import ALGO_CHOICES, analyze, choose_algorithms, escape_pattern
 from ptqengine.analyze.auto_algo import CANDIDATES, candidate_amax, score_algorithms
-from ptqengine.analyze.measure import Bench, load_samples
+from ptqengine.analyze.measure import Bench
+from ptqengine.collect.feed import sample_batches as load_samples
 from ptqengine.metrics import compare_outputs as compare
 from ptqengine.analyze.simulate import QuantSimulator
 from ptqengine.cli.main import app

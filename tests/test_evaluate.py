@@ -129,13 +129,14 @@ def test_int8_is_measured_as_tensorrt_computes_it_on_any_cpu(tmp_path, images):
     from typer.testing import CliRunner
 
     from ptqengine.cli.main import app
-    from ptqengine.qdq import quantize_model
+    from ptqengine.qdq import AccuracyOptions, quantize_model
 
     path, w = classifier(tmp_path / "a.onnx", weight_scale=3.0)
     pooled = batch(images).mean(axis=(2, 3)).astype(np.float32)
     amax = 0.6 * float(np.abs(pooled).max())  # some values clip: the range matters
-    quantize_model(path, tmp_path / "a.int8.onnx", calibration={"x": 255.0, "p": amax, "f": amax})
-    w_scale = np.abs(w).max(axis=0) / 127.0  # per output channel (MatMul B is [K, N])
+    quantize_model(path, tmp_path / "a.int8.onnx", calibration={"x": 255.0, "p": amax, "f": amax},
+                   accuracy=AccuracyOptions(weight_scales="max"))
+    w_scale = np.abs(w).max(axis=0) / 127.0  # per output channel (MatMul B is [K, N]), as asked for above
     ref = pooled.astype(np.float64) @ w
     test = _fake_quant(pooled, amax / 127.0) @ _fake_quant(w, w_scale)
     report = evaluate(path, tmp_path / "a.int8.onnx", images, latency=False)

@@ -87,27 +87,47 @@ def test_every_weighted_op_reads_int8_weights_and_quantized_activations(orientat
             assert node.input[2] in inits and inits[node.input[2]].data_type == TensorProto.FLOAT  # bias float
 
 
-def test_per_channel_scales_are_absmax_over_127(orientation):
-    _, _, quantized = orientation
-    folded = {i.name: numpy_helper.to_array(i) for i in prepare(onnx.load(str(ORIENTATION))).graph.initializer}
-    graph = quantized.model.graph
+def _weight_dqs(model: onnx.ModelProto):
+    """(source weight name, int8 values, scale, axis, consumer op) of every int8 weight DequantizeLinear."""
+    graph = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     consumers = {i: n for n in graph.node for i in n.input}
-    checked = 0
     for dq in graph.node:
         if dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or inits[dq.input[0]].dtype != np.int8:
             continue
-        source = dq.input[0][: -len("_quantized")]
-        w, scale, q = folded[source], inits[dq.input[1]], inits[dq.input[0]]
         axis = helper.get_attribute_value(next(a for a in dq.attribute if a.name == "axis"))
-        expected_axis = 0 if consumers[dq.output[0]].op_type == "Conv" else w.ndim - 1
-        assert axis == expected_axis
-        absmax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(1)
-        np.testing.assert_array_equal(scale, (absmax.astype(np.float64) / 127).astype(np.float32))
+        yield (dq.input[0][: -len("_quantized")], inits[dq.input[0]], inits[dq.input[1]], axis,
+               consumers[dq.output[0]].op_type)
+
+
+@pytest.mark.parametrize("method", ["max", "mse"])
+def test_per_channel_weight_scales(orientation, method):
+    """max: max|w| / 127 per output channel; mse (the default): the clipping c * max|w| / 127 whose
+    weight error is least, c from the documented candidates, never a larger error than max's."""
+    from ptqengine.qdq import AccuracyOptions
+    from ptqengine.qdq.weights import CLIP_CANDIDATES
+
+    _, result, default = orientation
+    quantized = default if method == "mse" else quantize_model(
+        ORIENTATION, calibration=result, accuracy=AccuracyOptions(weight_scales="max"))
+    folded = {i.name: numpy_helper.to_array(i) for i in prepare(onnx.load(str(ORIENTATION))).graph.initializer}
+    checked = 0
+    for source, q, scale, axis, consumer in _weight_dqs(quantized.model):
+        w = folded[source]
+        assert axis == (0 if consumer == "Conv" else w.ndim - 1)
+        rows = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+        absmax = np.abs(rows).max(1).astype(np.float64)
         shape = [1] * w.ndim
         shape[axis] = -1
         np.testing.assert_array_equal(q, np.clip(np.rint(w / scale.reshape(shape)), -128, 127).astype(np.int8))
-        assert np.abs(q).max() == 127
+        if method == "max":
+            np.testing.assert_array_equal(scale, (absmax / 127).astype(np.float32))
+            assert np.abs(q).max() == 127
+        else:
+            allowed = [(absmax * c / 127).astype(np.float32) for c in [1.0, *CLIP_CANDIDATES]]
+            assert all(any(s == a[c] for a in allowed) for c, s in enumerate(scale))
+            err = lambda sc: ((rows - np.clip(np.rint(rows / sc[:, None]), -128, 127) * sc[:, None]) ** 2).sum(1)
+            assert np.all(err(scale) <= err((absmax / 127).astype(np.float32)) * (1 + 1e-6))
         checked += 1
     assert checked == 33
 
@@ -271,7 +291,9 @@ def test_weights_in_constant_nodes_are_quantized_like_initializers():
     graph = helper.make_graph(nodes, "const", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    out = quantize_model(model, calibration={"x": 4.0})
+    from ptqengine.qdq import AccuracyOptions
+
+    out = quantize_model(model, calibration={"x": 4.0}, accuracy=AccuracyOptions(weight_scales="max"))
     inits = {i.name: numpy_helper.to_array(i) for i in out.model.graph.initializer}
     assert "w" not in inits and inits["w_quantized"].dtype == np.int8
     np.testing.assert_array_equal(inits["w_scale"], (np.abs(w).max(0).astype(np.float64) / 127).astype(np.float32))

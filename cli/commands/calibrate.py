@@ -18,7 +18,7 @@ def calibrate(
     data: Annotated[str, typer.Option(
         "--data", metavar="DIR", rich_help_panel=opt.RUN,
         help="Directory of images (searched recursively), or .npy/.npz file(s) holding ready input tensors.")],
-    algo: opt.AlgoOpt = opt.Algo.entropy,
+    algo: opt.DefaultAlgoOpt = None,
     percentile: opt.PercentileOpt = None,
     num_bins: Annotated[int, typer.Option("--num-bins", min=128, rich_help_panel=opt.RUN,
                                           help="Histogram bins the scale search runs on.")] = 2048,
@@ -54,13 +54,16 @@ def calibrate(
     scale_out = dopt.ScaleOut(engine, ray_address, workers, gpus_per_worker, shard_size, max_retries, resume,
                               shards_dir, shard).check()
     run_args = dict(run, preprocess=preprocess, strict=strict, num_bins=num_bins)
+    qdq_args = dict(data=data, choose_ranges=algo_name is None, **run_args)
     if scale_out.shard is not None:
         dopt.write_shard(scale_out, model, data, save_stats, scales_json, quiet, **run_args)
         return
-    outputs = opt.OutputPlan(output, trt_version, trt_calibrator, scales_json, save_stats, qdq, model).check()
+    outputs = opt.OutputPlan(output, trt_version, trt_calibrator, scales_json, save_stats, qdq, model,
+                             qdq_args).check()
     with calibration_progress(quiet) as progress, stage_progress(quiet) as stages:
-        result = run_calibration(model, data, algo=algo_name, algo_options=algo_options, progress=progress,
-                                 stage_progress=stages, scale_out=scale_out.library_options(output), **run_args)
+        result = run_calibration(model, data, algo=algo_name or "entropy", algo_options=algo_options,
+                                 progress=progress, stage_progress=stages, scale_out=scale_out.library_options(output),
+                                 **run_args)
     written, warnings = outputs.write(result)
     if scale_out.sharded:
         scale_out.cleanup(output, result)

@@ -35,8 +35,12 @@ def quantize(
     stats: Annotated[Optional[Path], typer.Option(
         "--stats", metavar="STATS.ptqs", rich_help_panel=opt.RUN,
         help="Statistics saved by calibrate --save-stats.")] = None,
-    algo: opt.AlgoOpt = opt.Algo.entropy,
+    algo: opt.DefaultAlgoOpt = None,
     percentile: opt.PercentileOpt = None,
+    asymmetric: Annotated[bool, typer.Option(
+        "--asymmetric", rich_help_panel=QDQ,
+        help="uint8 activations with zero points (onnxruntime, Horizon). Not for TensorRT, which takes "
+             "symmetric int8 only.")] = False,
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", rich_help_panel=QDQ,
                                               help="Weight scales per output channel (default) or per tensor.")] = True,
     exclude: Annotated[Optional[List[str]], typer.Option(
@@ -64,7 +68,7 @@ def quantize(
     with calibration_progress(quiet) as progress, stage_progress(quiet) as stages:
         result, calibration = run_quantization(
             model, output, data=data, stats=stats, algo=algo_name, algo_options=algo_options, mode=mode.value,
-            per_channel=per_channel, exclude=exclude or (), exclude_op_types=_split_op_types(exclude_op_types),
+            per_channel=per_channel, asymmetric=asymmetric, exclude=exclude or (), exclude_op_types=_split_op_types(exclude_op_types),
             fp16_fallback=fp16_fallback or (), progress=progress, stage_progress=stages, preprocess=preprocess, **run)
     if calibration is not None and data is not None:
         print_report_warnings(calibration)
@@ -81,6 +85,11 @@ def _summary(model: Path, output: Path, report) -> None:
             if report.mode == "static" else f"{report.weight_dq} int8 weight tensors, dynamic activations")
     console.print(f"[bold green]Quantized ({report.mode}{', ' + report.algo if report.algo else ''}, "
                   f"{'per-channel' if report.per_channel else 'per-tensor'} weights): {what}[/]")
+    done = report.accuracy
+    if done.get("samples"):
+        console.print(f"  on {done['samples']} calibration samples: {done.get('ranges_changed', 0)} range(s) chosen "
+                      f"per tensor, {done.get('rounded_layers', 0)} layer(s) rounded by output error, "
+                      f"{done.get('bias_corrected', 0)} bias(es) corrected")
     if report.folded_bn:
         console.print(f"  folded {report.folded_bn} BatchNormalization into Conv")
     if report.source_opset != report.opset:

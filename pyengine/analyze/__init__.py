@@ -33,7 +33,8 @@ from ..model import ModelInfo, inspect_model
 from ..statsfile import StatsBundle
 from .advice import Advice, advise, check_target, escape_pattern
 from .auto_algo import CANDIDATES, AlgoChoice, candidate_amax, choose_algorithms, refine_per_tensor, score_algorithms
-from .measure import Bench, Score, check_metric, goodness, load_samples
+from ..collect.feed import sample_batches
+from .measure import Bench, Score, check_metric, goodness
 from .sensitivity import NodeSensitivity, node_sensitivity, select_nodes
 from .simulate import QuantSimulator
 
@@ -167,7 +168,7 @@ def analyze(model: PathLike, data: Any, *, stats: Union[PathLike, StatsBundle, N
     simulator = QuantSimulator(model_path, candidates["max"], per_channel=per_channel, device=options.device)
     positions = select_nodes(simulator.nodes, nodes)
     workers = max(1, threads or os.cpu_count() or 1)
-    bench = Bench(simulator, load_samples(info, data, samples, seed, preprocess, batch_size, threads), workers)
+    bench = Bench(simulator, sample_batches(info, data, samples, seed, preprocess, batch_size, threads), workers)
 
     scores = score_algorithms(bench, candidates, progress)
     best = max(candidates, key=lambda a: (goodness(scores[a], metric), -list(candidates).index(a)))

@@ -148,14 +148,15 @@ def choose_algorithms(model: Union[str, Path], stats: StatsBundle, data: Any, *,
     per_tensor=False stops after the best single algorithm. Returns the choice; `choice.amax` is what a
     CalibrationResult takes.
     """
-    from .measure import check_metric, load_samples
+    from ..collect.feed import sample_batches
+    from .measure import check_metric
     from .simulate import QuantSimulator
     from ..model import inspect_model
 
     check_metric(metric)
     candidates = candidate_amax(stats, threads=threads)
     simulator = QuantSimulator(model, candidates["max"], per_channel=per_channel, device=parse_device(device))
-    bench = Bench(simulator, load_samples(inspect_model(model), data, samples, seed, preprocess, batch_size, threads),
+    bench = Bench(simulator, sample_batches(inspect_model(model), data, samples, seed, preprocess, batch_size, threads),
                   workers=_workers(threads))
     scores = score_algorithms(bench, candidates, progress)
     if not per_tensor:

@@ -8,20 +8,15 @@ higher-is-better so the searches need no special cases.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Collection, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Collection, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
 
-from ..collect import BatchStream
-from ..datasource import open_source
-from ..errors import DataError, OptionError
+from ..errors import OptionError
 from ..metrics import METRICS, Score, compare_outputs
-from ..model import ModelInfo
-from ..preprocess import config_for, plan_for
 from .simulate import Feeds, QuantSimulator
 
 log = logging.getLogger(__name__)
@@ -40,21 +35,6 @@ def goodness(score: Score, metric: str) -> float:
     """Higher is better, for every metric."""
     v = score.value(metric)
     return v if METRICS[metric] else -v
-
-
-def load_samples(info: ModelInfo, data: Any, samples: int, seed: int, preprocess: Any = None,
-                 batch_size: int = 8, threads: Optional[int] = None) -> List[Feeds]:
-    """`samples` seeded samples from any data calibrate accepts, preprocessed once, in batches."""
-    if samples < 1:
-        raise OptionError(f"--samples must be >= 1, got {samples}")
-    workers = threads or os.cpu_count() or 1
-    source = open_source(data, info.inputs,
-                         lambda: [plan_for(s, config_for(preprocess, s.name)) for s in info.inputs],
-                         limit=samples, seed=seed, strict=False, workers=workers, depth=2 * workers)
-    out = [batch.feeds for batch in BatchStream(source, info.inputs, batch_size)]
-    if not out:
-        raise DataError(f"{data}: no usable samples")
-    return out
 
 
 class Bench:

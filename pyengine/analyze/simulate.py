@@ -26,6 +26,7 @@ import onnx
 from ..collect import CPU, Device, Purpose, create_session
 from ..errors import DataError
 from ..model import load_model
+from ..qdq.accuracy import quantized_weights
 from ..qdq.graph import prepare
 from ..qdq.insert import insert_qdq
 from ..qdq.placement import QdqPlan, node_label, plan_qdq
@@ -81,6 +82,7 @@ class QuantSimulator:
         self.tensors: List[str] = self.plan.activation_tensors
         self.skipped: List[Tuple[str, str]] = list(self.plan.skipped)
         self.output_names = [o.name for o in self.prepared.graph.output]
+        self.weights = quantized_weights(self.prepared.graph, self.plan)  # as the export quantises them
 
     @property
     def all_nodes(self) -> Tuple[int, ...]:
@@ -95,7 +97,7 @@ class QuantSimulator:
         model = onnx.ModelProto()
         model.CopyFrom(self.prepared)
         if plan.activations or plan.weights:
-            insert_qdq(model, plan, amax)
+            insert_qdq(model, plan, amax, weights=self.weights)
         return model
 
     def run(self, batches: Sequence[Feeds], nodes_on: Collection[int],

@@ -16,9 +16,9 @@ from .feed import Batch, BatchStream, run_batch_size
 from .observe import VALUE_PRESERVING_OPS, Observation, plan_observation, value_preserving_copies
 from .options import RunOptions
 from .runner import Runner
-from .session import Purpose, create_session
+from .session import Purpose, create_session, model_sessions
 from .statistics import Collected, StatisticsCollector
 
 __all__ = ["CPU", "Batch", "BatchStream", "Collected", "Device", "Observation", "Purpose", "RunOptions", "Runner",
-           "StatisticsCollector", "VALUE_PRESERVING_OPS", "check_device", "create_session", "parse_device",
+           "StatisticsCollector", "VALUE_PRESERVING_OPS", "check_device", "create_session", "model_sessions", "parse_device",
            "plan_observation", "run_batch_size", "value_preserving_copies"]

@@ -142,3 +142,26 @@ class BatchStream:
                 return
             self.samples += count
             yield Batch({s.name: np.ascontiguousarray(feeds[s.name]) for s in self.specs}, count, keys)
+
+
+def sample_batches(info: Any, data: Any, samples: int, seed: int, preprocess: Any = None, batch_size: int = 8,
+                   threads: Optional[int] = None) -> List[Feeds]:
+    """`samples` seeded samples from any data calibrate accepts (images: a seeded subset, as --limit takes
+    one), preprocessed once and kept in batches: what analyze measures on and the Q/DQ export's data-driven
+    steps learn from. info: ptqengine.model.ModelInfo."""
+    import os
+
+    from ..datasource import open_source
+    from ..errors import DataError
+    from ..preprocess import config_for, plan_for
+
+    if samples < 1:
+        raise OptionError(f"--samples must be >= 1, got {samples}")
+    workers = threads or os.cpu_count() or 1
+    source = open_source(data, info.inputs,
+                         lambda: [plan_for(s, config_for(preprocess, s.name)) for s in info.inputs],
+                         limit=samples, seed=seed, strict=False, workers=workers, depth=2 * workers)
+    out = [batch.feeds for batch in BatchStream(source, info.inputs, batch_size)]
+    if not out:
+        raise DataError(f"{data}: no usable samples")
+    return out

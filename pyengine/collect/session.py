@@ -63,3 +63,14 @@ def create_session(model: Union[bytes, str, Path], origin: str, *, purpose: Purp
         raise OptionError(f"--device {device}: onnxruntime could not start its CUDA provider on this device "
                           "(see its log with --verbose)")
     return session
+
+
+def model_sessions(device: Device = CPU, threads: Optional[int] = None):
+    """A ptqengine.qdq Sessions callable: (model, origin, unfused_qdq) -> a session on `device` (FP32
+    models as REFERENCE, Q/DQ models as SIMULATE), for the Q/DQ export's data-driven steps."""
+
+    def make(model: Any, origin: str, unfused_qdq: bool) -> Any:
+        return create_session(model.SerializeToString(), origin, device=device, threads=threads,
+                              purpose=Purpose.SIMULATE if unfused_qdq else Purpose.REFERENCE)
+
+    return make

@@ -6,12 +6,15 @@ https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/quantized
 The same model runs in onnxruntime's CPU provider, which is how it is checked here.
 
 Static mode (the default): prepare the graph (graph.py: opset >= 13, Constant weights as initializers,
-BatchNormalization folded), place Q/DQ by the rules in placement.py (activation ranges per tensor from a
-calibration, weights per channel from max|w|, weights.py), insert them (insert.py), optionally keep named
-nodes in FP16 (fp16.py), check with onnx.checker, write atomically.
+BatchNormalization folded), place Q/DQ by the rules in placement.py, decide the quantisation with the
+accuracy methods (accuracy.py: bound-aware ranges, weight-error scales per output channel, and with
+calibration `samples` data-driven rounding, per-tensor ranges by each layer's own output error, bias
+correction), insert them (insert.py), optionally keep named nodes in FP16 (fp16.py), check with
+onnx.checker, write atomically.
 Dynamic mode: weights int8 per channel, activations quantised at run time by onnxruntime (dynamic.py).
 
-    result = quantize_model("model.onnx", "model.int8.onnx", calibration=calibrate("model.onnx", "images/"))
+    result = quantize_model("model.onnx", "model.int8.onnx", calibration=calibrate("model.onnx", "images/"),
+                            samples=[{"x": batch} for batch in batches])  # samples: optional, better with them
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ from ..model import find_activations, load_model
 from .dynamic import DYNAMIC_OP_TYPES, quantize_dynamic_model
 from .fp16 import apply_fp16_fallback
 from .graph import default_opset, prepare
+from .accuracy import AccuracyOptions, refine
+from .capture import Feeds, Sessions
 from .insert import insert_qdq
 from .placement import excluded_indices, matches, node_label, plan_qdq
 
@@ -42,7 +47,7 @@ MODES = ("static", "dynamic")
 METADATA_KEY = "ptqengine.qdq"
 MAX_PROTO_BYTES = 2**31 - 1  # protobuf's limit for one serialised message
 
-__all__ = ["MODES", "QuantizeReport", "QuantizeResult", "quantize_model", "write_model"]
+__all__ = ["MODES", "AccuracyOptions", "QuantizeReport", "QuantizeResult", "Sessions", "quantize_model", "write_model"]
 
 
 @dataclass
@@ -59,6 +64,7 @@ class QuantizeReport:
     fp16_nodes: List[str] = field(default_factory=list)
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (tensor, reason)
     notes: List[str] = field(default_factory=list)
+    accuracy: Dict[str, Any] = field(default_factory=dict)  # what the accuracy methods did (accuracy.py)
     output_bytes: int = 0
     seconds: float = 0.0
 
@@ -133,7 +139,9 @@ def _stamp(model: onnx.ModelProto, settings: Mapping[str, Any]) -> None:
 
 
 def _static(proto: onnx.ModelProto, origin: str, amax: Mapping[str, float], report: QuantizeReport,
-            exclude: Sequence[str], exclude_op_types: Sequence[str], fp16_fallback: Sequence[str]) -> onnx.ModelProto:
+            exclude: Sequence[str], exclude_op_types: Sequence[str], fp16_fallback: Sequence[str],
+            stats: Optional[Mapping[str, Any]], samples: Optional[Sequence[Feeds]],
+            options: AccuracyOptions, sessions: Optional[Sessions]) -> onnx.ModelProto:
     bn_before = sum(n.op_type == "BatchNormalization" for n in proto.graph.node)
     prepared = prepare(proto, origin)
     report.folded_bn = bn_before - sum(n.op_type == "BatchNormalization" for n in prepared.graph.node)
@@ -150,7 +158,10 @@ def _static(proto: onnx.ModelProto, origin: str, amax: Mapping[str, float], repo
     if plan.skipped and not plan.activations:
         raise OptionError(f"{origin}: none of the {len(plan.skipped)} tensors to quantize has a calibrated range "
                           f"(first: {plan.skipped[0][0]!r}); were the statistics taken on another model?")
-    counts = insert_qdq(prepared, plan, amax)
+    usable = {t: amax[t] for t in plan.activation_tensors}
+    refined = refine(prepared, plan, usable, stats, samples, options, origin, sessions)
+    report.accuracy = refined.summary
+    counts = insert_qdq(prepared, plan, amax, qparams=refined.qparams, weights=refined.weights)
     report.activation_qdq, report.weight_dq = counts["activation_qdq"], counts["weight_dq"]
     report.excluded_nodes, report.skipped = plan.excluded_nodes, plan.skipped
     if plan.skipped:
@@ -162,13 +173,18 @@ def _static(proto: onnx.ModelProto, origin: str, amax: Mapping[str, float], repo
 def quantize_model(model: Union[PathLike, onnx.ModelProto], output: Optional[PathLike] = None, *,
                    calibration: Any = None, mode: str = "static", per_channel: bool = True,
                    exclude: Sequence[str] = (), exclude_op_types: Sequence[str] = (),
-                   fp16_fallback: Sequence[str] = ()) -> QuantizeResult:
+                   fp16_fallback: Sequence[str] = (), samples: Optional[Sequence[Feeds]] = None,
+                   accuracy: Optional[AccuracyOptions] = None, sessions: Optional[Sessions] = None) -> QuantizeResult:
     """Quantise an FP32 ONNX model to int8 and (when `output` is given) write it.
 
     calibration: a `CalibrationResult` (ptqengine.calibrate / result_from_stats) or a mapping tensor -> amax,
         taken on this same model (static mode; ignored in dynamic mode).
     exclude: fnmatch patterns on node names (a nameless node: its first output); exclude_op_types: op types;
-    fp16_fallback: exact node names to run in float16 (static mode). Raises PtqError subclasses for user errors.
+    fp16_fallback: exact node names to run in float16 (static mode).
+    samples: calibration batches (feed dicts) for the data-driven accuracy methods (rounding, per-tensor range
+        choice, bias correction), run through `sessions` (ptqengine.collect.model_sessions()); without samples
+        only the data-free ones run. accuracy: which methods run (AccuracyOptions(); all on). Raises PtqError
+        subclasses for user errors. ptqengine.api.quantize does all of it from --data.
     """
     start = time.perf_counter()
     if mode not in MODES:
@@ -178,7 +194,9 @@ def quantize_model(model: Union[PathLike, onnx.ModelProto], output: Optional[Pat
     report = QuantizeReport(mode=mode, per_channel=per_channel, source_opset=default_opset(proto))
     if mode == "static":
         amax, report.algo = _amax_of(calibration)
-        result = _static(proto, origin, amax, report, exclude, exclude_op_types, fp16_fallback)
+        stats = getattr(getattr(calibration, "stats", None), "tensors", None)
+        result = _static(proto, origin, amax, report, exclude, exclude_op_types, fp16_fallback, stats, samples,
+                         accuracy or AccuracyOptions(), sessions)
     else:
         if fp16_fallback:
             raise OptionError("--fp16-fallback applies to --mode static only (dynamic mode targets onnxruntime)")
@@ -187,7 +205,8 @@ def quantize_model(model: Union[PathLike, onnx.ModelProto], output: Optional[Pat
         result = _dynamic(proto, origin, report, exclude, exclude_op_types)
     report.opset = default_opset(result)
     _stamp(result, {"mode": mode, "per_channel": per_channel, "algo": report.algo, "exclude": list(exclude),
-                    "exclude_op_types": list(exclude_op_types), "fp16_fallback": list(fp16_fallback)})
+                    "exclude_op_types": list(exclude_op_types), "fp16_fallback": list(fp16_fallback),
+                    "accuracy": (accuracy or AccuracyOptions()).to_dict() if mode == "static" else None})
     _check(result, origin, input_passed_checker=input_ok)
     data = result.SerializeToString()
     report.output_bytes = len(data)

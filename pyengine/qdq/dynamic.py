@@ -27,7 +27,8 @@ from typing import Dict, Sequence
 import onnx
 
 from ..errors import ModelError
-from .graph import _drop_unused_initializers, all_graphs, constants_to_initializers, fold_weight_plumbing, topological_sort
+from .graph import (all_graphs, constants_to_initializers, drop_unused_initializers, fold_weight_plumbing,
+                    topological_sort)
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def prepare_dynamic(model: onnx.ModelProto) -> Dict[str, int]:
     """In place: Constant weights to initializers, shape-only weight plumbing folded, unused ones dropped."""
     moved = constants_to_initializers(model)
     folded = fold_weight_plumbing(model)
-    _drop_unused_initializers(model.graph)  # weights now read only through their folded copies
+    drop_unused_initializers(model.graph)  # weights now read only through their folded copies
     return {"constants_moved": moved, "folded": folded}
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .graph import _fresh_name, default_opset
+from .graph import fresh_name, default_opset
 
 
 def _schema(node: onnx.NodeProto, opset: int):
@@ -51,7 +51,7 @@ def apply_fp16_fallback(model: onnx.ModelProto, node_indices: Sequence[int],
     taken = set(inits) | {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
 
     def fresh(base: str) -> str:
-        return _fresh_name(base, taken)
+        return fresh_name(base, taken)
 
     half_inits: Dict[str, str] = {}
     half_acts: Dict[str, str] = {}

@@ -162,13 +162,29 @@ def _foldable(conv: onnx.NodeProto, bn: onnx.NodeProto, inits: Dict[str, onnx.Te
     return inits[conv.input[1]].data_type == TensorProto.FLOAT
 
 
-def _fresh_name(base: str, taken: set) -> str:
+def fresh_name(base: str, taken: set) -> str:
+    """`base`, or `base_1`, `base_2`, ... : the first not in `taken` (which then holds it). Deterministic."""
     name, i = base, 0
     while name in taken:
         i += 1
         name = f"{base}_{i}"
     taken.add(name)
     return name
+
+
+class FreshNames:
+    """Fresh, deterministic names that collide with nothing already in the graph."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.taken: set = {i.name for i in graph.initializer} | {i.name for i in graph.input}
+        for node in graph.node:
+            self.taken.update(o for o in node.output if o)
+            self.taken.update(i for i in node.input if i)
+            if node.name:
+                self.taken.add(node.name)
+
+    def fresh(self, base: str) -> str:
+        return fresh_name(base, self.taken)
 
 
 def fold_batchnorm(model: onnx.ModelProto) -> List[str]:
@@ -193,7 +209,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> List[str]:
         keep = [n for n in graph.node if id(n) not in drop]
         del graph.node[:]
         graph.node.extend(keep)
-        _drop_unused_initializers(graph)
+        drop_unused_initializers(graph)
     return [bn.name or bn.output[0] for bn in folded_bn]
 
 
@@ -212,7 +228,7 @@ def _fold_pair(graph: onnx.GraphProto, conv: onnx.NodeProto, bn: onnx.NodeProto,
     w_name = _replace_or_add(graph, conv.input[1], w_folded, inits, uses, taken)
     b_base = conv.input[2] if has_bias else f"{conv.input[1]}_bias"
     b_name = _replace_or_add(graph, b_base, b_folded, inits, uses, taken) if has_bias else \
-        _add_initializer(graph, _fresh_name(b_base, taken), b_folded, inits)
+        _add_initializer(graph, fresh_name(b_base, taken), b_folded, inits)
     while len(conv.input) < 3:
         conv.input.append("")
     conv.input[1], conv.input[2] = w_name, b_name
@@ -225,7 +241,7 @@ def _replace_or_add(graph: onnx.GraphProto, name: str, value: np.ndarray, inits:
     if uses[name] == 1:
         inits[name].CopyFrom(numpy_helper.from_array(value, name))
         return name
-    return _add_initializer(graph, _fresh_name(f"{name}_bnfolded", taken), value, inits)
+    return _add_initializer(graph, fresh_name(f"{name}_bnfolded", taken), value, inits)
 
 
 def _add_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray,
@@ -236,7 +252,7 @@ def _add_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray,
     return name
 
 
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
     """Remove initializers nothing reads any more (and their graph-input entries, kept by IR < 4 models)."""
     used = consumer_count(graph)
     dropped = {init.name for init in graph.initializer if not used[init.name]}

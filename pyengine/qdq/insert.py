@@ -14,38 +14,17 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import consumer_count
+from .graph import FreshNames, consumer_count
 from .placement import QdqPlan
-from .weights import activation_scale, quantize_weight
+from .weights import QParams, QuantizedWeight, quantize_weight, symmetric_qparams
 
 
-class _Names:
-    """Fresh, deterministic names that collide with nothing already in the graph."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.taken: Set[str] = {i.name for i in graph.initializer} | {i.name for i in graph.input}
-        for node in graph.node:
-            self.taken.update(o for o in node.output if o)
-            self.taken.update(i for i in node.input if i)
-            if node.name:
-                self.taken.add(node.name)
-
-    def fresh(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.taken:
-            i += 1
-            name = f"{base}_{i}"
-        self.taken.add(name)
-        return name
-
-
-def _activation_pair(tensor: str, amax: float, names: _Names
+def _activation_pair(tensor: str, qparams: QParams, names: FreshNames
                      ) -> Tuple[List[onnx.NodeProto], List[onnx.TensorProto], str]:
-    scale = activation_scale(amax)
     scale_name, zp_name = names.fresh(f"{tensor}_scale"), names.fresh(f"{tensor}_zero_point")
     quantized, dequantized = names.fresh(f"{tensor}_quantized"), names.fresh(f"{tensor}_dequantized")
-    inits = [numpy_helper.from_array(np.array(scale, dtype=np.float32), scale_name),
-             numpy_helper.from_array(np.array(0, dtype=np.int8), zp_name)]
+    inits = [numpy_helper.from_array(np.array(qparams.scale, dtype=np.float32), scale_name),
+             numpy_helper.from_array(qparams.zero_point_array(), zp_name)]
     nodes = [helper.make_node("QuantizeLinear", [tensor, scale_name, zp_name], [quantized],
                               name=names.fresh(f"{tensor}_QuantizeLinear")),
              helper.make_node("DequantizeLinear", [quantized, scale_name, zp_name], [dequantized],
@@ -53,9 +32,8 @@ def _activation_pair(tensor: str, amax: float, names: _Names
     return nodes, inits, dequantized
 
 
-def _weight_dq(name: str, weight: np.ndarray, axis: Optional[int], names: _Names
+def _weight_dq(name: str, q: QuantizedWeight, names: FreshNames
                ) -> Tuple[onnx.NodeProto, List[onnx.TensorProto], str]:
-    q = quantize_weight(weight, axis)
     q_name, scale_name = names.fresh(f"{name}_quantized"), names.fresh(f"{name}_scale")
     zp_name, out_name = names.fresh(f"{name}_zero_point"), names.fresh(f"{name}_dequantized")
     inits = [numpy_helper.from_array(q.values, q_name),
@@ -67,10 +45,16 @@ def _weight_dq(name: str, weight: np.ndarray, axis: Optional[int], names: _Names
     return node, inits, out_name
 
 
-def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float]) -> Dict[str, int]:
-    """Apply the plan to model.graph in place; returns counts of what was added."""
+def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float], *,
+               qparams: Optional[Mapping[str, QParams]] = None,
+               weights: Optional[Mapping[Tuple[str, Optional[int]], QuantizedWeight]] = None) -> Dict[str, int]:
+    """Apply the plan to model.graph in place; returns counts of what was added.
+
+    Activations: `qparams[tensor]` when given, else symmetric int8 from `amax[tensor]`. Weights:
+    `weights[(initializer, axis)]` when given, else max|w| per channel (weights.quantize_weight).
+    """
     graph = model.graph
-    names = _Names(graph)
+    names = FreshNames(graph)
     inits = {i.name: i for i in graph.initializer}
     before: Dict[int, List[onnx.NodeProto]] = {}  # node index -> Q/DQ nodes to put in front of it
     new_inits: List[onnx.TensorProto] = []
@@ -78,7 +62,8 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float])
     act_out: Dict[str, str] = {}
     for edge in plan.activations:
         if edge.tensor not in act_out:
-            nodes, tensors, out = _activation_pair(edge.tensor, float(amax[edge.tensor]), names)
+            params = (qparams or {}).get(edge.tensor) or symmetric_qparams(float(amax[edge.tensor]))
+            nodes, tensors, out = _activation_pair(edge.tensor, params, names)
             before.setdefault(edge.node, []).extend(nodes)
             new_inits.extend(tensors)
             act_out[edge.tensor] = out
@@ -88,8 +73,8 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float])
     for edge in plan.weights:
         key = (edge.initializer, edge.axis)
         if key not in w_out:
-            node, tensors, out = _weight_dq(edge.initializer, numpy_helper.to_array(inits[edge.initializer]),
-                                            edge.axis, names)
+            q = (weights or {}).get(key) or quantize_weight(numpy_helper.to_array(inits[edge.initializer]), edge.axis)
+            node, tensors, out = _weight_dq(edge.initializer, q, names)
             before.setdefault(edge.node, []).append(node)
             new_inits.extend(tensors)
             w_out[key] = out

@@ -16,16 +16,29 @@ which NVIDIA ModelOpt's ONNX quantizer also implements
      ([N, K]) else 1 ([K, N]); MatMul axis = last (the output columns). `per_channel=False` makes
      every weight per-tensor.
    - Biases (Conv / Gemm input 2) stay float (TensorRT quantizes no bias; ModelOpt QuantizeBias=False).
+   Why: TensorRT runs a layer in int8 only when both its data and weights arrive quantised; Q/DQ on the
+   inputs is what tells it so, and int32 accumulation of int8 x int8 is the arithmetic those ops have.
 2. Residual Add: TensorRT fuses an Add into the weighted layer producing one of its inputs, so only
    the other, the skip branch, gets Q/DQ. When both inputs come from weighted layers, the one finishing
    later in graph order is taken as the fused main branch and the earlier one as the skip. An Add with
    a constant input (a bias) is no residual and gets nothing.
+   Why (accuracy): a Q/DQ on the fused branch would make the simulated model round a value TensorRT
+   never rounds (the weighted layer's int32 sum goes straight into the Add); on the skip branch it is
+   the int8 tensor TensorRT actually reads. Placement that differs from the engine measures another model.
 3. Pooling: AveragePool and GlobalAveragePool are fused with surrounding Q/DQ by TensorRT, so their
    input gets Q/DQ. MaxPool (and Reshape, Transpose) commute with Q/DQ; TensorRT moves the next
    layer's Q/DQ across them itself, so nothing is added there.
-4. Not placed: ReLU and other activations (TensorRT fuses them; "do not simulate fusion"), normalisation
-   (BatchNormalization is folded beforehand, see graph.py), Concat (a shared-scale rule this export does
-   not implement), Softmax and everything else: those layers run in float.
+   Why: an average of int8 values is computed and requantised inside the fused int8 pooling; max and
+   reshuffles select values without changing them, so quantising before or after is the same number.
+4. Concat: every quantised tensor among a Concat's inputs and output gets ONE scale, the largest of
+   theirs (shared_scale_groups; applied by accuracy.refine, symmetric mode). Why: TensorRT moves the
+   output's Q backward across the Concat (it commutes) into each producer; a producer whose output is
+   also quantised elsewhere with another scale would need two quantisations, so TensorRT requantises,
+   adding a second rounding the Q/DQ model does not show (developer guide: "Concat: give all inputs
+   and the output one shared scale"). The largest keeps every member's range: none is clipped more.
+   Not placed: ReLU and other activations (TensorRT fuses them; "do not simulate fusion"), normalisation
+   (BatchNormalization is folded beforehand, see graph.py), Softmax and everything else: those layers
+   run in float.
 5. Exclusions: a node matched by an exclude pattern (fnmatch on its name, or its first output when it
    has no name), an excluded op type, or an FP16-fallback node gets no Q/DQ on any of its inputs and keeps
    float weights. A tensor whose calibrated amax is missing, zero or not finite gets no Q/DQ (noted).
@@ -205,3 +218,27 @@ def plan_qdq(graph: onnx.GraphProto, amax: Mapping[str, float], *, per_channel: 
     plan = _Planner(graph, amax, per_channel, excluded).run()
     plan.excluded_nodes = [node_label(graph.node[i], i) for i in sorted(excluded)]
     return plan
+
+
+def shared_scale_groups(graph: onnx.GraphProto, plan: QdqPlan) -> List[List[str]]:
+    """Quantised tensors that must share one scale (rule 4): a Concat's output and inputs, merged when
+    they overlap (a tensor read by two Concats joins both groups into one)."""
+    quantised = set(plan.activation_tensors)
+    parent: Dict[str, str] = {}
+
+    def find(t: str) -> str:
+        while parent.setdefault(t, t) != t:
+            t = parent[t]
+        return t
+
+    for node in graph.node:
+        if node.op_type != "Concat" or node.domain not in ("", "ai.onnx"):
+            continue
+        members = [t for t in list(node.output[:1]) + list(node.input) if t in quantised]
+        for t in members[1:]:
+            parent[find(t)] = find(members[0])
+    groups: Dict[str, List[str]] = {}
+    for t in plan.activation_tensors:
+        if t in parent:
+            groups.setdefault(find(t), []).append(t)
+    return [g for g in groups.values() if len(g) > 1]

@@ -14,6 +14,13 @@ All-zero weight channel: max |w| = 0 would give scale 0, which TensorRT's parser
 strictly positive) and which divides by zero. Such a channel gets scale 1.0 instead (ZERO_CHANNEL_SCALE):
 every weight in it is 0 and quantises to exactly 0 whatever the scale, so the value is free; 1.0 keeps
 the scale a plain, normal float rather than a denormal that some parsers flush to zero.
+
+Weight-error scales (`scale_method="mse"`, the default of the Q/DQ export): per channel, the clipping
+c * max|w| for c in CLIP_CANDIDATES that minimises sum (w - w_q)^2 over the channel. c = 1 (max|w|) is
+a candidate, so the error is never above max|w|'s; a lone outlier weight is clipped when rounding the
+other weights more finely pays for it (Banner et al. 2019, "Post-training 4-bit quantization",
+https://arxiv.org/abs/1810.05723; Nagel et al. 2021, "A White Paper on Neural Network Quantization",
+section 3.4.3, MSE range setting: https://arxiv.org/abs/2106.08295). TensorRT takes the scales as given.
 """
 from __future__ import annotations
 
@@ -24,6 +31,8 @@ import numpy as np
 
 QMAX = 127
 ZERO_CHANNEL_SCALE = 1.0
+CLIP_CANDIDATES = np.linspace(0.5, 1.0, 101)  # fractions of max|w| tried by the weight-error search
+SCALE_METHODS = ("max", "mse")
 
 
 @dataclass
@@ -49,19 +58,64 @@ def scales_from_absmax(absmax: np.ndarray) -> np.ndarray:
     return scale.astype(np.float32)
 
 
-def quantize_weight(weight: np.ndarray, axis: Optional[int]) -> QuantizedWeight:
-    """Per-channel along `axis` (or per tensor when axis is None) symmetric int8."""
+def channel_rows(weight: np.ndarray, axis: Optional[int]) -> np.ndarray:
+    """float32 view [channels, values per channel] (one row when axis is None)."""
     w = np.asarray(weight, dtype=np.float32)
     if axis is None:
-        scale = scales_from_absmax(np.array(np.abs(w).max() if w.size else 0.0))
-        values = _round_clip(w, np.float32(scale))
-        return QuantizedWeight(values, scale.reshape(()), None)
-    axis = axis % w.ndim
-    scale = scales_from_absmax(channel_absmax(w, axis))
+        return w.reshape(1, -1)
+    return np.moveaxis(w, axis % w.ndim, 0).reshape(w.shape[axis], -1)
+
+
+def mse_scales(rows: np.ndarray, candidates: np.ndarray = CLIP_CANDIDATES) -> np.ndarray:
+    """Per row, the float32 scale c * max|w| / 127 (c in candidates) with the least sum of squared error."""
+    absmax = np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(rows.shape[0], np.float32)
+    best = scales_from_absmax(absmax)
+    best_err = _row_error(rows, best)
+    for c in candidates:
+        scale = scales_from_absmax(absmax * c)
+        err = _row_error(rows, scale)
+        better = err < best_err
+        best, best_err = np.where(better, scale, best), np.where(better, err, best_err)
+    return best.astype(np.float32)
+
+
+def _row_error(rows: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    s = scale.reshape(-1, 1)
+    deq = _round_clip(rows, s).astype(np.float32) * s
+    return ((rows - deq).astype(np.float64) ** 2).sum(axis=1)
+
+
+def weight_scales(weight: np.ndarray, axis: Optional[int], method: str = "max") -> np.ndarray:
+    """float32 scales along `axis` (shape [C]) or per tensor (shape []) by `method` (SCALE_METHODS)."""
+    if method not in SCALE_METHODS:
+        raise ValueError(f"weight scale method must be one of {', '.join(SCALE_METHODS)}, got {method!r}")
+    rows = channel_rows(weight, axis)
+    scale = mse_scales(rows) if method == "mse" else scales_from_absmax(
+        np.abs(rows).max(axis=1) if rows.size else np.zeros(rows.shape[0]))
+    return scale if axis is not None else scale.reshape(())
+
+
+def quantize_weight(weight: np.ndarray, axis: Optional[int], method: str = "max",
+                    scale: Optional[np.ndarray] = None) -> QuantizedWeight:
+    """Per-channel along `axis` (or per tensor when axis is None) symmetric int8.
+
+    scale: given scales (e.g. from a rounding search); else `method` ("max": max|w| / 127; "mse").
+    """
+    w = np.asarray(weight, dtype=np.float32)
+    axis = None if axis is None else axis % w.ndim
+    scale = weight_scales(w, axis, method) if scale is None else np.asarray(scale, np.float32)
     shape = [1] * w.ndim
-    shape[axis] = -1
-    values = _round_clip(w, scale.reshape(shape))
-    return QuantizedWeight(values, scale, axis)
+    if axis is not None:
+        shape[axis] = -1
+    return QuantizedWeight(_round_clip(w, scale.reshape(shape)), scale, axis)
+
+
+def dequantize(q: QuantizedWeight) -> np.ndarray:
+    """float32 values the DequantizeLinear of `q` produces."""
+    shape = [1] * q.values.ndim
+    if q.axis is not None:
+        shape[q.axis] = -1
+    return q.values.astype(np.float32) * q.scale.reshape(shape)
 
 
 def _round_clip(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -76,3 +130,46 @@ def activation_scale(amax: float) -> Optional[np.float32]:
         return None
     scale = np.float32(amax / QMAX)
     return scale if scale > 0 and np.isfinite(scale) else None
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Per-tensor activation quantisation: q = clamp(round(x / scale) + zero_point) in int8 or uint8."""
+
+    scale: float
+    zero_point: int = 0
+    signed: bool = True
+
+    @property
+    def lo(self) -> float:
+        return (self.qmin - self.zero_point) * self.scale
+
+    @property
+    def qmin(self) -> int:
+        return -QMAX - 1 if self.signed else 0
+
+    def zero_point_array(self) -> np.ndarray:
+        return np.array(self.zero_point, dtype=np.int8 if self.signed else np.uint8)
+
+
+def symmetric_qparams(amax: float) -> Optional[QParams]:
+    scale = activation_scale(amax)
+    return None if scale is None else QParams(float(scale))
+
+
+def asymmetric_qparams(amax: float, observed_min: float, observed_max: float) -> Optional[QParams]:
+    """uint8 with a zero point over [max(min, -amax), min(max, amax)], widened to hold 0 exactly.
+
+    The symmetric clipping amax is kept on each side, but a side the values never reach (a ReLU output's
+    negative half, HardSwish's [-0.375, 0)) costs no levels: that is what zero points buy where the
+    target takes them (onnxruntime, Horizon; TensorRT does not).
+    """
+    if activation_scale(amax) is None:
+        return None
+    lo = min(0.0, max(float(observed_min), -amax)) if np.isfinite(observed_min) else -amax
+    hi = max(0.0, min(float(observed_max), amax)) if np.isfinite(observed_max) else amax
+    scale = np.float32((hi - lo) / 255.0)
+    if not (scale > 0 and np.isfinite(scale)):
+        return None
+    zero_point = int(np.clip(np.rint(-lo / float(scale)), 0, 255))
+    return QParams(float(scale), zero_point, signed=False)
