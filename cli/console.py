@@ -152,6 +152,9 @@ def print_summary(result: "CalibrationResult", outputs: Outputs, verb: str = "Ca
     elif report.samples:
         line += f" (statistics of {report.samples} samples)"
     console.print(Text(line, style="bold green"))
+    convergence = convergence_line(result)
+    if convergence:
+        console.print(f"  {convergence}")
     if result.algo == "auto":
         from ptqengine.analyze.auto_algo import describe_choice
 
@@ -159,6 +162,18 @@ def print_summary(result: "CalibrationResult", outputs: Outputs, verb: str = "Ca
     width = max((len(what) for what, _ in outputs), default=0)
     for what, where in outputs:
         console.print(f"  {what:<{width}}  {where}")
+
+
+def convergence_line(result: "CalibrationResult") -> str:
+    """The convergence summary of a run that measured it ('' otherwise), with what the checkpoints cost."""
+    from ptqengine.formats.convergence import ConvergenceRecord
+
+    record = ConvergenceRecord.from_metadata(result.stats.metadata)
+    if record is None:
+        return ""
+    seconds = result.report.timings.get("convergence")
+    cost = f" (checkpoints {seconds:.1f} s)" if seconds else ""
+    return f"convergence: {record.summary_line()}{cost}"
 
 
 def print_report_warnings(result: "CalibrationResult", extra: Sequence[str] = ()) -> None:
