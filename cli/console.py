@@ -154,7 +154,7 @@ def print_summary(result: "CalibrationResult", outputs: Outputs, verb: str = "Ca
     console.print(Text(line, style="bold green"))
     convergence = convergence_line(result)
     if convergence:
-        console.print(f"  {convergence}")
+        console.print(Text(f"  {convergence}"))  # plain text: "[stopped: ...]" is not markup
     if result.algo == "auto":
         from ptqengine.analyze.auto_algo import describe_choice
 
