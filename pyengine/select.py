@@ -77,13 +77,14 @@ def signature_tensors(observation: Observation, count: int) -> List[str]:
 
 
 def tail_counts(stats: TensorStats) -> np.ndarray:
-    """Values with |x| >= each threshold, read off the grid (exact where the threshold is a grid edge)."""
+    """Values with |x| >= each threshold, read off the grid: exact where the threshold is a grid edge (from
+    absmax / 512 up), else at the nearest edge."""
     h = stats.histogram.astype(np.float64)
     tail = np.concatenate([np.cumsum(h[::-1])[::-1], [0.0]])
     width = float(stats.bin_edges[1]) if stats.finite_count else 0.0
     if width <= 0:
         return np.zeros(len(THRESHOLDS))
-    index = np.minimum(np.ceil(THRESHOLDS / width), len(h)).astype(np.int64)
+    index = np.minimum(np.rint(THRESHOLDS / width), len(h)).astype(np.int64)
     return tail[index]
 
 
