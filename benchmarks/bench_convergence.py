@@ -55,6 +55,7 @@ SITE = pathlib.Path(importlib.util.find_spec("rapidocr").origin).parent
 IMAGENET = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
 SIZES = (32, 100, 300)
 BATCH = 16
+STOP_GRID = [(tol, share) for tol in (0.01, 0.02, 0.05, 0.10) for share in (0.99, 0.95, 0.90)]  # strictest first
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,53 @@ def ab_runs(name: str, pool: pathlib.Path, total: int) -> Dict[str, dict]:
     return out
 
 
+def curve(m: Model, record: ConvergenceRecord, reference: Dict[str, float], held_out: pathlib.Path,
+          work: pathlib.Path, name: str) -> List[dict]:
+    """Per checkpoint of the whole-pool run: the split-half distribution, the ranges against the all-images
+    ranges, and the output metric of the Q/DQ model with those ranges."""
+    rows = []
+    for point, row in zip(record.checkpoints, record.checkpoint_rows()):
+        amax = dict(zip(record.tensors, (float(v) for v in point.amax)))
+        err = relative_errors(amax, reference)
+        d = point.disagreement()
+        rows.append({"images": point.samples, "halves": list(point.halves),
+                     "halves_within_1pct": float(np.mean(d <= 0.01)), "halves_within_5pct": float(np.mean(d <= 0.05)),
+                     "median_disagreement": row["median"], "disagreement_at_99": row["spread"],
+                     "within_1pct_of_all": float(np.mean(err <= 0.01)), "median_range_error": float(np.median(err)),
+                     **score(m, amax, held_out, work)})
+        print(name, rows[-1], flush=True)
+    return rows
+
+
+def stop_grid(record: ConvergenceRecord, rows: List[dict]) -> List[dict]:
+    """Where --until-stable TOL --stable-share SHARE stops on this order (the first checkpoint k, before the
+    last, with the halves within TOL on SHARE of the tensors at k-1 and k): read off the whole-pool record,
+    since the same seed gives the same order and so the same checkpoints (tests/test_convergence.py)."""
+    out = []
+    for tol, share in STOP_GRID:
+        within = [float(np.mean(c.disagreement() <= tol)) >= share for c in record.checkpoints]
+        k = next((k for k in range(1, len(within) - 1) if within[k] and within[k - 1]), None)
+        out.append({"tolerance": tol, "share": share, "checkpoint": k,
+                    **({} if k is None else {"images": rows[k]["images"], "within_1pct_of_all": rows[k]["within_1pct_of_all"],
+                                             "cosine_change": rows[k]["cosine"] - rows[-1]["cosine"],
+                                             "agreement_change": None if rows[k]["agreement"] is None else
+                                             rows[k]["agreement"] - rows[-1]["agreement"]})})
+    return out
+
+
+def real_stop(m: Model, pool: pathlib.Path, record: ConvergenceRecord, stops: List[dict], pool_size: int) -> dict:
+    """The strictest grid setting that stops, run for real: it must stop at the checkpoint the record predicts."""
+    setting = next((s for s in stops if s["checkpoint"] is not None), None)
+    if setting is None:
+        return {"images": None, "reason": f"no setting of the grid stops within the pool of {pool_size}"}
+    _, stopped, seconds = tracked_run(m, pool, until_stable=True, tolerance=setting["tolerance"], share=setting["share"])
+    k = setting["checkpoint"]
+    assert stopped.last.samples == record.checkpoints[k].samples
+    assert np.array_equal(stopped.last.amax, record.checkpoints[k].amax)
+    return {"tolerance": setting["tolerance"], "share": setting["share"], "images": stopped.last.samples,
+            "seconds": seconds, "reason": stopped.stopped["reason"]}
+
+
 def run_model(name: str, m: Model, args, root: pathlib.Path) -> dict:
     pool_size, held = max(64, int(m.pool * args.scale)), max(16, int(m.held_out * args.scale))
     pool = make_images(root / f"{name}_pool_{pool_size}", m.kinds, pool_size, seed=11)
@@ -162,25 +210,9 @@ def run_model(name: str, m: Model, args, root: pathlib.Path) -> dict:
     full, record, seconds = tracked_run(m, pool)
     reference = full.amax
     report["full"] = {"seconds": seconds, "timings": full.report.timings, "summary": record.summary_line()}
-    report["curve"] = []
-    for k, point in enumerate(record.checkpoints):
-        amax = dict(zip(record.tensors, (float(v) for v in point.amax)))
-        err = relative_errors(amax, reference)
-        report["curve"].append({"images": point.samples, "halves": list(point.halves),
-                                "within_1pct_of_all": float(np.mean(err <= 0.01)), "median_range_error": float(np.median(err)),
-                                "halves_within_1pct": record.checkpoint_rows()[k]["within_tolerance"],
-                                **score(m, amax, held_out, work)})
-        print(name, report["curve"][-1], flush=True)
-    stops = [k for k in range(1, len(record.checkpoints) - 1) if record.stable(k) and record.stable(k - 1)]
-    if stops:
-        stopped, stop_record, stop_seconds = tracked_run(m, pool, until_stable=True)
-        k = stops[0]
-        assert stop_record.last.samples == record.checkpoints[k].samples
-        assert np.array_equal(stop_record.last.amax, record.checkpoints[k].amax)
-        report["until_stable"] = {"images": stop_record.last.samples, "seconds": stop_seconds,
-                                  "reason": stop_record.stopped["reason"], **report["curve"][k]}
-    else:
-        report["until_stable"] = {"images": None, "reason": f"not stable within the pool of {pool_size}"}
+    report["curve"] = curve(m, record, reference, held_out, work, name)
+    report["stops"] = stop_grid(record, report["curve"])
+    report["until_stable"] = real_stop(m, pool, record, report["stops"], pool_size)
     print(name, "until-stable", report["until_stable"], flush=True)
     sizes = [s for s in SIZES if s <= pool_size]
     chosen = select(m.path, pool, max(sizes), preprocess=m.preprocess)
@@ -230,22 +262,26 @@ def _f(value, digits: int = 4) -> str:
 
 def tables(reports: List[dict]) -> str:
     """The markdown tables of benchmarks/README.md."""
-    out = ["| model | images | halves within 1% | ranges within 1% of all-images | median range error | cosine "
-           "| agreement |", "|---|---|---|---|---|---|---|"]
+    out = ["| model | images | halves A/B | halves within 1% / 5% | median disagreement | disagreement at 99% "
+           "| ranges within 1% of all-images | median range error | cosine | agreement |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         for c in r["curve"]:
-            out.append(f"| {r['model']} | {c['images']} | {c['halves_within_1pct']:.1%} | {c['within_1pct_of_all']:.1%} "
-                       f"| {c['median_range_error']:.2%} | {_f(c['cosine'])} | {_f(c['agreement'], 3)} |")
-    out += ["", "| model | pool | --until-stable 1% stopped at | ranges within 1% of all-images | cosine - all-images "
-            "| agreement - all-images |", "|---|---|---|---|---|---|"]
+            out.append(f"| {r['model']} | {c['images']} | {c['halves'][0]}/{c['halves'][1]} "
+                       f"| {c['halves_within_1pct']:.0%} / {c['halves_within_5pct']:.0%} "
+                       f"| {c['median_disagreement']:.2%} | {c['disagreement_at_99']:.1%} "
+                       f"| {c['within_1pct_of_all']:.1%} | {c['median_range_error']:.2%} | {_f(c['cosine'])} "
+                       f"| {_f(c['agreement'], 3)} |")
+    out += ["", "| model | pool | --until-stable | --stable-share | stops at | ranges within 1% of all-images "
+            "| cosine - all-images | agreement - all-images |", "|---|---|---|---|---|---|---|---|"]
     for r in reports:
-        u, last = r["until_stable"], r["curve"][-1]
-        if u["images"] is None:
-            out.append(f"| {r['model']} | {r['pool']} | {u['reason']} | - | - | - |")
-            continue
-        agree = None if u["agreement"] is None else u["agreement"] - last["agreement"]
-        out.append(f"| {r['model']} | {r['pool']} | {u['images']} | {u['within_1pct_of_all']:.1%} "
-                   f"| {u['cosine'] - last['cosine']:+.4f} | {_f(agree, 3)} |")
+        for g in r["stops"]:
+            if g["checkpoint"] is None:
+                out.append(f"| {r['model']} | {r['pool']} | {g['tolerance']:.0%} | {g['share']:.0%} | no stop | - | - | - |")
+                continue
+            out.append(f"| {r['model']} | {r['pool']} | {g['tolerance']:.0%} | {g['share']:.0%} | {g['images']} "
+                       f"| {g['within_1pct_of_all']:.1%} | {g['cosine_change']:+.4f} | "
+                       f"{'-' if g['agreement_change'] is None else format(g['agreement_change'], '+.3f')} |")
     out += ["", "| model | N | select: median range error | random: median range error (mean, min-max) "
             "| select: cosine / agreement | random: cosine / agreement (mean) |", "|---|---|---|---|---|---|"]
     for r in reports:

@@ -115,6 +115,13 @@ class SplitHalfTracker:
         self.stop_reason = ""
         self.samples = 0
         self.seconds = 0.0  # spent in checkpoints
+        self.tensors: List[Tuple[str, int]] = []  # (activation, index among the observed tensors): see bind
+        self.shuffled = False
+
+    def bind(self, tensors: Sequence[Tuple[str, int]], shuffled: bool) -> None:
+        """The activations the record names (graph order; a copy points at the tensor it copies) and whether
+        the data is read in the seeded random order. Stopping is decided on these, as inspect shows them."""
+        self.tensors, self.shuffled = list(tensors), shuffled
 
     # --- during the run ------------------------------------------------------------------------------
     def after_batch(self, samples: int, fold: HalfFold) -> bool:
@@ -144,6 +151,9 @@ class SplitHalfTracker:
         record = self._record_view()
         return len(self.points) >= 2 and record.stable(len(self.points) - 1) and record.stable(len(self.points) - 2)
 
+    def _record_view(self) -> ConvergenceRecord:
+        return ConvergenceRecord.from_dict(self.record())
+
     def _checkpoint(self, samples: int, halves: Halves, counts: Tuple[int, int], final: bool) -> List[TensorStats]:
         start = time.perf_counter()
         pairs = _pairs(halves)
@@ -169,29 +179,20 @@ class SplitHalfTracker:
         return float(compute_amax(stats, self.algo, **self.algo_options))
 
     # --- what the run stores -------------------------------------------------------------------------------
-    def whole_amax(self) -> List[float]:
-        """The whole's ranges at the last checkpoint (observed order): the run's ranges."""
-        return [float(v) for v in self.points[-1].amax]
-
-    def record(self, names: Sequence[Tuple[str, int]], shuffled: bool) -> Dict[str, Any]:
-        """The record for the statistics metadata: tensors as (name, index among the observed tensors)."""
-        index = [i for _, i in names]
+    def record(self) -> Dict[str, Any]:
+        """The record for the statistics metadata (ptqengine.formats.convergence)."""
+        index = [i for _, i in self.tensors]
         return {
             "version": RECORD_VERSION, "split": SPLIT, "algorithm": self.algo, "options": self.algo_options,
             "tolerance": self.options.tolerance, "share": self.options.share,
             "until_stable": self.options.until_stable, "max_images": self.options.max_images,
-            "order": f"seeded random (seed {self.seed})" if shuffled else "as given",
+            "order": f"seeded random (seed {self.seed})" if self.shuffled else "as given",
             "stopped": {"samples": self.samples, "reason": self.stop_reason},
-            "tensors": [n for n, _ in names],
+            "tensors": [n for n, _ in self.tensors],
             "checkpoints": [{"samples": p.samples, "halves": list(p.halves),
                              "amax_a": _json_floats(p.amax_a, index), "amax_b": _json_floats(p.amax_b, index),
                              "amax": _json_floats(p.amax, index)} for p in self.points],
         }
-
-    def _record_view(self) -> ConvergenceRecord:
-        return ConvergenceRecord([str(i) for i in range(len(self.points[-1].amax))] if self.points else [],
-                                 self.points, self.algo, self.options.tolerance, self.options.share,
-                                 {"reason": self.stop_reason}, {})
 
 
 def _pairs(halves: Halves) -> List[Tuple[Optional[TensorStats], Optional[TensorStats]]]:

@@ -22,12 +22,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from .._version import __version__
 from ..datasource import DataSource, first_samples, open_source
 from ..errors import DataError, OptionError
+from ..formats.convergence import RECORD_KEY
 from ..model import ModelInfo, external_data_files, file_sha256, info_from_model, load_model
 from ..preprocess import ImagePlan, config_for, plan_for
 from ..stats import TensorStats, update_many
 from ..statsfile import StatsBundle, load_stats
 from .convergence import HalfFold, SplitHalfTracker, half_of
-from ..formats.convergence import RECORD_KEY
 from .device import check_device
 from .feed import BatchStream
 from .observe import Observation, expose, plan_observation
@@ -52,7 +52,6 @@ class Collected:
     notes: List[str] = field(default_factory=list)
     timings: Dict[str, float] = field(default_factory=dict)
     activation_bytes: int = 0
-    tracker: Optional[SplitHalfTracker] = None  # the convergence checkpoints, when measured
 
 
 class _HostFold:
@@ -197,7 +196,7 @@ class StatisticsCollector:
             notes.insert(0, "no mean/std given: images fed as raw 0-255 pixel values")
         if tracker is not None:
             timings["convergence"] = tracker.seconds
-        return Collected(stats, stream.samples, source, stream.notes, timings, nbytes, tracker)
+        return Collected(stats, stream.samples, source, stream.notes, timings, nbytes)
 
     def _fold(self, arrays: Sequence[Any]):
         """The statistics objects, made at the first batch (per-channel axes need the ranks)."""
@@ -267,14 +266,15 @@ def collect_bundle(model: PathLike, data: Any, options: RunOptions, *, progress:
         raise OptionError("convergence is measured on the CPU statistics path only: use --device cpu")
     collector = StatisticsCollector(model, options, axis_policy)
     source = collector.open(data, tracker)
+    if tracker is not None:
+        obs = collector.observation
+        index = {name: i for i, name in enumerate(obs.observed)}
+        tracker.bind([(n, index[obs.copies.get(n, n)]) for n in obs.activations], shuffled=source.kind == "images")
     collected = collector.collect(source, progress, tracker)
     collected.timings["setup"] = collector.setup_seconds
     metadata = collector.metadata(source, collected.samples)
     if tracker is not None:
-        obs = collector.observation
-        index = {name: i for i, name in enumerate(obs.observed)}
-        names = [(n, index[obs.copies.get(n, n)]) for n in obs.activations]
-        metadata[RECORD_KEY] = tracker.record(names, shuffled=source.kind == "images")
+        metadata[RECORD_KEY] = tracker.record()
     return StatsBundle(collected.stats, metadata), collected
 
 
