@@ -6,11 +6,14 @@ spread evenly over the graph. For each image and observed tensor: how many |x| l
 fixed log scale ((1, 1.25, 1.5, 1.75) x 2^p), read off the exact statistics' power-of-two grid.
 
 Choice:
-- "match" (default): greedy; each step adds the image that brings the chosen set's pooled tail fractions
-  closest to the whole set's (squared difference of their logs, every observed tensor weighted equally, on the
-  thresholds whose whole-set tail fraction lies in [1e-6, 0.5]). A range (max aside) is a function of the pooled
-  histogram, so matching the pooled tails is matching what calibration sees. The picks do not depend on N: the
-  list is in priority order, its first k lines are the choice for k.
+- "match" (default): first the images holding each observed tensor's largest |x| (max, and entropy through its
+  histogram over [0, absmax], depend on that one value, which only its image reproduces; at most half of the
+  choice, images holding the most tensors' maxima first), then greedily the
+  image that brings the chosen set's pooled tail fractions closest to the whole set's: squared difference of
+  their logs over every threshold from the median of |x| out to the largest value, every observed tensor
+  weighted equally, fractions floored at a tenth of one value's share. A range is a function of the pooled
+  histogram, so matching the pooled tails is matching what calibration sees. The picks do not depend on N:
+  the list is in priority order, its first k lines are the choice for k.
 - "kcenter": farthest-point (k-centre) on the per-image log tail fractions: covers the extremes, so it favours
   rare images over common ones.
 Both are deterministic (ties go to the first image in sorted order). `distance` scores a subset the way
@@ -41,8 +44,8 @@ Progress = Callable[[int, Optional[int]], None]
 METHODS = ("match", "kcenter")
 SIGNATURE_TENSORS = 16
 THRESHOLDS = (np.array([1.0, 1.25, 1.5, 1.75])[None, :] * 2.0 ** np.arange(-24, 24)[:, None]).ravel()
-TAIL_RANGE = (1e-6, 0.5)  # whole-set tail fractions the choice matches
-EPS = 1e-7  # floor under tail fractions before the log
+TAIL_TOP = 0.5  # thresholds above the median of |x| are the ones ranges depend on
+FLOOR = 0.1  # under tail fractions before the log: a tenth of one value's share of the whole set
 RANDOM_DRAWS = 5  # seeded random subsets the summary compares with
 
 
@@ -53,6 +56,7 @@ class Signatures:
     tensors: List[str]
     tails: np.ndarray  # [images, tensors, thresholds]: values with |x| >= threshold
     counts: np.ndarray  # [images, tensors]: finite values
+    absmax: np.ndarray  # [images, tensors]: the largest |x|
     skipped: List[Tuple[str, str]] = field(default_factory=list)
 
 
@@ -110,7 +114,7 @@ def collect_signatures(model: PathLike, data: PathLike, options: RunOptions, ten
     workers = options.threads or os.cpu_count() or 1
     source = open_source(data, info.inputs, lambda: plans, limit=options.limit, seed=options.seed,
                          strict=options.strict, workers=workers, depth=2 * workers)
-    keys, tails, counts = [], [], []
+    keys, tails, counts, absmax = [], [], [], []
     for batch in BatchStream(source, info.inputs, 1):
         arrays = [batch.feeds[n] for n in sub.inputs] + list(runner.run(batch.feeds))
         per_image = [TensorStats(128) for _ in arrays]
@@ -118,6 +122,7 @@ def collect_signatures(model: PathLike, data: PathLike, options: RunOptions, ten
         keys += batch.keys
         tails.append(np.stack([tail_counts(s) for s in per_image]))
         counts.append([s.finite_count for s in per_image])
+        absmax.append([s.absmax if s.finite_count else 0.0 for s in per_image])
         if progress is not None:
             progress(len(keys), source.total)
     if not keys:
@@ -126,39 +131,56 @@ def collect_signatures(model: PathLike, data: PathLike, options: RunOptions, ten
     order = sorted(by_key)
     return Signatures(order, [base / k for k in order], sub.inputs + sub.exposed,
                       np.stack([tails[by_key[k]] for k in order]).astype(np.float64),
-                      np.asarray([counts[by_key[k]] for k in order], dtype=np.float64), list(source.log.skipped))
+                      np.asarray([counts[by_key[k]] for k in order], dtype=np.float64),
+                      np.asarray([absmax[by_key[k]] for k in order], dtype=np.float64), list(source.log.skipped))
 
 
 # --- the choice ------------------------------------------------------------------------------------------
-def _features(sig: Signatures) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(tail counts [images, F], value counts [images, F], log whole-set fraction [F], weight [F]) on the
-    (tensor, threshold) pairs the choice matches."""
-    whole = sig.tails.sum(axis=0) / np.maximum(sig.counts.sum(axis=0), 1.0)[:, None]
-    valid = (whole >= TAIL_RANGE[0]) & (whole <= TAIL_RANGE[1])
+def _features(sig: Signatures) -> Tuple[np.ndarray, ...]:
+    """(tail counts [images, F], value counts [images, F], floor [F], log whole-set fraction [F], weight [F]) on
+    the (tensor, threshold) pairs the choice matches: every threshold from the median of |x| out to the largest
+    value, since max and entropy (a histogram over [0, absmax]) depend on the extreme tail too."""
+    total = np.maximum(sig.counts.sum(axis=0), 1.0)
+    whole = sig.tails.sum(axis=0) / total[:, None]
+    valid = (whole > 0) & (whole <= TAIL_TOP)
     per_tensor = valid.sum(axis=1)
     if not per_tensor.any():
         raise DataError("select: the observed activations have no spread to match (all constant?)")
     weight = np.where(valid, 1.0 / np.maximum(per_tensor, 1)[:, None], 0.0)
     t_idx, f_idx = np.nonzero(valid)
-    return (sig.tails[:, t_idx, f_idx], sig.counts[:, t_idx], np.log(whole[t_idx, f_idx] + EPS),
+    floor = FLOOR / total[t_idx]
+    return (sig.tails[:, t_idx, f_idx], sig.counts[:, t_idx], floor, np.log(whole[t_idx, f_idx] + floor),
             weight[t_idx, f_idx] / (per_tensor > 0).sum())
 
 
 def distance(sig: Signatures, chosen: Sequence[int]) -> float:
     """How far the chosen images' pooled tail fractions are from the whole set's (what "match" minimises)."""
-    tails, counts, target, weight = _features(sig)
+    tails, counts, floor, target, weight = _features(sig)
     pooled = tails[list(chosen)].sum(axis=0) / np.maximum(counts[list(chosen)].sum(axis=0), 1.0)
-    return float(np.sum(weight * (np.log(pooled + EPS) - target) ** 2))
+    return float(np.sum(weight * (np.log(pooled + floor) - target) ** 2))
+
+
+def extremes(sig: Signatures) -> List[int]:
+    """The images holding each observed tensor's largest |x|, most tensors first (ties: first image)."""
+    holders = np.argmax(sig.absmax, axis=0)
+    unique, hits = np.unique(holders, return_counts=True)
+    return [int(i) for i in unique[np.lexsort((unique, -hits))]]
 
 
 def choose_match(sig: Signatures, n: int) -> List[int]:
-    tails, counts, target, weight = _features(sig)
+    """The images holding each observed tensor's largest value first, then the greedy match (module docstring)."""
+    tails, counts, floor, target, weight = _features(sig)
     taken = np.zeros(len(tails), dtype=bool)
     sum_tails, sum_counts = np.zeros(tails.shape[1]), np.zeros(tails.shape[1])
     picks: List[int] = []
-    for _ in range(n):
+    for i in extremes(sig)[:n // 2]:  # the other half at least carries the typical distribution
+        picks.append(i)
+        taken[i] = True
+        sum_tails += tails[i]
+        sum_counts += counts[i]
+    for _ in range(n - len(picks)):
         pooled = (sum_tails + tails) / np.maximum(sum_counts + counts, 1.0)
-        loss = (weight * (np.log(pooled + EPS) - target) ** 2).sum(axis=1)
+        loss = (weight * (np.log(pooled + floor) - target) ** 2).sum(axis=1)
         loss[taken] = np.inf
         best = int(np.argmin(loss))
         picks.append(best)
@@ -169,8 +191,8 @@ def choose_match(sig: Signatures, n: int) -> List[int]:
 
 
 def choose_kcenter(sig: Signatures, n: int) -> List[int]:
-    tails, counts, _, weight = _features(sig)
-    x = np.log(tails / np.maximum(counts, 1.0) + EPS) * np.sqrt(weight)
+    tails, counts, floor, _, weight = _features(sig)
+    x = np.log(tails / np.maximum(counts, 1.0) + floor) * np.sqrt(weight)
     first = int(np.argmin(((x - x.mean(axis=0)) ** 2).sum(axis=1)))  # the most typical image
     picks = [first]
     nearest = ((x - x[first]) ** 2).sum(axis=1)

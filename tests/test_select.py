@@ -58,12 +58,14 @@ def two_kinds(common: int, rare: int) -> Signatures:
 
     tails = np.stack([tail(1.0)] * common + [tail(16.0)] * rare)[:, None, :]
     keys = [f"{i:03d}.jpg" for i in range(common + rare)]
-    return Signatures(keys, [], ["t"], tails, np.full((common + rare, 1), 10_000.0))
+    absmax = np.array([[1.0]] * common + [[16.0]] * rare)
+    return Signatures(keys, [], ["t"], tails, np.full((common + rare, 1), 10_000.0), absmax)
 
 
 def test_match_keeps_the_proportions_and_kcenter_takes_the_extremes_first():
     sig = two_kinds(90, 10)
     picks = choose_match(sig, 10)
+    assert picks[0] == 90  # the first image holding the largest value comes first
     assert sum(p >= 90 for p in picks) == 1  # 10% rare images in the set, one in ten chosen
     assert picks == choose_match(sig, 20)[:10]  # greedy: the choice for 10 is the first 10 of the choice for 20
     assert distance(sig, picks) < distance(sig, list(range(10)))
