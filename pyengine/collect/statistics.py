@@ -148,7 +148,8 @@ class StatisticsCollector:
         """Statistics of every activation over `source`. DataError when no sample was usable.
 
         With a tracker: batches of one half each, folded into that half's statistics, checkpoints as they fall
-        due (ptqengine.collect.convergence); reading stops early when the tracker says so."""
+        due (ptqengine.collect.convergence), each run beside the next batch's inference (it only reads the halves,
+        which that batch is folded into after it); reading stops early when the tracker says so."""
         start = time.perf_counter()
         notes: List[str] = []
         stream = BatchStream(source, self.info.inputs, self.options.batch_size, notes,
@@ -157,6 +158,7 @@ class StatisticsCollector:
         fold = None
         timings = {"inference": 0.0, "stats": 0.0}
         nbytes, slot = 0, 0
+        samples, checkpoint = 0, None  # samples folded in; a checkpoint running beside the next inference
         if progress is not None:
             progress(0, source.total)
         for batch in stream:
@@ -165,6 +167,8 @@ class StatisticsCollector:
                 fold.wait(slot)  # device statistics of the batch before last may still read this slot
             outputs = self.runner.run(batch.feeds, slot)
             t1 = time.perf_counter()
+            if checkpoint is not None and tracker.stop(checkpoint):
+                break  # this batch is left out: the statistics are those the checkpoint judged
             arrays = [batch.feeds[n] for n in obs.inputs] + list(outputs)
             if fold is None:
                 fold = self._fold(arrays) if tracker is None else HalfFold(self._fold, tracker)
@@ -172,16 +176,19 @@ class StatisticsCollector:
                 fold.add(arrays, slot)
             else:
                 fold.add(arrays, slot, batch.group, batch.count)
+            samples += batch.count
             timings["inference"] += t1 - t0
             timings["stats"] += time.perf_counter() - t1
             nbytes += sum(_nbytes(a) for a in arrays)
             if self.options.device.is_cuda:
                 slot ^= 1
             if progress is not None:
-                progress(stream.samples, source.total)
-            if tracker is not None and tracker.after_batch(stream.samples, fold):
-                break
-        if fold is None or stream.samples == 0:
+                progress(samples, source.total)
+            if tracker is not None:
+                checkpoint = tracker.after_batch(samples, fold)
+        if checkpoint is not None:
+            tracker.stop(checkpoint)
+        if fold is None or samples == 0:
             raise DataError(_nothing_usable(source))
         t2 = time.perf_counter()
         folded = dict(zip(obs.observed, fold.finish()))
@@ -195,8 +202,8 @@ class StatisticsCollector:
         if plans and all(p.config.mean is None and p.config.std is None for p in plans):
             notes.insert(0, "no mean/std given: images fed as raw 0-255 pixel values")
         if tracker is not None:
-            timings["convergence"] = tracker.seconds
-        return Collected(stats, stream.samples, source, stream.notes, timings, nbytes)
+            timings["convergence"], timings["convergence_wait"] = tracker.seconds, tracker.waited
+        return Collected(stats, samples, source, stream.notes, timings, nbytes)
 
     def _fold(self, arrays: Sequence[Any]):
         """The statistics objects, made at the first batch (per-channel axes need the ranks)."""
