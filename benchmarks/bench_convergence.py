@@ -139,15 +139,18 @@ def child(spec: str) -> None:
     options = None if s["convergence"] is None else ConvergenceOptions(**s["convergence"])
     result = calibrate(m.path, s["pool"], algo="entropy", preprocess=m.preprocess, batch_size=BATCH,
                        convergence=options)
+    usage = __import__("resource").getrusage(__import__("resource").RUSAGE_SELF)
     print(json.dumps({"seconds": result.report.seconds, "samples": result.report.samples,
+                      "cpu_seconds": usage.ru_utime + usage.ru_stime,
                       "peak_rss_mb": result.report.peak_rss_mb, "timings": result.report.timings,
                       "stats_sha": __import__("hashlib").sha256(b"".join(
                           s.to_bytes() for s in result.stats.tensors.values())).hexdigest()}))
 
 
-def ab_runs(name: str, pool: pathlib.Path, total: int, repeats: int = 2) -> Dict[str, dict]:
+def ab_runs(name: str, pool: pathlib.Path, total: int, repeats: int) -> Dict[str, dict]:
     """Plain and tracked runs of the whole pool, alternated `repeats` times (the fastest of each is kept: the
-    machine is shared), then one tracked run of a quarter of the pool."""
+    machine is shared; CPU seconds, user + system, say the work done), then one tracked run of a quarter of the
+    pool."""
     plan = [("plain", None), ("tracked", {})] * repeats + [("tracked_quarter", {"max_images": max(32, total // 4)})]
     out: Dict[str, dict] = {}
     for label, convergence in plan:
@@ -235,8 +238,16 @@ def run_model(name: str, m: Model, args, root: pathlib.Path) -> dict:
             print(name, report["subsets"][-1], flush=True)
     report["select_seconds"] = chosen.seconds
     if not args.no_ab:
-        report["ab"] = ab_runs(name, pool, pool_size)
+        report["ab"] = ab_runs(name, pool, pool_size, args.repeats)
         print(name, "A/B", report["ab"], flush=True)
+    return report
+
+
+def ab_only(name: str, m: Model, args) -> dict:
+    pool_size = max(64, int(m.pool * args.scale))
+    pool = make_images(args.data / f"{name}_pool_{pool_size}", m.kinds, pool_size, seed=11)
+    report = {"model": name, "pool": pool_size, "ab": ab_runs(name, pool, pool_size, args.repeats)}
+    print(name, "A/B", report["ab"], flush=True)
     return report
 
 
@@ -246,6 +257,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="pool and held-out sizes x this (smoke runs)")
     parser.add_argument("--seeds", type=int, default=3, help="random orders compared with select")
     parser.add_argument("--no-ab", action="store_true", help="skip the plain vs tracked child runs")
+    parser.add_argument("--ab-only", action="store_true", help="only the plain vs tracked child runs")
+    parser.add_argument("--repeats", type=int, default=2, help="plain / tracked child runs, alternated")
     parser.add_argument("--data", type=pathlib.Path, default=pathlib.Path(tempfile.gettempdir()) / "ptq_convergence")
     parser.add_argument("--json", type=pathlib.Path, default=None)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -254,7 +267,10 @@ def main() -> None:
         return child(args.child)
     logging.basicConfig(level=logging.WARNING)
     start = time.perf_counter()
-    reports = [run_model(name, MODELS[name], args, args.data) for name in args.models]
+    if args.ab_only:
+        reports = [ab_only(name, MODELS[name], args) for name in args.models]
+    else:
+        reports = [run_model(name, MODELS[name], args, args.data) for name in args.models]
     print(f"total {time.perf_counter() - start:.0f} s")
     print(tables(reports))
     if args.json:
@@ -267,6 +283,8 @@ def _f(value, digits: int = 4) -> str:
 
 def tables(reports: List[dict]) -> str:
     """The markdown tables of benchmarks/README.md."""
+    if all("curve" not in r for r in reports):
+        return overhead_table(reports)
     out = ["| model | images | halves A/B | halves within 1% / 5% | median disagreement | disagreement at 99% "
            "| ranges within 1% of all-images | median range error | cosine | agreement |",
            "|---|---|---|---|---|---|---|---|---|---|"]
@@ -298,14 +316,20 @@ def tables(reports: List[dict]) -> str:
             out.append(f"| {r['model']} | {n} | {sel['median_range_error']:.2%} | {np.mean(errs):.2%} "
                        f"({min(errs):.2%}-{max(errs):.2%}) | {_f(sel['cosine'])} / {_f(sel['agreement'], 3)} "
                        f"| {_f(mean('cosine'))} / {_f(mean('agreement'), 3)} |")
-    out += ["", "| model | images | plain s | tracked s | overhead | checkpoints s (waited for) | peak MB plain "
-            "/ tracked / tracked on a quarter | statistics identical |", "|---|---|---|---|---|---|---|---|"]
+    return "\n".join(out + ["", overhead_table(reports)])
+
+
+def overhead_table(reports: List[dict]) -> str:
+    out = ["| model | images | plain s (CPU s) | tracked s (CPU s) | overhead wall / CPU | checkpoints s (waited "
+           "for) | peak MB plain / tracked / tracked on a quarter | statistics identical |",
+           "|---|---|---|---|---|---|---|---|"]
     for r in reports:
         if "ab" not in r:
             continue
         p, t, q = r["ab"]["plain"], r["ab"]["tracked"], r["ab"]["tracked_quarter"]
-        out.append(f"| {r['model']} | {r['pool']} | {p['seconds']:.1f} | {t['seconds']:.1f} "
-                   f"| {t['seconds'] / p['seconds'] - 1:+.1%} | {t['timings']['convergence']:.1f} "
+        out.append(f"| {r['model']} | {r['pool']} | {p['seconds']:.1f} ({p['cpu_seconds']:.1f}) "
+                   f"| {t['seconds']:.1f} ({t['cpu_seconds']:.1f}) | {t['seconds'] / p['seconds'] - 1:+.1%} / "
+                   f"{t['cpu_seconds'] / p['cpu_seconds'] - 1:+.1%} | {t['timings']['convergence']:.1f} "
                    f"({t['timings']['convergence_wait']:.1f}) | {p['peak_rss_mb']:.0f} / {t['peak_rss_mb']:.0f} / "
                    f"{q['peak_rss_mb']:.0f} ({q['samples']} images) | {p['stats_sha'] == t['stats_sha']} |")
     return "\n".join(out)

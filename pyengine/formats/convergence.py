@@ -156,14 +156,13 @@ class ConvergenceRecord:
         if last is None or not self.tensors:
             return "convergence: no checkpoint reached"
         d = last.disagreement()
-        line = (f"ranges ({self.algorithm}) agree within {spread_at(d, self.share):.2%} between halves on "
-                f"{self.share:.0%} of tensors after {last.samples:,} images")
+        line = (f"after {last.samples:,} images the halves' {self.algorithm} ranges agree within {self.tolerance:.1%} "
+                f"on {share_within(d, self.tolerance):.0%} of tensors (median disagreement {float(np.median(d)):.2%}; "
+                f"{self.share:.0%} of tensors within {spread_at(d, self.share):.1%})")
         moving = self.moving()
         if moving:
             shown = ", ".join(moving[:SHOWN_MOVING]) + (", ..." if len(moving) > SHOWN_MOVING else "")
-            line += f"; {len(moving)} tensor(s) still moving (> {self.tolerance:.1%}): {shown}"
-        else:
-            line += f"; every tensor within {self.tolerance:.1%}"
+            line += f"; {len(moving)} tensor(s) still moving: {shown}"
         reason = self.stopped.get("reason")
         if reason:
             line += f" [stopped: {reason}]"
