@@ -58,7 +58,8 @@ def test_grouped_batches_hold_one_half_each_and_lose_nothing():
     assert sorted(k for b in out for k in b.keys) == sorted(k for k, _ in samples)
     for b in out:  # each batch stacks its own samples, in stream order within its half
         assert [int(v) for v in b.feeds["x"][:, 0]] == [int(k[1:]) for k in b.keys]
-    assert sum(b.count < 4 for b in out) <= 2  # at most one short batch per half, at the end
+    counts = [b.count for b in out]  # full batches, then each half's leftovers one by one (one small shape)
+    assert counts == [4] * counts.count(4) + [1] * (37 - 4 * counts.count(4)) and counts.count(1) < 8
     plain = list(batches(iter(samples), 4))
     assert [b.count for b in plain] == [4] * 9 + [1] and all(b.group == 0 for b in plain)
 

@@ -191,7 +191,8 @@ class SplitHalfTracker:
         whole = _merged(a, b, in_place=final) if final or self.algo != "max" else None
         if self.algo == "max":
             return amax_a, amax_b, _nanmax(amax_a, amax_b), whole
-        return amax_a, amax_b, self._search(whole), whole
+        amax = self._search(whole)
+        return amax_a, amax_b, amax, whole if final else None  # a transient copy is dropped at once
 
     def _search(self, stats: TensorStats) -> float:
         return float(compute_amax(stats, self.algo, **self.algo_options))

@@ -38,7 +38,10 @@ def batches(samples: Iterable[KeyedSample], batch_size: int,
     """Stack samples into batches of batch_size; a sample whose shapes differ starts a new batch.
 
     group(key) -> int keeps one pending batch per group, so that every batch holds samples of one group
-    only (the two halves of a convergence run); the groups' short batches come last, lowest group first.
+    only (the two halves of a convergence run). The groups' leftovers come last, lowest group first, one
+    sample per batch: short batches of two new sizes would each cost onnxruntime (and the runner's bound
+    outputs) the memory of one more batch shape, up to a whole batch of activations; single samples cost
+    one small shape. (The statistics do not depend on how samples are batched.)
     """
     pending: Dict[int, Tuple[List[Sample], List[str]]] = {}
 
@@ -57,7 +60,11 @@ def batches(samples: Iterable[KeyedSample], batch_size: int,
         if len(current) == batch_size:
             yield stacked(g)
     for g in sorted(pending):
-        yield stacked(g)
+        if group is None:
+            yield stacked(g)
+            continue
+        for key, s in zip(pending[g][1], pending[g][0]):
+            yield Batch({n: a[np.newaxis] for n, a in s.items()}, 1, [key], g)
 
 
 _DONE = object()
