@@ -152,6 +152,9 @@ def print_summary(result: "CalibrationResult", outputs: Outputs, verb: str = "Ca
     elif report.samples:
         line += f" (statistics of {report.samples} samples)"
     console.print(Text(line, style="bold green"))
+    convergence = convergence_line(result)
+    if convergence:
+        console.print(Text(f"  {convergence}"))  # plain text: "[stopped: ...]" is not markup
     if result.algo == "auto":
         from ptqengine.analyze.auto_algo import describe_choice
 
@@ -159,6 +162,20 @@ def print_summary(result: "CalibrationResult", outputs: Outputs, verb: str = "Ca
     width = max((len(what) for what, _ in outputs), default=0)
     for what, where in outputs:
         console.print(f"  {what:<{width}}  {where}")
+
+
+def convergence_line(result: "CalibrationResult") -> str:
+    """The convergence summary of a run that measured it ('' otherwise), with what the checkpoints cost."""
+    from ptqengine.formats.convergence import ConvergenceRecord
+
+    record = ConvergenceRecord.from_metadata(result.stats.metadata)
+    if record is None:
+        return ""
+    timings = result.report.timings
+    cost = ""
+    if timings.get("convergence"):  # the rest ran beside inference
+        cost = f" (checkpoints {timings['convergence']:.1f} s, {timings.get('convergence_wait', 0.0):.1f} s waited for)"
+    return f"convergence: {record.summary_line()}{cost}"
 
 
 def print_report_warnings(result: "CalibrationResult", extra: Sequence[str] = ()) -> None:

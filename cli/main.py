@@ -24,6 +24,7 @@ from .commands.horizon import horizon
 from .commands.inspect import inspect
 from .commands.merge import merge
 from .commands.quantize import quantize
+from .commands.select import select
 from .console import print_error, print_warning
 
 EXIT_USAGE = 2
@@ -133,7 +134,7 @@ def root(
 
 for name, command in (("calibrate", calibrate), ("export", export), ("quantize", quantize), ("evaluate", evaluate),
                       ("inspect", inspect), ("merge", merge), ("demo", demo), ("horizon", horizon),
-                      ("analyze", analyze)):
+                      ("analyze", analyze), ("select", select)):
     app.command(name, cls=PtqCommand)(command)
 
 

@@ -1,4 +1,5 @@
-"""Rich tables for `ptqengine inspect`: one scale table, one statistics file, or a diff of two files."""
+"""Rich tables for `ptqengine inspect`: one scale table, one statistics file (with how settled its ranges
+are, when the run measured it), or a diff of two files."""
 from __future__ import annotations
 
 import math
@@ -7,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ptqengine.formats.compare import KIND_STATS, ScaleFile, TableDiff
+from ptqengine.formats.convergence import ConvergenceRecord
 
 
 def number(value: float) -> str:
@@ -68,3 +70,38 @@ def diff_summary(diff: TableDiff, tolerance: float) -> str:
     off = sum(1 for *_, r in diff.common if not (1 - tolerance <= r <= 1 + tolerance) and not math.isnan(r))
     return (f"{len(diff.common)} tensors in both, {off} differ by more than {tolerance:.0%} "
             f"(largest ratio {diff.worst_ratio:.4f}); {len(diff.only_a)} only in A, {len(diff.only_b)} only in B")
+
+
+def percent(value: float) -> str:
+    return "-" if value is None or math.isinf(value) or math.isnan(value) else f"{value:.2%}"
+
+
+def checkpoint_table(record: ConvergenceRecord) -> Table:
+    """The curve: per checkpoint, how many tensors' halves agree and how far."""
+    table = Table(title=f"Split-half agreement of the {record.algorithm} ranges by images read "
+                        f"(tolerance {record.tolerance:.1%})", title_justify="left")
+    for column in ("images", "halves", "within tolerance", f"disagreement at {record.share:.0%}",
+                   "median disagreement", "median change"):
+        table.add_column(column, justify="right")
+    for row in record.checkpoint_rows():
+        table.add_row(f"{row['samples']:,}", "/".join(str(h) for h in row["halves"]),
+                      f"{row['within_tolerance']:.1%}", percent(row["spread"]), percent(row["median"]),
+                      percent(row["median_change"]))
+    return table
+
+
+def settled_table(record: ConvergenceRecord, rows: int) -> Table:
+    """The least settled tensors at the last checkpoint, worst first."""
+    by_name = {r["tensor"]: r for r in record.rows()}
+    since = dict(zip(record.tensors, record.settled_since()))
+    table = Table(title=f"{rows} least settled tensors", title_justify="left")
+    for column in ("tensor", "amax", "amax A", "amax B", "disagreement", "change", "settled since"):
+        table.add_column(column, justify="left" if column == "tensor" else "right",
+                         overflow="fold" if column == "tensor" else "ellipsis")
+    for name in record.least_settled(rows):
+        r = by_name[name]
+        style = "bold red" if r["disagreement"] > record.tolerance else "green"
+        table.add_row(Text(name), number(r["amax"]), number(r["amax_a"]), number(r["amax_b"]),
+                      Text(percent(r["disagreement"]), style=style), percent(r["change"]),
+                      "-" if since[name] is None else f"{since[name]:,} images")
+    return table

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from . import calibration
+from .collect.convergence import ConvergenceOptions
 from .errors import OptionError
 from .result import CalibrationResult, result_from_stats
 from .statsfile import load_stats
@@ -26,7 +27,8 @@ StageProgress = Callable[[str, int, Optional[int]], None]
 
 def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options: Optional[Dict[str, Any]] = None,
               progress: Optional[Progress] = None, stage_progress: Optional[StageProgress] = None,
-              scale_out: Optional[Mapping[str, Any]] = None, **run_options: Any) -> CalibrationResult:
+              scale_out: Optional[Mapping[str, Any]] = None, convergence: Optional[ConvergenceOptions] = None,
+              **run_options: Any) -> CalibrationResult:
     """Statistics of every activation over `data`, then ranges by `algo`.
 
     Run options as ptqengine.calibration.calibrate takes them (batch_size, limit, seed, threads, preprocess,
@@ -34,9 +36,13 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
     ray_address, gpus_per_worker, shard_size, max_retries, resume_dir): the same statistics, byte for byte,
     from shards. algo="auto": the statistics once, then per tensor the range that minimises the model's
     output error on 32 samples of `data` (stage_progress(stage, done, total) reports those runs).
+    convergence: measure how settled the ranges are, and with until_stable stop reading once they are
+    (ptqengine.collect.convergence); single-process runs of one algorithm only.
     """
     start = time.perf_counter()
     auto = algo == AUTO
+    if convergence is not None:
+        _check_convergence(auto, scale_out)
     if auto and not isinstance(data, (str, Path, list, tuple, np.ndarray)):
         raise OptionError("algo 'auto' reads the data twice (statistics, then samples to measure on): give a "
                           "directory, files or a list, not a one-shot iterable or reader")
@@ -48,7 +54,7 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
                                    **scale_out, **run_options)
     else:
         result = calibration.calibrate(model, data, algo=base, algo_options=algo_options, progress=progress,
-                                       **run_options)
+                                       convergence=convergence, **run_options)
     if not auto:
         return result
     from .analyze.auto_algo import auto_result
@@ -57,6 +63,17 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
     chosen = auto_result(model, result, data, progress=stage_progress, **keep)
     chosen.report.seconds = time.perf_counter() - start  # the whole call, the auto runs included
     return chosen
+
+
+def _check_convergence(auto: bool, scale_out: Optional[Mapping[str, Any]]) -> None:
+    """Where convergence is not measured, say so before any work."""
+    if scale_out:
+        raise OptionError("--convergence / --until-stable need the single-process run: the sharded engines read "
+                          "fixed slices of the sorted image list in parallel and merge them in a tree, so there is "
+                          "no random-order prefix to checkpoint or stop at; run without --engine")
+    if auto:
+        raise OptionError("--convergence / --until-stable measure one algorithm's ranges; --algo auto chooses per "
+                          "tensor afterwards: give --algo entropy, max, percentile or mse")
 
 
 def export_qdq(model: PathLike, output: Optional[PathLike], calibration: Any, *, data: Any = None,

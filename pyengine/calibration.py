@@ -7,11 +7,14 @@ search and the run report. `algo="auto"` is not here: it measures the model's ou
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 from .collect import Collected, RunOptions
+from .collect.convergence import ConvergenceOptions, SplitHalfTracker
+from .formats.convergence import RECORD_KEY
 from .collect.statistics import collect_bundle
 from .result import CalibrationResult, RunReport, amax_for, peak_rss_mb, resolve_algo
 from .stats import TensorStats
@@ -24,7 +27,7 @@ Progress = Callable[[int, Optional[int]], None]
 
 def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options: Optional[Dict[str, Any]] = None,
               options: Optional[RunOptions] = None, progress: Optional[Progress] = None,
-              **run_options: Any) -> CalibrationResult:
+              convergence: Optional[ConvergenceOptions] = None, **run_options: Any) -> CalibrationResult:
     """Run the model over the data, collect statistics of every float activation, derive amax by algo.
 
     data: a directory of images (jpg/jpeg/png/bmp/webp, recursive; preprocessed by `preprocess`), a
@@ -35,15 +38,29 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
     images; for array data, the first `limit` samples), seed, threads, preprocess, strict, num_bins,
     device ("cpu", "cuda:N"). Bad data raises DataError, bad options OptionError, an unusable model
     ModelError.
+
+    convergence: also measure how settled the ranges are (ptqengine.collect.convergence): images are read in
+    a seeded random order, halves are checkpointed, and with until_stable reading stops once they agree. The
+    statistics are those of every sample folded in, byte for byte; the record lands in the metadata.
     """
     start = time.perf_counter()
     algo, resolved = resolve_algo(algo, algo_options or {})  # bad options fail before any work
     options = (options or RunOptions()).but(**run_options) if run_options else (options or RunOptions())
-    bundle, collected = collect_bundle(model, data, options, progress=progress)
+    tracker = None if convergence is None else \
+        SplitHalfTracker(convergence, algo, resolved, threads=options.threads, seed=options.seed)
+    bundle, collected = collect_bundle(model, data, options, progress=progress, tracker=tracker)
     t_amax = time.perf_counter()
-    _, _, amax = amax_for(bundle, algo, resolved, options.threads)
+    if tracker is not None:  # the last checkpoint searched the whole already
+        amax = _last_checkpoint_amax(bundle.metadata[RECORD_KEY])
+    else:
+        _, _, amax = amax_for(bundle, algo, resolved, options.threads)
     collected.timings["amax"] = time.perf_counter() - t_amax
     return CalibrationResult(bundle, algo, resolved, amax, run_report(collected, time.perf_counter() - start))
+
+
+def _last_checkpoint_amax(record: Mapping[str, Any]) -> Dict[str, float]:
+    last = record["checkpoints"][-1]["amax"]
+    return {name: math.nan if value is None else float(value) for name, value in zip(record["tensors"], last)}
 
 
 def run_report(collected: Collected, seconds: float) -> RunReport:

@@ -21,7 +21,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 import numpy as np
 
 from .errors import DataError, PtqError
-from .images import ARRAY_SUFFIXES, IMAGE_SUFFIXES, find_arrays, find_images, manifest_sha256, sample_files
+from .images import (ARRAY_SUFFIXES, IMAGE_SUFFIXES, find_arrays, image_files, is_image_list, manifest_sha256,
+                     sample_files, shuffled)
 from .model import InputSpec
 from .preprocess import ImagePlan, is_grayscale, open_image, preprocess_pil
 
@@ -244,28 +245,43 @@ def _take(item: Tuple[str, Path, Any], source_log: SourceLog, strict: bool) -> I
 
 # --- choosing a source ---------------------------------------------------------------------------
 def open_source(data: Any, specs: Sequence[InputSpec], plans: Callable[[], Sequence[ImagePlan]], *,
-                limit: Optional[int], seed: int, strict: bool, workers: int, depth: int) -> DataSource:
-    """Pick the source for `data`. plans() is called only for image data (it may raise OptionError)."""
+                limit: Optional[int], seed: int, strict: bool, workers: int, depth: int,
+                shuffle: bool = False) -> DataSource:
+    """Pick the source for `data`. plans() is called only for image data (it may raise OptionError).
+
+    shuffle: images (a directory or a list file) are read in a seeded random order (ptqengine.images.shuffled);
+    array data keeps its own order, with a note."""
     if isinstance(data, (str, Path)):
         return _path_source(Path(data), specs, plans, limit=limit, seed=seed, strict=strict,
-                            workers=workers, depth=depth)
+                            workers=workers, depth=depth, shuffle=shuffle)
+    return _in_given_order(_memory_source(data, specs, limit), shuffle)
+
+
+def _memory_source(data: Any, specs: Sequence[InputSpec], limit: Optional[int]) -> DataSource:
     if hasattr(data, "get_next") and callable(data.get_next):
-        return _limited(reader_source(data, specs), limit)
+        return first_samples(reader_source(data, specs), limit)
     if isinstance(data, np.ndarray):
-        return _limited(arrays_source([data], specs), limit)
+        return first_samples(arrays_source([data], specs), limit)
     if isinstance(data, Mapping):
-        return _limited(feeds_source([data], specs), limit)
+        return first_samples(feeds_source([data], specs), limit)
     if isinstance(data, (list, tuple)):
         if not data:
             raise DataError("calibration data is an empty list")
         if all(isinstance(d, Mapping) for d in data):
-            return _limited(feeds_source(data, specs, description=f"{len(data)} feed dicts"), limit)
+            return first_samples(feeds_source(data, specs, description=f"{len(data)} feed dicts"), limit)
         if all(isinstance(d, np.ndarray) for d in data):
-            return _limited(arrays_source(data, specs), limit)
+            return first_samples(arrays_source(data, specs), limit)
         raise DataError("a data list must hold only numpy arrays or only feed dicts (input name -> array)")
     if isinstance(data, Iterable):
-        return _limited(_peeked_iterable(iter(data), specs), limit)
+        return first_samples(_peeked_iterable(iter(data), specs), limit)
     raise DataError(f"unsupported calibration data of type {type(data).__name__}")
+
+
+def _in_given_order(source: DataSource, shuffle: bool) -> DataSource:
+    if shuffle:
+        source.log.notes.append(f"{source.description}: array data is read in its own order (only images are "
+                                "shuffled); shuffle it if neighbouring samples are alike")
+    return source
 
 
 def _peeked_iterable(it: Iterator[Any], specs: Sequence[InputSpec]) -> DataSource:
@@ -281,26 +297,28 @@ def _peeked_iterable(it: Iterator[Any], specs: Sequence[InputSpec]) -> DataSourc
     return feeds_source(items(), specs, "feeds", "iterable")
 
 
-def _path_source(path: Path, specs, plans, *, limit, seed, strict, workers, depth) -> DataSource:
-    if path.is_file():
+def _path_source(path: Path, specs, plans, *, limit, seed, strict, workers, depth, shuffle) -> DataSource:
+    if path.is_file() and not is_image_list(path):
         if path.suffix.lower() in ARRAY_SUFFIXES:
-            return _limited(array_files_source([path], specs, str(path)), limit)
+            return _in_given_order(first_samples(array_files_source([path], specs, str(path)), limit), shuffle)
         if path.suffix.lower() in IMAGE_SUFFIXES:
             return image_source(path.parent, [path], plans(), strict=strict, workers=workers, depth=depth)
-        raise DataError(f"{path}: not a data directory, image or .npy/.npz file")
-    images = find_images(path)  # raises DataError for a missing or empty directory
+        raise DataError(f"{path}: not a data directory, image list (.txt/.lst), image or .npy/.npz file")
+    base, images = image_files(path)  # raises DataError for a missing or empty directory, or a bad list
     if images:
         chosen = sample_files(images, limit, seed)
-        return image_source(path, chosen, plans(), strict=strict, workers=workers, depth=depth)
+        return image_source(base, shuffled(chosen, seed) if shuffle else chosen, plans(), strict=strict,
+                            workers=workers, depth=depth)
     arrays = find_arrays(path)
     if arrays:
-        return _limited(array_files_source(arrays, specs, f"{len(arrays)} array files in {path}"), limit)
+        source = array_files_source(arrays, specs, f"{len(arrays)} array files in {path}")
+        return _in_given_order(first_samples(source, limit), shuffle)
     raise DataError(f"{path}: no images ({', '.join(sorted(s[1:] for s in IMAGE_SUFFIXES))}) "
                     "or .npy/.npz files found")
 
 
-def _limited(source: DataSource, limit: Optional[int]) -> DataSource:
-    """Array data: the first `limit` samples (their order is the caller's, so no sampling)."""
+def first_samples(source: DataSource, limit: Optional[int]) -> DataSource:
+    """The first `limit` samples of a source (array data: their order is the caller's, so no sampling)."""
     if limit is None:
         return source
     inner = source.samples

@@ -1,11 +1,14 @@
-"""Finding, sampling and generating calibration images, deterministically.
+"""Finding, listing, sampling and generating calibration images, deterministically.
 
 Order never depends on how the file system lists a directory: files are sorted by their path relative
-to the data directory, and a seeded sample is drawn from that sorted list and returned sorted.
+to the data directory, and a seeded sample is drawn from that sorted list and returned sorted. A list
+file (.txt / .lst: one image path per line, relative to the list file's folder, `#` comments) names
+images explicitly, e.g. the subset `ptqengine select` chose; its images count as under their common folder.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -15,6 +18,7 @@ from .errors import DataError, OptionError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 ARRAY_SUFFIXES = frozenset({".npy", ".npz"})
+LIST_SUFFIXES = frozenset({".txt", ".lst"})
 
 # Colour photos shipped inside scikit-image (no download needed).
 _PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
@@ -60,6 +64,55 @@ def sample_files(files: Sequence[Path], limit: Optional[int], seed: int = 0) -> 
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(len(ordered), size=int(limit), replace=False))
     return [ordered[i] for i in picked]
+
+
+def is_image_list(path: Union[str, Path]) -> bool:
+    return Path(path).suffix.lower() in LIST_SUFFIXES and Path(path).is_file()
+
+
+def read_image_list(path: Union[str, Path]) -> List[Path]:
+    """The images a list file names, in its order; DataError naming the line for a missing, non-image or
+    repeated entry (a repeat would count that image twice)."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{p}: cannot read the image list ({getattr(exc, 'strerror', None) or exc})") from None
+    files: List[Path] = []
+    seen = {}
+    for number, line in enumerate(lines, 1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        f = Path(os.path.normpath(os.path.join(os.path.abspath(p.parent), entry)))
+        if f.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(f"{p}:{number}: {entry} is not an image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        if not f.is_file():
+            raise DataError(f"{p}:{number}: {entry} not found")
+        if f in seen:
+            raise DataError(f"{p}:{number}: {entry} is listed twice (also on line {seen[f]})")
+        seen[f] = number
+        files.append(f)
+    if not files:
+        raise DataError(f"{p}: the image list names no images")
+    return files
+
+
+def image_files(data: Union[str, Path]) -> Tuple[Path, List[Path]]:
+    """(base folder, images) of a data directory (sorted) or a list file (its images' common folder)."""
+    d = Path(data)
+    if is_image_list(d):
+        files = read_image_list(d)
+        return Path(os.path.commonpath([str(f.parent) for f in files])), files
+    return d, find_images(d)
+
+
+def shuffled(files: Sequence[Path], seed: int) -> List[Path]:
+    """The files in a seeded random order, the same whatever order they came in (every prefix is then a
+    random sample: sorted names often group alike images, frames of one video or one camera)."""
+    ordered = sorted(files, key=lambda p: Path(p).as_posix())
+    order = np.random.default_rng([int(seed), 1]).permutation(len(ordered))
+    return [ordered[i] for i in order]
 
 
 def manifest_sha256(directory: Path, files: Sequence[Path]) -> str:

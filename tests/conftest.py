@@ -103,3 +103,14 @@ def elementwise_model(tmp_path) -> Callable[..., Path]:
                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
         return save_model(graph, tmp_path / filename)
     return make
+
+
+@pytest.fixture
+def cli():
+    """The ptqengine command line, in process: cli("calibrate", model, ...) -> the click Result."""
+    from typer.testing import CliRunner
+
+    from ptqengine.cli.main import app
+
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})

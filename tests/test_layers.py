@@ -3,7 +3,7 @@
 
 kernels <- statistics <- algorithms / formats / model and data I/O <- collection <- commands <- front door
 <- CLI. A lower layer that needs something from above takes it as an argument; commands (calibration,
-evaluate, analyze, horizon, distributed) do not import each other. Read from the source with `ast`, so
+evaluate, analyze, horizon, distributed, select) do not import each other. Read from the source with `ast`, so
 imports inside functions count too.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ LAYERS = [  # (layer, top-level modules or packages of ptqengine)
     ("algorithms, formats, model and data I/O",
      {"algorithms", "result", "metrics", "formats", "model", "preprocess", "images", "datasource", "qdq"}),
     ("collection", {"collect"}),
-    ("commands", {"calibration", "evaluate", "analyze", "horizon", "distributed"}),
+    ("commands", {"calibration", "evaluate", "analyze", "horizon", "distributed", "select"}),
     ("front door", {"api", "demo", ""}),  # "": the package's own __init__ (lazy re-exports)
     ("CLI", {"cli"}),
 ]

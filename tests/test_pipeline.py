@@ -415,7 +415,10 @@ def test_single_files_and_npz_key_rules(make_conv_model, small_images, tmp_path)
     assert tensor_bytes(by_key) == tensor_bytes(calibrate(model, [batch]))
     with pytest.raises(DataError, match="'extra' is not a model input"):
         calibrate(model, [{"x": batch, "extra": batch}])
-    (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(DataError, match="notes.txt: not a data directory, image or .npy/.npz file"):
+    (tmp_path / "notes.md").write_text("x")
+    with pytest.raises(DataError, match="notes.md: not a data directory, image list .*, image or .npy/.npz file"):
+        calibrate(model, tmp_path / "notes.md")
+    (tmp_path / "notes.txt").write_text("x")  # .txt / .lst: a list of images (tests/test_select.py)
+    with pytest.raises(DataError, match=r"notes.txt:1: x is not an image"):
         calibrate(model, tmp_path / "notes.txt")
     assert calibrate(model, [batch], limit=2).report.samples == 2  # arrays: the first `limit` samples

@@ -6,8 +6,12 @@ from typing import Any, Annotated, Dict, Optional
 
 import typer
 
+from ptqengine.errors import OptionError
+
 from .. import distributed_options as dopt
 from .. import options as opt
+from ..convergence_options import (ConvergenceOpt, MaxImagesOpt, StableShareOpt, UntilStableOpt,
+                                   convergence_options)
 from ..console import calibration_progress, print_report_warnings, print_summary, stage_progress
 
 
@@ -17,7 +21,8 @@ def calibrate(
     model: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="ONNX model to calibrate.")],
     data: Annotated[str, typer.Option(
         "--data", metavar="DIR", rich_help_panel=opt.RUN,
-        help="Directory of images (searched recursively), or .npy/.npz file(s) holding ready input tensors.")],
+        help="Directory of images (searched recursively), a list of images (.txt/.lst, e.g. from 'ptqengine "
+             "select'), or .npy/.npz file(s) holding ready input tensors.")],
     algo: opt.DefaultAlgoOpt = None,
     percentile: opt.PercentileOpt = None,
     num_bins: Annotated[int, typer.Option("--num-bins", min=128, rich_help_panel=opt.RUN,
@@ -37,6 +42,10 @@ def calibrate(
         help="Also write a Q/DQ ONNX model with these ranges (TensorRT 11 explicit quantization, "
              "onnxruntime); static, per-channel weights, like `ptqengine quantize`.")] = None,
     quiet: opt.QuietOpt = False,
+    convergence: ConvergenceOpt = False,
+    until_stable: UntilStableOpt = None,
+    stable_share: StableShareOpt = None,
+    max_images: MaxImagesOpt = None,
     engine: dopt.EngineOpt = None,
     ray_address: dopt.RayAddressOpt = None,
     workers: dopt.WorkersOpt = None,
@@ -51,11 +60,15 @@ def calibrate(
     from ptqengine.api import calibrate as run_calibration
 
     algo_name, algo_options = opt.algorithm_options(algo, percentile)
+    measure = convergence_options(convergence, until_stable, stable_share, max_images)
     scale_out = dopt.ScaleOut(engine, ray_address, workers, gpus_per_worker, shard_size, max_retries, resume,
                               shards_dir, shard).check()
     run_args = dict(run, preprocess=preprocess, strict=strict, num_bins=num_bins)
     qdq_args = dict(data=data, choose_ranges=algo_name is None, **run_args)
     if scale_out.shard is not None:
+        if measure is not None:
+            raise OptionError("--shard computes one part of a sharded run; --convergence / --until-stable need "
+                              "the single-process run")
         dopt.write_shard(scale_out, model, data, save_stats, scales_json, quiet, **run_args)
         return
     outputs = opt.OutputPlan(output, trt_version, trt_calibrator, scales_json, save_stats, qdq, model,
@@ -63,7 +76,7 @@ def calibrate(
     with calibration_progress(quiet) as progress, stage_progress(quiet) as stages:
         result = run_calibration(model, data, algo=algo_name or "entropy", algo_options=algo_options,
                                  progress=progress, stage_progress=stages, scale_out=scale_out.library_options(output),
-                                 **run_args)
+                                 convergence=measure, **run_args)
     written, warnings = outputs.write(result)
     if scale_out.sharded:
         scale_out.cleanup(output, result)

@@ -17,7 +17,8 @@ HORIZON = "Horizon"
 def horizon(
     model: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="ONNX model to convert with Horizon's toolchain.")],
     data: Annotated[Path, typer.Option("--data", metavar="DIR", rich_help_panel=HORIZON,
-                                       help="Directory of images (searched recursively).")],
+                                       help="Directory of images (searched recursively), or a list of images (.txt/.lst, e.g. "
+                                            "from 'ptqengine select').")],
     target: Annotated[str, typer.Option(
         "--target", rich_help_panel=HORIZON,
         help="X3/J3 (bernoulli2), J5 (bayes), X5 (bayes-e), J6E/S100 (nash-e), J6M/S100P (nash-m), J6P/S600 (nash-p).")],

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence
 
 from .._version import __version__
+from .curves import convergence_section
 from .plots import histogram_svg, matplotlib_available
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -211,6 +212,10 @@ def _advice(r: "AnalysisResult") -> str:
     return "".join(out)
 
 
+def _convergence(r: "AnalysisResult") -> str:
+    return "" if r.stats is None else convergence_section(r.stats.metadata, _table)
+
+
 def _notes(r: "AnalysisResult") -> str:
     items = list(r.notes)
     if r.skipped:
@@ -225,7 +230,7 @@ def render_html(result: "AnalysisResult", histograms: int = 6) -> str:
     """The report page (text); byte-identical for identical results."""
     title = f"ptqengine analyze: {Path(result.model).name}"
     body = "".join([f"<h1>{_e(title)}</h1>", _summary(result), _algorithms(result), _sensitivity(result),
-                    _histograms(result, histograms), _advice(result), _notes(result),
+                    _histograms(result, histograms), _advice(result), _convergence(result), _notes(result),
                     f'<p class=note>ptqengine {_e(__version__)}</p>'])
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'

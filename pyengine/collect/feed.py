@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -24,27 +24,47 @@ from ..model import InputSpec
 Feeds = Dict[str, np.ndarray]
 
 
-# --- batching and prefetch ---------------------------------------------------------------------------
-def batches(samples: Iterable[KeyedSample], batch_size: int) -> Iterator[Tuple[Feeds, int, List[str]]]:
-    """Stack samples into batches of batch_size: (feeds, count, keys); a sample whose shapes differ starts
-    a new batch."""
-    current: List[Sample] = []
-    keys: List[str] = []
+@dataclass
+class Batch:
+    feeds: Feeds  # input name -> C-contiguous array with the batch dimension
+    count: int  # samples in it
+    keys: List[str] = field(default_factory=list)  # each sample's identity (file path or index), in order
+    group: int = 0  # the group all its samples belong to (see `batches`)
 
-    def stacked() -> Tuple[Feeds, int, List[str]]:
-        return {n: np.stack([s[n] for s in current]) for n in current[0]}, len(current), list(keys)
+
+# --- batching and prefetch ---------------------------------------------------------------------------
+def batches(samples: Iterable[KeyedSample], batch_size: int,
+            group: Optional[Callable[[str], int]] = None) -> Iterator["Batch"]:
+    """Stack samples into batches of batch_size; a sample whose shapes differ starts a new batch.
+
+    group(key) -> int keeps one pending batch per group, so that every batch holds samples of one group
+    only (the two halves of a convergence run). The groups' leftovers come last, lowest group first, one
+    sample per batch: short batches of two new sizes would each cost onnxruntime (and the runner's bound
+    outputs) the memory of one more batch shape, up to a whole batch of activations; single samples cost
+    one small shape. (The statistics do not depend on how samples are batched.)
+    """
+    pending: Dict[int, Tuple[List[Sample], List[str]]] = {}
+
+    def stacked(g: int) -> Batch:
+        current, keys = pending.pop(g)
+        return Batch({n: np.stack([s[n] for s in current]) for n in current[0]}, len(current), keys, g)
 
     for key, s in samples:
+        g = 0 if group is None else group(key)
+        current = pending.get(g, ([], []))[0]
         if current and any(s[n].shape != current[0][n].shape for n in s):
-            yield stacked()
-            current, keys = [], []
+            yield stacked(g)
+        current, keys = pending.setdefault(g, ([], []))
         current.append(s)
         keys.append(key)
         if len(current) == batch_size:
-            yield stacked()
-            current, keys = [], []
-    if current:
-        yield stacked()
+            yield stacked(g)
+    for g in sorted(pending):
+        if group is None:
+            yield stacked(g)
+            continue
+        for key, s in zip(pending[g][1], pending[g][0]):
+            yield Batch({n: a[np.newaxis] for n, a in s.items()}, 1, [key], g)
 
 
 _DONE = object()
@@ -107,41 +127,45 @@ def run_batch_size(specs: Sequence[InputSpec], batch_size: int, notes: Optional[
     return batch_size
 
 
-@dataclass
-class Batch:
-    feeds: Feeds  # input name -> C-contiguous array with the batch dimension
-    count: int  # samples in it
-    keys: List[str] = field(default_factory=list)  # each sample's identity (file path or index), in order
-
-
 class BatchStream:
-    """Iterates a source's samples as model batches; counts what it delivered and the time spent waiting."""
+    """Iterates a source's samples as model batches; counts what it delivered and the time spent waiting.
+
+    group: see `batches`. A model with a fixed batch cannot take a group's short batch: it is dropped (with
+    a note) and the other groups go on; without groups the stream ends at the first short batch, as always.
+    """
 
     def __init__(self, source: DataSource, specs: Sequence[InputSpec], batch_size: int,
-                 notes: Optional[List[str]] = None, depth: int = 2) -> None:
+                 notes: Optional[List[str]] = None, depth: int = 2,
+                 group: Optional[Callable[[str], int]] = None) -> None:
         self.source = source
         self.specs = list(specs)
         self.notes = notes if notes is not None else []
         self.batch_size = run_batch_size(specs, batch_size, self.notes)
         self.fixed = any(s.fixed_batch for s in specs)
         self.depth = depth
+        self.group = group
         self.samples = 0
         self.data_wait = 0.0
 
     def __iter__(self) -> Iterator[Batch]:
-        it = iter(prefetch(batches(self.source.samples(), self.batch_size), depth=self.depth))
+        it = iter(prefetch(batches(self.source.samples(), self.batch_size, self.group), depth=self.depth))
+        dropped = 0
         while True:
             t0 = time.perf_counter()
-            item = next(it, None)
+            batch = next(it, None)
             self.data_wait += time.perf_counter() - t0
-            if item is None:
-                return
-            feeds, count, keys = item
-            if count != self.batch_size and self.fixed:
-                self.notes.append(f"last {count} sample(s) dropped: the model takes exactly {self.batch_size} per run")
-                return
-            self.samples += count
-            yield Batch({s.name: np.ascontiguousarray(feeds[s.name]) for s in self.specs}, count, keys)
+            if batch is None:
+                break
+            if batch.count != self.batch_size and self.fixed:
+                dropped += batch.count
+                if self.group is None:
+                    break
+                continue
+            self.samples += batch.count
+            yield Batch({s.name: np.ascontiguousarray(batch.feeds[s.name]) for s in self.specs}, batch.count,
+                        batch.keys, batch.group)
+        if dropped:
+            self.notes.append(f"last {dropped} sample(s) dropped: the model takes exactly {self.batch_size} per run")
 
 
 def sample_batches(info: Any, data: Any, samples: int, seed: int, preprocess: Any = None, batch_size: int = 8,

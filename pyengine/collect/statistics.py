@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .._version import __version__
-from ..datasource import DataSource, open_source
-from ..errors import DataError
+from ..datasource import DataSource, first_samples, open_source
+from ..errors import DataError, OptionError
+from ..formats.convergence import RECORD_KEY
 from ..model import ModelInfo, external_data_files, file_sha256, info_from_model, load_model
 from ..preprocess import ImagePlan, config_for, plan_for
 from ..stats import TensorStats, update_many
 from ..statsfile import StatsBundle, load_stats
+from .convergence import HalfFold, SplitHalfTracker, half_of
 from .device import check_device
 from .feed import BatchStream
 from .observe import Observation, expose, plan_observation
@@ -130,23 +132,33 @@ class StatisticsCollector:
     def used_image_plans(self) -> List[ImagePlan]:
         return self._plans or []
 
-    def open(self, data: Any) -> DataSource:
-        """The source for `data` (anything calibrate accepts), with this run's --limit / --seed / --strict."""
+    def open(self, data: Any, tracker: Optional[SplitHalfTracker] = None) -> DataSource:
+        """The source for `data` (anything calibrate accepts), with this run's --limit / --seed / --strict.
+
+        With a convergence tracker: images in a seeded random order, at most its max_images of them."""
         o = self.options
         workers = o.threads or os.cpu_count() or 1
-        return open_source(data, self.info.inputs, self.image_plans, limit=o.limit, seed=o.seed, strict=o.strict,
-                           workers=workers, depth=max(2 * o.batch_size, 2 * workers))
+        source = open_source(data, self.info.inputs, self.image_plans, limit=o.limit, seed=o.seed, strict=o.strict,
+                             workers=workers, depth=max(2 * o.batch_size, 2 * workers), shuffle=tracker is not None)
+        return first_samples(source, tracker.options.max_images) if tracker is not None else source
 
     # --- the run -----------------------------------------------------------------------------------
-    def collect(self, source: DataSource, progress: Optional[Progress] = None) -> Collected:
-        """Statistics of every activation over `source`. DataError when no sample was usable."""
+    def collect(self, source: DataSource, progress: Optional[Progress] = None,
+                tracker: Optional[SplitHalfTracker] = None) -> Collected:
+        """Statistics of every activation over `source`. DataError when no sample was usable.
+
+        With a tracker: batches of one half each, folded into that half's statistics, checkpoints as they fall
+        due (ptqengine.collect.convergence), each run beside the next batch's inference (it only reads the halves,
+        which that batch is folded into after it); reading stops early when the tracker says so."""
         start = time.perf_counter()
         notes: List[str] = []
-        stream = BatchStream(source, self.info.inputs, self.options.batch_size, notes)
+        stream = BatchStream(source, self.info.inputs, self.options.batch_size, notes,
+                             group=None if tracker is None else half_of)
         obs = self.observation
         fold = None
         timings = {"inference": 0.0, "stats": 0.0}
         nbytes, slot = 0, 0
+        samples, checkpoint = 0, None  # samples folded in; a checkpoint running beside the next inference
         if progress is not None:
             progress(0, source.total)
         for batch in stream:
@@ -155,18 +167,28 @@ class StatisticsCollector:
                 fold.wait(slot)  # device statistics of the batch before last may still read this slot
             outputs = self.runner.run(batch.feeds, slot)
             t1 = time.perf_counter()
+            if checkpoint is not None and tracker.stop(checkpoint):
+                break  # this batch is left out: the statistics are those the checkpoint judged
             arrays = [batch.feeds[n] for n in obs.inputs] + list(outputs)
             if fold is None:
-                fold = self._fold(arrays)
-            fold.add(arrays, slot)
+                fold = self._fold(arrays) if tracker is None else HalfFold(self._fold, tracker)
+            if tracker is None:
+                fold.add(arrays, slot)
+            else:
+                fold.add(arrays, slot, batch.group, batch.count)
+            samples += batch.count
             timings["inference"] += t1 - t0
             timings["stats"] += time.perf_counter() - t1
             nbytes += sum(_nbytes(a) for a in arrays)
             if self.options.device.is_cuda:
                 slot ^= 1
             if progress is not None:
-                progress(stream.samples, source.total)
-        if fold is None or stream.samples == 0:
+                progress(samples, source.total)
+            if tracker is not None:
+                checkpoint = tracker.after_batch(samples, fold)
+        if checkpoint is not None:
+            tracker.stop(checkpoint)
+        if fold is None or samples == 0:
             raise DataError(_nothing_usable(source))
         t2 = time.perf_counter()
         folded = dict(zip(obs.observed, fold.finish()))
@@ -179,7 +201,9 @@ class StatisticsCollector:
         plans = self.used_image_plans
         if plans and all(p.config.mean is None and p.config.std is None for p in plans):
             notes.insert(0, "no mean/std given: images fed as raw 0-255 pixel values")
-        return Collected(stats, stream.samples, source, stream.notes, timings, nbytes)
+        if tracker is not None:
+            timings["convergence"], timings["convergence_wait"] = tracker.seconds, tracker.waited
+        return Collected(stats, samples, source, stream.notes, timings, nbytes)
 
     def _fold(self, arrays: Sequence[Any]):
         """The statistics objects, made at the first batch (per-channel axes need the ranks)."""
@@ -240,13 +264,25 @@ def _nothing_usable(source: DataSource) -> str:
 
 
 def collect_bundle(model: PathLike, data: Any, options: RunOptions, *, progress: Optional[Progress] = None,
-                   axis_policy: Optional[AxisPolicy] = None) -> Tuple[StatsBundle, Collected]:
-    """One statistics run over `data`: the bundle (statistics + metadata) and what the run noticed."""
+                   axis_policy: Optional[AxisPolicy] = None,
+                   tracker: Optional[SplitHalfTracker] = None) -> Tuple[StatsBundle, Collected]:
+    """One statistics run over `data`: the bundle (statistics + metadata) and what the run noticed.
+
+    With a convergence tracker the metadata also holds its record (ptqengine.formats.convergence)."""
+    if tracker is not None and options.device.is_cuda:
+        raise OptionError("convergence is measured on the CPU statistics path only: use --device cpu")
     collector = StatisticsCollector(model, options, axis_policy)
-    source = collector.open(data)
-    collected = collector.collect(source, progress)
+    source = collector.open(data, tracker)
+    if tracker is not None:
+        obs = collector.observation
+        index = {name: i for i, name in enumerate(obs.observed)}
+        tracker.bind([(n, index[obs.copies.get(n, n)]) for n in obs.activations], shuffled=source.kind == "images")
+    collected = collector.collect(source, progress, tracker)
     collected.timings["setup"] = collector.setup_seconds
-    return StatsBundle(collected.stats, collector.metadata(source, collected.samples)), collected
+    metadata = collector.metadata(source, collected.samples)
+    if tracker is not None:
+        metadata[RECORD_KEY] = tracker.record()
+    return StatsBundle(collected.stats, metadata), collected
 
 
 def statistics_for(model: PathLike, data: Any, stats: Union[PathLike, StatsBundle, None], options: RunOptions, *,

@@ -19,8 +19,11 @@ give identical bytes. Non-finite numbers are written as null (JSON has no NaN / 
          "min": float|null, "max": float|null,   # observed finite extremes
          "count": int,                      # values seen, non-finite included
          "nan_count": int, "inf_count": int}
-      ]
-    }
+      ],
+      "convergence": {...}                  # only for runs that measured it (calibrate --convergence):
+    }                                       # ptqengine.formats.convergence.json_view (summary, per-checkpoint
+                                            # distribution, curves of the least settled tensors, per tensor
+                                            # split-half disagreement and since when it is settled)
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from ..algorithms import symmetric_scale
 from ..atomic import write_text_atomic
 from ..errors import FormatError
 from ._text import read_utf8
+from .convergence import RECORD_KEY, json_view
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..result import CalibrationResult
@@ -83,7 +87,7 @@ def scales_document(amax: Mapping[str, float], tensors: Mapping[str, "TensorStat
     model = metadata.get("model") or {"file": metadata.get("model_file"), "sha256": metadata.get("model_sha256")}
     data = metadata.get("data") or {"manifest_sha256": metadata.get("manifest_sha256"),
                                     "samples": metadata.get("samples")}
-    return {
+    document = {
         "format": FORMAT,
         "version": VERSION,
         "tool_version": metadata.get("tool_version") or __version__,
@@ -92,6 +96,9 @@ def scales_document(amax: Mapping[str, float], tensors: Mapping[str, "TensorStat
         "algorithm": {"name": algo, "options": _plain(dict(algo_options))},
         "tensors": [tensor_entry(name, value, tensors.get(name)) for name, value in amax.items()],
     }
+    if metadata.get(RECORD_KEY) is not None:
+        document[RECORD_KEY] = json_view(metadata[RECORD_KEY])
+    return document
 
 
 def dumps_scales(document: Mapping[str, Any]) -> str:

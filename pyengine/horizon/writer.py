@@ -24,7 +24,7 @@ from ..collect import CPU, Device, RunOptions
 from ..collect.statistics import statistics_for
 from ..atomic import write_text_atomic
 from ..errors import DataError, OptionError
-from ..images import find_images, sample_files
+from ..images import image_files, sample_files
 from ..model import info_from_model, load_model
 from ..preprocess import PreprocessConfig, config_for, plan_for
 from ..statsfile import StatsBundle
@@ -239,7 +239,7 @@ def write_horizon_config(model: PathLike, data: PathLike, target: str, out_dir: 
         raise OptionError(f"--int16: target {target} (bernoulli2) computes in int8 only; use --cpu for these nodes")
     plans = [plan_for(s, config_for(preprocess, s.name)) for s in info.inputs]
     inputs = horizon_inputs(info.inputs, plans)
-    images = sample_files(find_images(data), samples, seed)
+    images = sample_files(image_files(data)[1], samples, seed)  # a directory or a list file
     if not images:
         raise DataError(f"{data}: no images found (Horizon calibration data is written from images)")
 

