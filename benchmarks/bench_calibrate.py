@@ -89,7 +89,7 @@ def decoded_batches(bench: Bench, data: pathlib.Path, batch: int, limit: int) ->
     workers = os.cpu_count() or 1
     source = open_source(data, info.inputs, lambda: plans, limit=limit, seed=0, strict=False,
                          workers=workers, depth=max(2 * batch, 2 * workers))
-    for feeds, _count in prefetch(batches(source.samples(), batch), depth=2):
+    for feeds in (b.feeds for b in prefetch(batches(source.samples(), batch), depth=2)):
         yield {n: np.ascontiguousarray(a) for n, a in feeds.items()}
 
 

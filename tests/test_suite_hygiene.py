@@ -41,9 +41,14 @@ def bound_names(function: ast.FunctionDef) -> set:
 
 
 def module_names(tree: ast.Module) -> set:
-    """Names a module binds at its top level (a module-level `native = ...` is not a fixture there)."""
+    """Names a module binds at its top level that are not fixtures (a module-level `native = ...` or
+    `def cli(...)` is what the name means in that module, not conftest's fixture)."""
     names = set()
     for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            if not any("fixture" in ast.unparse(d) for d in getattr(node, "decorator_list", [])):
+                names.add(node.name)
+            continue
         targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
         names |= {t.id for t in targets if isinstance(t, ast.Name)}
     return names
