@@ -68,7 +68,9 @@ def channel_rows(weight: np.ndarray, axis: Optional[int]) -> np.ndarray:
 
 def mse_scales(rows: np.ndarray, candidates: np.ndarray = CLIP_CANDIDATES) -> np.ndarray:
     """Per row, the float32 scale c * max|w| / 127 (c in candidates) with the least sum of squared error."""
-    absmax = np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(rows.shape[0], np.float32)
+    # float64 before the products: numpy 1.x would keep float32 * np.float64 in float32 (numpy 2 does not),
+    # and the rounding of c * max|w| would then depend on the numpy version
+    absmax = (np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(rows.shape[0])).astype(np.float64)
     best = scales_from_absmax(absmax)
     best_err = _row_error(rows, best)
     for c in candidates:
