@@ -109,6 +109,10 @@ def test_checkpoints_until_stable_and_determinism(tiny_model, many_small_images,
                        convergence=ConvergenceOptions(max_images=50))
     assert capped.report.samples == 50
     assert ConvergenceRecord.from_metadata(capped.stats.metadata).stopped["reason"] == "max-images reached"
+    never = ConvergenceOptions(tolerance=1e-12, share=1.0, until_stable=True, max_images=64)
+    unsettled = calibrate(tiny_model, many_small_images, batch_size=4, convergence=never)
+    assert ConvergenceRecord.from_metadata(unsettled.stats.metadata).stopped["reason"] == \
+        "max-images reached before the ranges settled"
 
 
 def test_order_is_seeded_and_shuffles_every_prefix(tmp_path):

@@ -158,9 +158,16 @@ class SplitHalfTracker:
         self.background.shutdown(wait=True)
         if self.stop_reason:
             self.samples = self.points[-1].samples
-        else:
-            limit = self.options.max_images
-            self.stop_reason = "max-images reached" if limit and self.samples >= limit else "end of data"
+            return self._last(halves, counts)
+        limit = self.options.max_images
+        reason = "max-images reached" if limit and self.samples >= limit else "end of data"
+        merged = self._last(halves, counts)
+        if self.options.until_stable and not self._stable_twice():
+            reason += " before the ranges settled"  # what an --until-stable user came to know
+        self.stop_reason = reason
+        return merged
+
+    def _last(self, halves: Halves, counts: Tuple[int, int]) -> List[TensorStats]:
         if self.points and self.points[-1].samples == self.samples:
             return [_merged(a, b, in_place=True) for a, b in _pairs(halves)]
         return self._checkpoint(self.samples, halves, counts, final=True)
