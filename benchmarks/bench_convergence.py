@@ -203,7 +203,8 @@ def real_stop(m: Model, pool: pathlib.Path, record: ConvergenceRecord, stops: Li
     setting = next((s for s in stops if s["checkpoint"] is not None), None)
     if setting is None:
         return {"images": None, "reason": f"no setting of the grid stops within the pool of {pool_size}"}
-    _, stopped, seconds = tracked_run(m, pool, algo, until_stable=True, tolerance=setting["tolerance"], share=setting["share"])
+    _, stopped, seconds = tracked_run(m, pool, algo, until_stable=True, tolerance=setting["tolerance"],
+                                      share=setting["share"])
     k = setting["checkpoint"]
     assert stopped.last.samples == record.checkpoints[k].samples
     assert np.array_equal(stopped.last.amax, record.checkpoints[k].amax)
@@ -256,7 +257,8 @@ def run_model(name: str, m: Model, args, root: pathlib.Path) -> dict:
 def ab_only(name: str, m: Model, args) -> dict:
     pool_size = max(64, int(m.pool * args.scale))
     pool = make_images(args.data / f"{name}_pool_{pool_size}", m.kinds, pool_size, seed=11)
-    report = {"model": name, "algo": args.algo, "pool": pool_size, "ab": ab_runs(name, pool, pool_size, args.repeats, args.algo)}
+    report = {"model": name, "algo": args.algo, "pool": pool_size,
+              "ab": ab_runs(name, pool, pool_size, args.repeats, args.algo)}
     print(name, "A/B", report["ab"], flush=True)
     return report
 
@@ -290,6 +292,11 @@ def main() -> None:
         args.json.write_text(json.dumps(reports, indent=2, default=float) + "\n")
 
 
+def _markdown(head: List[str], rows: List[str]) -> str:
+    """A table's header and rows as markdown; nothing when the part it reports did not run."""
+    return "\n".join(head + rows) if rows else ""
+
+
 def _f(value, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -309,7 +316,7 @@ def curve_table(reports: List[dict]) -> str:
     head = ["| model | images | halves A/B | halves within 1% / 5% | median disagreement | disagreement at 99% "
             "| ranges within 1% of all-images | median range error | cosine | agreement |",
             "|---|---|---|---|---|---|---|---|---|---|"]
-    return "\n".join(head + rows) if rows else ""
+    return _markdown(head, rows)
 
 
 def stop_table(reports: List[dict]) -> str:
@@ -319,10 +326,11 @@ def stop_table(reports: List[dict]) -> str:
             where = (["no stop", "-", "-", "-"] if g["checkpoint"] is None else
                      [str(g["images"]), f"{g['within_1pct_of_all']:.1%}", f"{g['cosine_change']:+.4f}",
                       "-" if g["agreement_change"] is None else f"{g['agreement_change']:+.3f}"])
-            rows.append(f"| {r['model']} | {r['pool']} | {g['tolerance']:.0%} | {g['share']:.0%} | " + " | ".join(where) + " |")
+            rows.append(f"| {r['model']} | {r['pool']} | {g['tolerance']:.0%} | {g['share']:.0%} | "
+                        + " | ".join(where) + " |")
     head = ["| model | pool | --until-stable | --stable-share | stops at | ranges within 1% of all-images "
             "| cosine - all-images | agreement - all-images |", "|---|---|---|---|---|---|---|---|"]
-    return "\n".join(head + rows) if rows else ""
+    return _markdown(head, rows)
 
 
 def select_table(reports: List[dict]) -> str:
@@ -338,7 +346,7 @@ def select_table(reports: List[dict]) -> str:
                         f"| {_f(mean('cosine'))} / {_f(mean('agreement'), 3)} |")
     head = ["| model | N | select: median range error | random: median range error (mean, min-max) "
             "| select: cosine / agreement | random: cosine / agreement (mean) |", "|---|---|---|---|---|---|"]
-    return "\n".join(head + rows) if rows else ""
+    return _markdown(head, rows)
 
 
 def overhead_table(reports: List[dict]) -> str:
@@ -355,7 +363,7 @@ def overhead_table(reports: List[dict]) -> str:
     head = ["| model | images | plain s (CPU s) | tracked s (CPU s) | overhead wall / CPU | checkpoints s (waited "
             "for) | peak MB plain / tracked / tracked on a quarter | statistics identical |",
             "|---|---|---|---|---|---|---|---|"]
-    return "\n".join(head + rows) if rows else ""
+    return _markdown(head, rows)
 
 
 if __name__ == "__main__":
