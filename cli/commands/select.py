@@ -8,6 +8,8 @@ from typing import Any, Annotated, Dict
 
 import typer
 
+from ptqengine.select import SIGNATURE_TENSORS
+
 from .. import options as opt
 from ..console import calibration_progress, print_warning, stdout_console
 
@@ -34,8 +36,9 @@ def select(
         "--method", case_sensitive=False, rich_help_panel=SELECT,
         help="match: the images whose pooled activation tails match the whole set's (what calibration sees); "
              "kcenter: farthest-point cover (favours rare images).")] = Method.match,
-    tensors: Annotated[int, typer.Option("--tensors", min=1, rich_help_panel=SELECT,
-                                         help="Activations in each image's signature, spread over the graph.")] = 16,
+    tensors: Annotated[int, typer.Option(
+        "--tensors", min=1, rich_help_panel=SELECT,
+        help="Activations in each image's signature, spread over the graph.")] = SIGNATURE_TENSORS,
     strict: Annotated[bool, typer.Option("--strict", rich_help_panel=opt.RUN,
                                          help="Fail on an unreadable image instead of skipping it.")] = False,
     run: Dict[str, Any] = None,  # the run option set, parsed (opt.with_run_options)
