@@ -8,15 +8,18 @@ model gets a calibration pool and a separate held-out set (other seeds). Algorit
 Per model, in one process (the A/B overhead runs in child processes, so that their peak memory is their own):
 1. One `calibrate(..., convergence=ConvergenceOptions())` over the whole pool (seeded random order): the
    record's whole ranges at every checkpoint (32, 64, 128, ... images) are the curve; each is exported as a
-   Q/DQ model and scored against FP32 on the held-out set with ptqengine.evaluate.evaluate (int8 with Q/DQ
-   unfused): output cosine, and top-1 / sequence agreement where the output has them.
-2. `--until-stable 1%` (share 99%): where it stopped, its ranges against the all-images ranges (share of
-   tensors within 1%) and its metric against the all-images metric. The same seed gives the same order, so it
-   stops at a checkpoint of run 1 (checked: identical ranges); when run 1's record shows no stop, it is not rerun.
+   Q/DQ model and scored against FP32 on the held-out set (int8 with Q/DQ unfused, as `evaluate` runs it):
+   output cosine, and top-1 / sequence agreement where the output has them.
+2. Where `--until-stable TOL --stable-share SHARE` stops, for a grid of settings, read off that record (the same
+   seed gives the same order and so the same checkpoints): its ranges against the all-images ranges (share of
+   tensors within 1%) and its metric against the all-images metric. The strictest setting that stops is run
+   for real and must stop at the same checkpoint with identical ranges.
 3. `select` 300 of the pool (its list is in pick order, so its first 32 / 100 are the choices for 32 / 100)
    against seeded random orders of the pool (prefixes of 32 / 100 / 300): median relative error of the subset's
    ranges against the all-images ranges, and the output metric. Subset statistics come from plain calibrations of
    the chunks [0, 32), [32, 100), [100, 300) of each list, merged (exact histograms: the same bytes as one run).
+   select's metric minus the random orders' mean comes with a 95% paired-bootstrap interval over the held-out
+   samples (`--held-out 1024`: differences on a few hundred samples are noise).
 4. Overhead: checkpoint time inside every tracked run (the time the searches took; the halves themselves add no
    fold), and plain and tracked runs of the whole pool in child processes, alternated twice
    (the fastest of each kept): wall time and peak RSS, plus a tracked run of a quarter of the pool.
@@ -36,13 +39,13 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from ptqengine import calibrate
+from ptqengine.collect import Purpose, create_session
 from ptqengine.collect.convergence import ConvergenceOptions
-from ptqengine.evaluate import evaluate
 from ptqengine.formats.convergence import ConvergenceRecord
 from ptqengine.images import generate_calibration_images
 from ptqengine.preprocess import PreprocessConfig
@@ -56,6 +59,7 @@ SITE = pathlib.Path(importlib.util.find_spec("rapidocr").origin).parent
 IMAGENET = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
 SIZES = (32, 100, 300)
 BATCH = 16
+BOOTSTRAP = 2000  # resamples of the held-out set for the select-vs-random intervals
 STOP_GRID = [(tol, share) for tol in (0.01, 0.02, 0.05, 0.10) for share in (0.99, 0.95, 0.90)]  # strictest first
 
 
@@ -93,14 +97,6 @@ def make_images(folder: pathlib.Path, kinds: Sequence[str], count: int, seed: in
         write_pages(folder / "pages", count - photos, seed=seed)
         generate_calibration_images(folder / "photos", photos, size=(256, 256), seed=seed)
     return folder
-
-
-def score(m: Model, amax: Dict[str, float], held_out: pathlib.Path, work: pathlib.Path) -> Dict[str, float]:
-    qdq = work / "scored.int8.onnx"
-    quantize_model(m.path, qdq, calibration=dict(amax))
-    out = evaluate(m.path, qdq, held_out, preprocess=m.preprocess, latency=False, batch_size=BATCH).outputs[0]
-    agreement = out.top1_agreement if out.top1_agreement is not None else out.sequence_agreement
-    return {"cosine": out.cosine, "agreement": agreement if m.agreement else None}
 
 
 def relative_errors(amax: Dict[str, float], reference: Dict[str, float]) -> np.ndarray:
@@ -163,8 +159,8 @@ def ab_runs(name: str, pool: pathlib.Path, total: int, repeats: int, algo: str) 
     return out
 
 
-def curve(m: Model, record: ConvergenceRecord, reference: Dict[str, float], held_out: pathlib.Path,
-          work: pathlib.Path, name: str) -> List[dict]:
+def curve(m: Model, record: ConvergenceRecord, reference: Dict[str, float], scorer: "PerSample",
+          name: str) -> List[dict]:
     """Per checkpoint of the whole-pool run: the split-half distribution, the ranges against the all-images
     ranges, and the output metric of the Q/DQ model with those ranges."""
     rows = []
@@ -176,7 +172,7 @@ def curve(m: Model, record: ConvergenceRecord, reference: Dict[str, float], held
                      "halves_within_1pct": float(np.mean(d <= 0.01)), "halves_within_5pct": float(np.mean(d <= 0.05)),
                      "median_disagreement": row["median"], "disagreement_at_99": row["spread"],
                      "within_1pct_of_all": float(np.mean(err <= 0.01)), "median_range_error": float(np.median(err)),
-                     **score(m, amax, held_out, work)})
+                     **scorer.metrics(scorer(amax))})
         print(name, rows[-1], flush=True)
     return rows
 
@@ -212,7 +208,70 @@ def real_stop(m: Model, pool: pathlib.Path, record: ConvergenceRecord, stops: Li
             "seconds": seconds, "reason": stopped.stopped["reason"]}
 
 
-def subsets(m: Model, name: str, pool: pathlib.Path, pool_size: int, held_out: pathlib.Path, work: pathlib.Path,
+class PerSample:
+    """Per-sample sums of a Q/DQ model's outputs against FP32 on the held-out set (Q/DQ unfused, as `evaluate`
+    runs it), so that differences between subsets get a paired-bootstrap interval. The FP32 outputs are
+    computed once and kept on disk (PP-OCRv6 rec's are 3 GB for 1,024 lines)."""
+
+    def __init__(self, m: Model, held_out: pathlib.Path, work: pathlib.Path) -> None:
+        from ptqengine.model import inspect_model
+        from ptqengine.preprocess import preprocess_image
+
+        spec = inspect_model(m.path).inputs[0]
+        self.x = np.stack([preprocess_image(f, m.preprocess, spec)
+                           for f in sorted(held_out.rglob("*.jpg"))]).astype(np.float32)
+        self.m, self.work, self.input = m, work, spec.name
+        self.ref = None
+        for start, out in self._outputs(m.path, Purpose.REFERENCE):
+            if self.ref is None:
+                self.ref = np.lib.format.open_memmap(work / "fp32.npy", mode="w+", dtype=np.float32,
+                                                     shape=(len(self.x),) + out.shape[1:])
+            self.ref[start:start + len(out)] = out
+
+    def _outputs(self, path: pathlib.Path, purpose: Purpose):
+        session = create_session(path, str(path), purpose=purpose)
+        for start in range(0, len(self.x), BATCH):
+            yield start, session.run(None, {self.input: self.x[start:start + BATCH]})[0]
+
+    def __call__(self, amax: Dict[str, float]) -> np.ndarray:
+        """[samples, 4]: dot, ref_sq, test_sq (the global cosine's sums) and top-1 / sequence agreement."""
+        qdq = self.work / "scored.int8.onnx"
+        quantize_model(self.m.path, qdq, calibration=dict(amax))
+        sums = []
+        for start, test in self._outputs(qdq, Purpose.SIMULATE):
+            ref, test = np.asarray(self.ref[start:start + len(test)], dtype=np.float64), test.astype(np.float64)
+            r, t = ref.reshape(len(ref), -1), test.reshape(len(test), -1)
+            agree = (ref.argmax(-1) == test.argmax(-1)).reshape(len(ref), -1).all(axis=1)
+            sums.append(np.stack([(r * t).sum(1), (r * r).sum(1), (t * t).sum(1), agree], axis=1))
+        return np.concatenate(sums)
+
+    def metrics(self, sums: np.ndarray) -> Dict[str, Optional[float]]:
+        """What `evaluate` reports for these per-sample sums: output cosine, and agreement where it means
+        something for the model's output."""
+        return {"cosine": float(cosine_of(sums.sum(0))),
+                "agreement": float(sums[:, 3].mean()) if self.m.agreement else None}
+
+
+def cosine_of(sums: np.ndarray) -> np.ndarray:
+    """The global cosine (over every value of the samples on the last-but-one axis) from per-sample sums."""
+    return sums[..., 0] / np.sqrt(sums[..., 1] * sums[..., 2])
+
+
+def versus_random(chosen: np.ndarray, randoms: List[np.ndarray], seed: int = 0) -> Dict[str, List[float]]:
+    """(chosen - mean of the random subsets) for cosine and agreement, with a 95% paired-bootstrap interval
+    over the held-out samples (the same resampled samples for every subset)."""
+    idx = np.random.default_rng(seed).integers(0, len(chosen), size=(BOOTSTRAP, len(chosen)))
+
+    def diff(rows):  # rows: all samples (a slice) or [resample, sample] indices
+        cos = cosine_of(chosen[rows].sum(-2)) - np.mean([cosine_of(r[rows].sum(-2)) for r in randoms], axis=0)
+        agree = chosen[rows][..., 3].mean(-1) - np.mean([r[rows][..., 3].mean(-1) for r in randoms], axis=0)
+        return cos, agree
+    point, boot = diff(slice(None)), diff(idx)
+    return {k: [float(point[j]), float(np.percentile(boot[j], 2.5)), float(np.percentile(boot[j], 97.5))]
+            for j, k in enumerate(("cosine", "agreement"))}
+
+
+def subsets(m: Model, name: str, pool: pathlib.Path, pool_size: int, scorer: "PerSample", work: pathlib.Path,
             reference: Dict[str, float], args, report: dict) -> None:
     """`select` against seeded random orders of the pool: prefixes of SIZES, ranges and output metric."""
     sizes = [s for s in SIZES if s <= pool_size]
@@ -222,32 +281,39 @@ def subsets(m: Model, name: str, pool: pathlib.Path, pool_size: int, held_out: p
     for seed in range(args.seeds):
         order = np.random.default_rng(100 + seed).permutation(len(all_files))
         lists[f"random{seed}"] = [all_files[i] for i in order]
+    sums: Dict[tuple, np.ndarray] = {}
     report["subsets"] = []
     for label, files in lists.items():
         for size, amax in subset_amax(m, files, sizes, work, args.algo).items():
             err = relative_errors(amax, reference)
+            sums[label, size] = s = scorer(amax)
             report["subsets"].append({"subset": label, "n": size, "median_range_error": float(np.median(err)),
-                                      **score(m, amax, held_out, work)})
+                                      **scorer.metrics(s)})
             print(name, report["subsets"][-1], flush=True)
+    report["select_vs_random"] = {
+        str(n): versus_random(sums["select", n], [sums[k] for k in sums if k[1] == n and k[0] != "select"])
+        for n in sizes}
     report["select_seconds"] = chosen.seconds
 
 
 def run_model(name: str, m: Model, args, root: pathlib.Path) -> dict:
-    pool_size, held = max(64, int(m.pool * args.scale)), max(16, int(m.held_out * args.scale))
+    pool_size, held = max(64, int(m.pool * args.scale)), args.held_out or max(16, int(m.held_out * args.scale))
     pool = make_images(root / f"{name}_pool_{pool_size}", m.kinds, pool_size, seed=11)
     held_out = make_images(root / f"{name}_heldout_{held}", m.kinds, held, seed=12)
-    work = pathlib.Path(tempfile.mkdtemp(prefix=f"conv_{name}_"))
     report: dict = {"model": name, "algo": args.algo, "pool": pool_size, "held_out": held}
     full, record, seconds = tracked_run(m, pool, args.algo)
     reference = full.amax
     report["full"] = {"seconds": seconds, "timings": full.report.timings, "summary": record.summary_line()}
-    if not args.no_curve:
-        report["curve"] = curve(m, record, reference, held_out, work, name)
-        report["stops"] = stop_grid(record, report["curve"])
-        report["until_stable"] = real_stop(m, pool, record, report["stops"], pool_size, args.algo)
-        print(name, "until-stable", report["until_stable"], flush=True)
-    if not args.no_select:
-        subsets(m, name, pool, pool_size, held_out, work, reference, args, report)
+    with tempfile.TemporaryDirectory(prefix=f"conv_{name}_") as scratch:  # Q/DQ models, FP32 outputs
+        work = pathlib.Path(scratch)
+        scorer = PerSample(m, held_out, work)
+        if not args.no_curve:
+            report["curve"] = curve(m, record, reference, scorer, name)
+            report["stops"] = stop_grid(record, report["curve"])
+            report["until_stable"] = real_stop(m, pool, record, report["stops"], pool_size, args.algo)
+            print(name, "until-stable", report["until_stable"], flush=True)
+        if not args.no_select:
+            subsets(m, name, pool, pool_size, scorer, work, reference, args, report)
     if not args.no_ab:
         report["ab"] = ab_runs(name, pool, pool_size, args.repeats, args.algo)
         print(name, "A/B", report["ab"], flush=True)
@@ -268,6 +334,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--scale", type=float, default=1.0, help="pool and held-out sizes x this (smoke runs)")
     parser.add_argument("--algo", default="entropy", choices=("entropy", "percentile", "mse", "max"))
+    parser.add_argument("--held-out", type=int, default=None,
+                        help="held-out images (default: the model's x --scale; big pools need not score more)")
     parser.add_argument("--seeds", type=int, default=3, help="random orders compared with select")
     parser.add_argument("--no-select", action="store_true", help="skip select vs random orders")
     parser.add_argument("--no-curve", action="store_true", help="skip the metric curve and the stop grid")
@@ -341,11 +409,16 @@ def select_table(reports: List[dict]) -> str:
             rnd = [s for s in r["subsets"] if s["n"] == n and s["subset"] != "select"]
             errs = [s["median_range_error"] for s in rnd]
             mean = lambda key: None if rnd[0][key] is None else float(np.mean([s[key] for s in rnd]))  # noqa: E731
+            vs = r["select_vs_random"][str(n)]
+            ci = lambda key, d: "-" if rnd[0][key] is None else \
+                f"{vs[key][0]:+.{d}f} [{vs[key][1]:+.{d}f}, {vs[key][2]:+.{d}f}]"  # noqa: E731
             rows.append(f"| {r['model']} | {n} | {sel['median_range_error']:.2%} | {np.mean(errs):.2%} "
                         f"({min(errs):.2%}-{max(errs):.2%}) | {_f(sel['cosine'])} / {_f(sel['agreement'], 3)} "
-                        f"| {_f(mean('cosine'))} / {_f(mean('agreement'), 3)} |")
+                        f"| {_f(mean('cosine'))} / {_f(mean('agreement'), 3)} | {ci('cosine', 4)} "
+                        f"| {ci('agreement', 3)} |")
     head = ["| model | N | select: median range error | random: median range error (mean, min-max) "
-            "| select: cosine / agreement | random: cosine / agreement (mean) |", "|---|---|---|---|---|---|"]
+            "| select: cosine / agreement | random: cosine / agreement (mean) | cosine, select - random "
+            "[95% CI] | agreement, select - random [95% CI] |", "|---|---|---|---|---|---|---|---|"]
     return _markdown(head, rows)
 
 
