@@ -14,9 +14,9 @@ Per model, in one process (the A/B overhead runs in child processes, so that the
    seed gives the same order and so the same checkpoints): its ranges against the all-images ranges (share of
    tensors within 1%) and its metric against the all-images metric. The strictest setting that stops is run
    for real and must stop at the same checkpoint with identical ranges.
-3. `select` 300 of the pool (its list is in pick order, so its first 32 / 100 are the choices for 32 / 100)
-   against seeded random orders of the pool (prefixes of 32 / 100 / 300): median relative error of the subset's
-   ranges against the all-images ranges, and the output metric. Subset statistics come from plain calibrations of
+3. `select -n N` for N in 32 / 100 / 300 (one signature pass; the choice for each N) against seeded random
+   orders of the pool (prefixes of 32 / 100 / 300): median relative error of the subset's ranges against the
+   all-images ranges, and the output metric. Random prefixes' statistics come from plain calibrations of
    the chunks [0, 32), [32, 100), [100, 300) of each list, merged (exact histograms: the same bytes as one run).
    select's metric minus the random orders' mean comes with a 95% paired-bootstrap interval over the held-out
    samples (`--held-out 1024`: differences on a few hundred samples are noise).
@@ -44,7 +44,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ptqengine import calibrate
-from ptqengine.collect import Purpose, create_session
+from ptqengine.collect import Purpose, RunOptions, create_session
 from ptqengine.collect.convergence import ConvergenceOptions
 from ptqengine.formats.convergence import ConvergenceRecord
 from ptqengine.images import generate_calibration_images
@@ -52,7 +52,7 @@ from ptqengine.preprocess import PreprocessConfig
 from ptqengine.qdq import quantize_model
 from ptqengine.qdq.testdata import write_lines, write_pages
 from ptqengine.result import result_from_stats
-from ptqengine.select import select
+from ptqengine.select import choose_match, collect_signatures
 from ptqengine.statsfile import StatsBundle
 
 SITE = pathlib.Path(importlib.util.find_spec("rapidocr").origin).parent
@@ -273,18 +273,22 @@ def versus_random(chosen: np.ndarray, randoms: List[np.ndarray], seed: int = 0) 
 
 def subsets(m: Model, name: str, pool: pathlib.Path, pool_size: int, scorer: "PerSample", work: pathlib.Path,
             reference: Dict[str, float], args, report: dict) -> None:
-    """`select` against seeded random orders of the pool: prefixes of SIZES, ranges and output metric."""
+    """`select -n N` against seeded random orders of the pool (prefixes of N), N in SIZES: ranges and output
+    metric. One signature pass serves every N: `select` would compute the same signatures for each."""
     sizes = [s for s in SIZES if s <= pool_size]
-    chosen = select(m.path, pool, max(sizes), preprocess=m.preprocess)
-    lists = {"select": chosen.files}
+    start = time.perf_counter()
+    sig = collect_signatures(m.path, pool, RunOptions(preprocess=m.preprocess))
+    chosen = {n: [sig.files[i] for i in choose_match(sig, n)] for n in sizes}
+    report["select_seconds"] = time.perf_counter() - start
+    ranges = {"select": {n: subset_amax(m, files, [n], work, args.algo)[n] for n, files in chosen.items()}}
     all_files = sorted(pool.rglob("*.jpg"))
     for seed in range(args.seeds):
         order = np.random.default_rng(100 + seed).permutation(len(all_files))
-        lists[f"random{seed}"] = [all_files[i] for i in order]
+        ranges[f"random{seed}"] = subset_amax(m, [all_files[i] for i in order], sizes, work, args.algo)
     sums: Dict[tuple, np.ndarray] = {}
     report["subsets"] = []
-    for label, files in lists.items():
-        for size, amax in subset_amax(m, files, sizes, work, args.algo).items():
+    for label, by_size in ranges.items():
+        for size, amax in by_size.items():
             err = relative_errors(amax, reference)
             sums[label, size] = s = scorer(amax)
             report["subsets"].append({"subset": label, "n": size, "median_range_error": float(np.median(err)),
@@ -293,7 +297,6 @@ def subsets(m: Model, name: str, pool: pathlib.Path, pool_size: int, scorer: "Pe
     report["select_vs_random"] = {
         str(n): versus_random(sums["select", n], [sums[k] for k in sums if k[1] == n and k[0] != "select"])
         for n in sizes}
-    report["select_seconds"] = chosen.seconds
 
 
 def run_model(name: str, m: Model, args, root: pathlib.Path) -> dict:

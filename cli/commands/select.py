@@ -29,9 +29,8 @@ def select(
                                        help="Folder of candidate images (searched recursively) or a list file.")],
     count: Annotated[int, typer.Option("-n", "--count", min=1, rich_help_panel=SELECT, help="Images to choose.")],
     output: Annotated[Path, typer.Option("-o", "--output", rich_help_panel=opt.OUTPUT,
-                                         help="List file to write (one image per line, in pick order: its first k "
-                                              "lines are the choice for k); calibrate and horizon take it as "
-                                              "--data.")] = Path("selected.txt"),
+                                         help="List file to write (one image per line, in pick order); calibrate "
+                                              "and horizon take it as --data.")] = Path("selected.txt"),
     method: Annotated[Method, typer.Option(
         "--method", case_sensitive=False, rich_help_panel=SELECT,
         help="match: the images whose pooled activation tails match the whole set's (what calibration sees); "
@@ -54,8 +53,7 @@ def select(
         chosen = run_selection(model, data, count, method=method.value, tensors=tensors, progress=progress,
                                preprocess=preprocess, strict=strict, **run)
     header = [f"ptqengine select: {count} of {chosen.candidates} images of {data} for {model.name} "
-              f"({chosen.method}, {len(chosen.tensors)} activations)",
-              "in pick order: the first k lines are the choice for k"]
+              f"({chosen.method}, {len(chosen.tensors)} activations), in pick order"]
     write_image_list(output, chosen, header)
     if chosen.skipped:
         print_warning(f"skipped {len(chosen.skipped)} unreadable image(s), first: {chosen.skipped[0][0]}")
