@@ -294,6 +294,7 @@ def subsets(m: Model, name: str, pool: pathlib.Path, pool_size: int, scorer: "Pe
             report["subsets"].append({"subset": label, "n": size, "median_range_error": float(np.median(err)),
                                       **scorer.metrics(s)})
             print(name, report["subsets"][-1], flush=True)
+    report["all_images"] = scorer.metrics(scorer(reference))  # what select's ranges approach
     report["select_vs_random"] = {
         str(n): versus_random(sums["select", n], [sums[k] for k in sums if k[1] == n and k[0] != "select"])
         for n in sizes}
@@ -412,16 +413,17 @@ def select_table(reports: List[dict]) -> str:
             rnd = [s for s in r["subsets"] if s["n"] == n and s["subset"] != "select"]
             errs = [s["median_range_error"] for s in rnd]
             mean = lambda key: None if rnd[0][key] is None else float(np.mean([s[key] for s in rnd]))  # noqa: E731
-            vs = r["select_vs_random"][str(n)]
+            vs, everything = r["select_vs_random"][str(n)], r["all_images"]
             ci = lambda key, d: "-" if rnd[0][key] is None else \
                 f"{vs[key][0]:+.{d}f} [{vs[key][1]:+.{d}f}, {vs[key][2]:+.{d}f}]"  # noqa: E731
             rows.append(f"| {r['model']} | {n} | {sel['median_range_error']:.2%} | {np.mean(errs):.2%} "
                         f"({min(errs):.2%}-{max(errs):.2%}) | {_f(sel['cosine'])} / {_f(sel['agreement'], 3)} "
                         f"| {_f(mean('cosine'))} / {_f(mean('agreement'), 3)} | {ci('cosine', 4)} "
-                        f"| {ci('agreement', 3)} |")
+                        f"| {ci('agreement', 3)} | {_f(everything['cosine'])} / {_f(everything['agreement'], 3)} |")
     head = ["| model | N | select: median range error | random: median range error (mean, min-max) "
             "| select: cosine / agreement | random: cosine / agreement (mean) | cosine, select - random "
-            "[95% CI] | agreement, select - random [95% CI] |", "|---|---|---|---|---|---|---|---|"]
+            "[95% CI] | agreement, select - random [95% CI] | all images: cosine / agreement |",
+            "|---|---|---|---|---|---|---|---|---|"]
     return _markdown(head, rows)
 
 
