@@ -45,8 +45,9 @@ from .stats import TensorStats, update_many
 PathLike = Union[str, Path]
 Progress = Callable[[int, Optional[int]], None]
 METHODS = ("match", "kcenter")
-SIGNATURE_TENSORS = 64  # more cover more of the ranges calibration searches, at a cost linear in them; 16 left
-# most of a 465-activation detector's ranges further from the whole set's than random picks (benchmarks/README.md)
+# Activations per signature: more cover more of the ranges calibration searches, at a cost linear in them (with
+# 16, a 465-activation detector's chosen ranges were further from the whole set's than random picks').
+SIGNATURE_TENSORS = 64
 THRESHOLDS = (np.array([1.0, 1.25, 1.5, 1.75])[None, :] * 2.0 ** np.arange(-24, 24)[:, None]).ravel()
 TAIL_TOP = 0.5  # thresholds above the median of |x| are the ones ranges depend on
 FLOOR = 0.1  # under tail fractions before the log: a tenth of one value's share of the whole set
