@@ -185,11 +185,13 @@ def stop_grid(record: ConvergenceRecord, rows: List[dict]) -> List[dict]:
     for tol, share in STOP_GRID:
         within = [float(np.mean(c.disagreement() <= tol)) >= share for c in record.checkpoints]
         k = next((k for k in range(1, len(within) - 1) if within[k] and within[k - 1]), None)
-        out.append({"tolerance": tol, "share": share, "checkpoint": k,
-                    **({} if k is None else {"images": rows[k]["images"], "within_1pct_of_all": rows[k]["within_1pct_of_all"],
-                                             "cosine_change": rows[k]["cosine"] - rows[-1]["cosine"],
-                                             "agreement_change": None if rows[k]["agreement"] is None else
-                                             rows[k]["agreement"] - rows[-1]["agreement"]})})
+        if k is None:
+            out.append({"tolerance": tol, "share": share, "checkpoint": None})
+            continue
+        row, last = rows[k], rows[-1]
+        out.append({"tolerance": tol, "share": share, "checkpoint": k, "images": row["images"],
+                    "within_1pct_of_all": row["within_1pct_of_all"], "cosine_change": row["cosine"] - last["cosine"],
+                    "agreement_change": None if row["agreement"] is None else row["agreement"] - last["agreement"]})
     return out
 
 
