@@ -170,6 +170,8 @@ def curve(m: Model, record: ConvergenceRecord, reference: Dict[str, float], scor
         d = point.disagreement()
         rows.append({"images": point.samples, "halves": list(point.halves),
                      "halves_within_1pct": float(np.mean(d <= 0.01)), "halves_within_5pct": float(np.mean(d <= 0.05)),
+                     # |A - B| / 2 estimates the whole's own error (module docstring of collect.convergence):
+                     "halves_within_2pct": float(np.mean(d <= 0.02)),
                      "median_disagreement": row["median"], "disagreement_at_99": row["spread"],
                      "within_1pct_of_all": float(np.mean(err <= 0.01)), "median_range_error": float(np.median(err)),
                      **scorer.metrics(scorer(amax))})
@@ -375,6 +377,10 @@ def _f(value, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.0%}"  # absent from results of older versions
+
+
 def tables(reports: List[dict]) -> str:
     """The markdown tables of benchmarks/README.md, for the parts that ran."""
     parts = [curve_table(reports), stop_table(reports), select_table(reports), overhead_table(reports)]
@@ -383,11 +389,11 @@ def tables(reports: List[dict]) -> str:
 
 def curve_table(reports: List[dict]) -> str:
     rows = [f"| {r['model']} | {c['images']} | {c['halves'][0]}/{c['halves'][1]} "
-            f"| {c['halves_within_1pct']:.0%} / {c['halves_within_5pct']:.0%} "
+            f"| {c['halves_within_1pct']:.0%} / {_pct(c.get('halves_within_2pct'))} / {c['halves_within_5pct']:.0%} "
             f"| {c['median_disagreement']:.2%} | {c['disagreement_at_99']:.1%} "
             f"| {c['within_1pct_of_all']:.1%} | {c['median_range_error']:.2%} | {_f(c['cosine'])} "
             f"| {_f(c['agreement'], 3)} |" for r in reports for c in r.get("curve", [])]
-    head = ["| model | images | halves A/B | halves within 1% / 5% | median disagreement | disagreement at 99% "
+    head = ["| model | images | halves A/B | halves within 1% / 2% / 5% | median disagreement | disagreement at 99% "
             "| ranges within 1% of all-images | median range error | cosine | agreement |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     return _markdown(head, rows)
