@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -46,8 +46,9 @@ import numpy as np
 from ptqengine import calibrate
 from ptqengine.collect import Purpose, RunOptions, create_session
 from ptqengine.collect.convergence import ConvergenceOptions
-from ptqengine.formats.convergence import ConvergenceRecord
+from ptqengine.formats.convergence import ConvergenceRecord, share_within
 from ptqengine.images import generate_calibration_images
+from ptqengine.metrics import OutputComparison
 from ptqengine.preprocess import PreprocessConfig
 from ptqengine.qdq import quantize_model
 from ptqengine.qdq.testdata import write_lines, write_pages
@@ -169,9 +170,9 @@ def curve(m: Model, record: ConvergenceRecord, reference: Dict[str, float], scor
         err = relative_errors(amax, reference)
         d = point.disagreement()
         rows.append({"images": point.samples, "halves": list(point.halves),
-                     "halves_within_1pct": float(np.mean(d <= 0.01)), "halves_within_5pct": float(np.mean(d <= 0.05)),
+                     "halves_within_1pct": share_within(d, 0.01), "halves_within_5pct": share_within(d, 0.05),
                      # |A - B| / 2 estimates the whole's own error (module docstring of collect.convergence):
-                     "halves_within_2pct": float(np.mean(d <= 0.02)),
+                     "halves_within_2pct": share_within(d, 0.02),
                      "median_disagreement": row["median"], "disagreement_at_99": row["spread"],
                      "within_1pct_of_all": float(np.mean(err <= 0.01)), "median_range_error": float(np.median(err)),
                      **scorer.metrics(scorer(amax))})
@@ -185,8 +186,9 @@ def stop_grid(record: ConvergenceRecord, rows: List[dict]) -> List[dict]:
     since the same seed gives the same order and so the same checkpoints (tests/test_convergence.py)."""
     out = []
     for tol, share in STOP_GRID:
-        within = [float(np.mean(c.disagreement() <= tol)) >= share for c in record.checkpoints]
-        k = next((k for k in range(1, len(within) - 1) if within[k] and within[k - 1]), None)
+        setting = replace(record, tolerance=tol, share=share)  # the run's own rule, record.stable
+        k = next((k for k in range(1, len(record.checkpoints) - 1) if setting.stable(k) and setting.stable(k - 1)),
+                 None)
         if k is None:
             out.append({"tolerance": tol, "share": share, "checkpoint": None})
             continue
@@ -238,16 +240,17 @@ class PerSample:
             yield start, session.run(None, {self.input: self.x[start:start + BATCH]})[0]
 
     def __call__(self, amax: Dict[str, float]) -> np.ndarray:
-        """[samples, 4]: dot, ref_sq, test_sq (the global cosine's sums) and top-1 / sequence agreement."""
+        """[samples, 4]: dot, ref_sq, test_sq (the global cosine's sums) and top-1 / sequence agreement, each
+        sample's from its own ptqengine.metrics.OutputComparison (the definitions `evaluate` uses)."""
         qdq = self.work / "scored.int8.onnx"
         quantize_model(self.m.path, qdq, calibration=dict(amax))
         sums = []
         for start, test in self._outputs(qdq, Purpose.SIMULATE):
-            ref, test = np.asarray(self.ref[start:start + len(test)], dtype=np.float64), test.astype(np.float64)
-            r, t = ref.reshape(len(ref), -1), test.reshape(len(test), -1)
-            agree = (ref.argmax(-1) == test.argmax(-1)).reshape(len(ref), -1).all(axis=1)
-            sums.append(np.stack([(r * t).sum(1), (r * r).sum(1), (t * t).sum(1), agree], axis=1))
-        return np.concatenate(sums)
+            for i in range(len(test)):
+                one = OutputComparison()
+                one.add(self.ref[start + i:start + i + 1], test[i:i + 1])
+                sums.append((one.dot, one.ref_sq, one.test_sq, one.agree))
+        return np.array(sums, dtype=np.float64)
 
     def metrics(self, sums: np.ndarray) -> Dict[str, Optional[float]]:
         """What `evaluate` reports for these per-sample sums: output cosine, and agreement where it means
@@ -314,7 +317,7 @@ def run_model(name: str, m: Model, args, root: pathlib.Path) -> dict:
     report["full"] = {"seconds": seconds, "timings": full.report.timings, "summary": record.summary_line()}
     with tempfile.TemporaryDirectory(prefix=f"conv_{name}_") as scratch:  # Q/DQ models, FP32 outputs
         work = pathlib.Path(scratch)
-        scorer = PerSample(m, held_out, work)
+        scorer = None if args.no_curve and args.no_select else PerSample(m, held_out, work)
         if not args.no_curve:
             report["curve"] = curve(m, record, reference, scorer, name)
             report["stops"] = stop_grid(record, report["curve"])
