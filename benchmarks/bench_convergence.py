@@ -285,7 +285,7 @@ def subsets(m: Model, name: str, pool: pathlib.Path, pool_size: int, scorer: "Pe
     sizes = [s for s in SIZES if s <= pool_size]
     start = time.perf_counter()
     sig = collect_signatures(m.path, pool, RunOptions(preprocess=m.preprocess))
-    chosen = {n: [sig.files[i] for i in choose_match(sig, n)] for n in sizes}
+    chosen = {n: [sig.files[i] for i in choose_match(sig, n, args.algo)] for n in sizes}
     report["select_seconds"] = time.perf_counter() - start
     ranges = {"select": {n: subset_amax(m, files, [n], work, args.algo)[n] for n, files in chosen.items()}}
     all_files = sorted(pool.rglob("*.jpg"))

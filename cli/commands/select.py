@@ -35,6 +35,12 @@ def select(
         "--method", case_sensitive=False, rich_help_panel=SELECT,
         help="match: the images whose pooled activation tails match the whole set's (what calibration sees); "
              "kcenter: farthest-point cover (favours rare images).")] = Method.match,
+    algo: Annotated[opt.Algo, typer.Option(
+        "--algo", case_sensitive=False, rich_help_panel=SELECT,
+        help="The algorithm the images will be calibrated with. match starts with the images holding each "
+             "tensor's largest value, on which max, entropy and mse depend, but not for percentile: its ranges "
+             "do not depend on that value, and those few extreme images would lift a small choice's tails.")
+    ] = opt.Algo.entropy,
     tensors: Annotated[int, typer.Option(
         "--tensors", min=1, rich_help_panel=SELECT,
         help="Activations in each image's signature, spread over the graph.")] = SIGNATURE_TENSORS,
@@ -50,10 +56,11 @@ def select(
 
     opt.check_writable(output, "-o")
     with calibration_progress(quiet, label="signatures") as progress:
-        chosen = run_selection(model, data, count, method=method.value, tensors=tensors, progress=progress,
-                               preprocess=preprocess, strict=strict, **run)
+        chosen = run_selection(model, data, count, method=method.value, algo=algo.value, tensors=tensors,
+                               progress=progress, preprocess=preprocess, strict=strict, **run)
+    choice = f"match for {chosen.algo}" if chosen.method == "match" else chosen.method
     header = [f"ptqengine select: {count} of {chosen.candidates} images of {data} for {model.name} "
-              f"({chosen.method}, {len(chosen.tensors)} activations), in pick order"]
+              f"({choice}, {len(chosen.tensors)} activations), in pick order"]
     write_image_list(output, chosen, header)
     if chosen.skipped:
         print_warning(f"skipped {len(chosen.skipped)} unreadable image(s), first: {chosen.skipped[0][0]}")
@@ -61,6 +68,6 @@ def select(
         return
     random = statistics.median(chosen.random_distance)
     stdout_console().print(
-        f"[bold green]Chose {count} of {chosen.candidates:,} images ({chosen.method}) in {chosen.seconds:.1f} s[/]: "
+        f"[bold green]Chose {count} of {chosen.candidates:,} images ({choice}) in {chosen.seconds:.1f} s[/]: "
         f"distance of their pooled activation tails to the whole set's {chosen.distance:.4g}, "
         f"random {count}: {random:.4g} (median of {len(chosen.random_distance)} seeded draws)\n  list  {output}")
