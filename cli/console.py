@@ -159,6 +159,12 @@ def print_summary(result: "CalibrationResult", outputs: Outputs, verb: str = "Ca
         from ptqengine.analyze.auto_algo import describe_choice
 
         console.print(f"  auto: {describe_choice(result.algo_options)}")
+    elif result.algo == "choice":
+        facts = result.algo_options
+        winners = ", ".join(f"{name} {count}" for name, count in facts.get("winners", {}).items())
+        console.print(Text(f"  choice: {facts.get('chosen_by_layer_error', 0)} tensors by their reading layers' "
+                           f"output error on {facts.get('samples', 0)} samples ({winners}); "
+                           f"{facts.get('by_own_error', 0)} others by their own error (mse)"))
     width = max((len(what) for what, _ in outputs), default=0)
     for what, where in outputs:
         console.print(f"  {what:<{width}}  {where}")

@@ -164,8 +164,10 @@ AlgoOpt = Annotated[Algo, typer.Option(
 DefaultAlgoOpt = Annotated[Optional[Algo], typer.Option(
     "--algo", case_sensitive=False, rich_help_panel=ALGORITHM,
     help=f"{_ALGO_HELP}; auto: per tensor, the one that minimises the model's output error on 32 --data "
-         "samples. Not given: the TensorRT cache takes entropy, the Q/DQ model per tensor the range its "
-         "quantised layers reproduce best on --data samples.")]
+         "samples. Not given: per tensor, the candidate range (entropy, max, percentile, mse, the op's bound) "
+         "its quantised layers reproduce best on 32 --data samples, for the TensorRT cache (under TensorRT's "
+         "own per-channel max weights) and the Q/DQ model alike; entropy alone is exactly TensorRT's "
+         "EntropyCalibration2.")]
 SavedStatsAlgoOpt = Annotated[SavedStatsAlgo, typer.Option(
     "--algo", case_sensitive=False, rich_help_panel=ALGORITHM, help=_ALGO_HELP + ".")]
 PercentileOpt = Annotated[Optional[float], typer.Option(
@@ -235,7 +237,7 @@ class OutputPlan:
 
     def write(self, result: "CalibrationResult") -> Tuple[Outputs, List[str]]:
         """Write every requested file; returns (what, where) pairs and the writers' warnings."""
-        from ptqengine.formats import write_scales_json, write_trt_cache
+        from ptqengine.formats import write_scales_json
 
         outputs: Outputs = []
         warnings: List[str] = []
@@ -243,7 +245,7 @@ class OutputPlan:
             result.save_stats(self.stats)
             outputs.append(("statistics", self.stats))
         if self.cache is not None:
-            warnings += write_trt_cache(self.cache, result.amax, self.trt_version, self.trt_calibrator)
+            warnings += result.write_trt_cache(self.cache, self.trt_version, self.trt_calibrator)
             header = f"TRT-{trt_version_code(self.trt_version)}-{calibrator_class(self.trt_calibrator)}"
             outputs.append((f"TensorRT cache ({header})", self.cache))
         if self.scales_json is not None:

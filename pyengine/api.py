@@ -20,6 +20,8 @@ from .result import CalibrationResult, result_from_stats
 from .statsfile import load_stats
 
 AUTO = "auto"
+CHOICE = "choice"  # per tensor, the range its reading layers reproduce best (the CLI's default for a cache)
+RERUNNABLE = (str, Path, list, tuple, np.ndarray)  # data that can be read again for the samples
 PathLike = Union[str, Path]
 Progress = Callable[[int, Optional[int]], None]
 StageProgress = Callable[[str, int, Optional[int]], None]
@@ -38,31 +40,67 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
     output error on 32 samples of `data` (stage_progress(stage, done, total) reports those runs).
     convergence: measure how settled the ranges are, and with until_stable stop reading once they are
     (ptqengine.collect.convergence); single-process runs of one algorithm only.
+    algo="choice" (the CLI's default): the entropy ranges and the other algorithms' are candidates, and each
+    tensor takes the one its quantised layers reproduce best on 32 samples of `data`, under TensorRT's own
+    weight quantisation (ptqengine.qdq.trt_implicit); the cache then holds what the Q/DQ export would choose.
     """
     start = time.perf_counter()
-    auto = algo == AUTO
+    auto, choice = algo == AUTO, algo == CHOICE
     if convergence is not None:
         _check_convergence(auto, scale_out)
-    if auto and not isinstance(data, (str, Path, list, tuple, np.ndarray)):
-        raise OptionError("algo 'auto' reads the data twice (statistics, then samples to measure on): give a "
-                          "directory, files or a list, not a one-shot iterable or reader")
-    base = "max" if auto else algo  # statistics do not depend on the algorithm
+    if (auto or choice) and not isinstance(data, RERUNNABLE):
+        raise OptionError(f"algo {algo!r} reads the data twice (statistics, then samples to measure on): give a "
+                          "directory, files or a list, not a one-shot iterable or reader (or another --algo)")
+    base = "max" if auto else "entropy" if choice else algo  # statistics do not depend on the algorithm
     if scale_out:
         from .distributed import calibrate_sharded
 
         result = calibrate_sharded(model, data, algo=base, algo_options=algo_options, progress=progress,
                                    **scale_out, **run_options)
     else:
-        result = calibration.calibrate(model, data, algo=base, algo_options=algo_options, progress=progress,
-                                       convergence=convergence, **run_options)
-    if not auto:
+        result = calibration.calibrate(model, data, algo=base, algo_options=None if choice else algo_options,
+                                       progress=progress, convergence=convergence, **run_options)
+    if not (auto or choice):
         return result
-    from .analyze.auto_algo import auto_result
+    keep = {k: run_options[k] for k in SAMPLE_OPTIONS if k in run_options}
+    if auto:
+        from .analyze.auto_algo import auto_result
 
-    keep = {k: run_options[k] for k in ("seed", "preprocess", "batch_size", "threads", "device") if k in run_options}
-    chosen = auto_result(model, result, data, progress=stage_progress, **keep)
-    chosen.report.seconds = time.perf_counter() - start  # the whole call, the auto runs included
+        chosen = auto_result(model, result, data, progress=stage_progress, **keep)
+    else:
+        chosen = _choose_for_cache(model, result, data, keep)
+    chosen.report.seconds = time.perf_counter() - start  # the whole call, the sample runs included
     return chosen
+
+
+SAMPLE_OPTIONS = ("seed", "preprocess", "batch_size", "threads", "device")
+
+
+def _samples(model: PathLike, data: Any, count: int, run_options: Mapping[str, Any]):
+    """(the first `count` seeded samples of `data` in batches, a Sessions callable) for the data-driven steps."""
+    from .collect import RunOptions, model_sessions
+    from .collect.feed import sample_batches
+    from .model import inspect_model
+
+    o = RunOptions(**{k: v for k, v in run_options.items() if k in SAMPLE_OPTIONS})
+    samples = sample_batches(inspect_model(model), data, count, o.seed, o.preprocess, o.batch_size, o.threads)
+    return samples, model_sessions(o.device, o.threads)
+
+
+def _choose_for_cache(model: PathLike, result: CalibrationResult, data: Any,
+                      run_options: Mapping[str, Any]) -> CalibrationResult:
+    """algo="choice": the Q/DQ export's per-tensor range choice under TensorRT's weight quantisation."""
+    from .qdq.accuracy import CANDIDATE_ALGOS
+    from .qdq.trt_implicit import CACHE_CHOICE, choose_cache_ranges
+
+    from .model import load_model
+
+    samples, sessions = _samples(model, data, CACHE_CHOICE.max_samples, run_options)
+    amax, summary = choose_cache_ranges(load_model(model), str(model), result.amax, result.stats.tensors, samples,
+                                        sessions)
+    facts = {"candidates": [*CANDIDATE_ALGOS, "bound"], "criterion": "reading layers' output error",
+             "weights": "per-channel max|w|/127 (TensorRT's)", **summary}
+    return CalibrationResult(result.stats, CHOICE, facts, amax, result.report)
 
 
 def _check_convergence(auto: bool, scale_out: Optional[Mapping[str, Any]]) -> None:
@@ -84,19 +122,12 @@ def export_qdq(model: PathLike, output: Optional[PathLike], calibration: Any, *,
     data-driven ones on its first samples (ptqengine.qdq.accuracy). choose_ranges: per tensor, the candidate
     range whose reading layers' output error is least (the default when no algorithm was asked for).
     Run options: seed, preprocess, batch_size, threads, device."""
-    from .collect import RunOptions, model_sessions
-    from .collect.feed import sample_batches
-    from .model import inspect_model
     from .qdq import AccuracyOptions, quantize_model
 
     accuracy = AccuracyOptions(choose_ranges=choose_ranges, asymmetric=asymmetric)
     samples = sessions = None
     if data is not None:
-        o = RunOptions(**{k: v for k, v in run_options.items() if k in ("seed", "preprocess", "batch_size",
-                                                                         "threads", "device")})
-        samples = sample_batches(inspect_model(model), data, accuracy.max_samples, o.seed, o.preprocess,
-                                 o.batch_size, o.threads)
-        sessions = model_sessions(o.device, o.threads)
+        samples, sessions = _samples(model, data, accuracy.max_samples, run_options)
     result = quantize_model(model, output, calibration=calibration, per_channel=per_channel, exclude=exclude,
                             exclude_op_types=exclude_op_types, fp16_fallback=fp16_fallback, samples=samples,
                             accuracy=accuracy, sessions=sessions)

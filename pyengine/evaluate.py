@@ -10,6 +10,11 @@ The INT8 model is measured as TensorRT runs it: the collection core's SIMULATE s
 so the figures are the calibration's, the same on every CPU. onnxruntime's own fused int8 CPU kernels give
 CPU-dependent results (x86 without VNNI saturates); `cpu_kernels=True` reports them as well, labelled.
 The verdict is ptqengine.metrics' rule, the one `analyze`'s advice aims at.
+
+The INT8 side may also be a TensorRT calibration cache (TensorRT <= 10): it is simulated as TensorRT's
+implicit int8 would run it, worst case (ptqengine.qdq.trt_implicit.simulate_cache: every tensor TensorRT's
+fusions leave quantisable quantised with the cache's scale, weights per channel with max|w|), so two caches
+get numbers side by side without TensorRT. No latency is measured for a cache.
 """
 from __future__ import annotations
 
@@ -73,6 +78,8 @@ class EvaluationReport:
     target_cosine: float = COSINE_TARGET
     # onnxruntime's fused int8 CPU kernels on this machine's CPU (cpu_kernels=True): CPU-dependent
     outputs_cpu_kernels: Optional[List[OutputMetrics]] = None
+    # INT8 given as a TensorRT cache: what the simulation quantised (simulated_cache)
+    cache: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -181,9 +188,13 @@ def evaluate(fp32_model: PathLike, int8_model: PathLike, data: Any, *, limit: Op
     label_map = read_labels(labels) if labels else None
     if label_map is not None and not (isinstance(data, (str, Path)) and Path(data).is_dir()):
         raise OptionError("--labels needs --data to be a directory of images")
+    int8_source, cache = simulated_cache(fp32_path, int8_path)
+    if cache is not None and cpu_kernels:
+        raise OptionError("--cpu-kernels measures onnxruntime's int8 kernels on a Q/DQ model; "
+                          f"{int8_path} is a TensorRT cache (simulated as TensorRT computes it)")
     sessions = {"fp32": create_session(fp32_path, str(fp32_path), purpose=Purpose.REFERENCE, device=device,
                                        threads=threads),
-                "int8": create_session(int8_path, str(int8_path), purpose=Purpose.SIMULATE, device=device,
+                "int8": create_session(int8_source, str(int8_path), purpose=Purpose.SIMULATE, device=device,
                                        threads=threads)}
     if cpu_kernels:
         sessions["cpu_kernels"] = create_session(int8_path, str(int8_path), purpose=Purpose.DEPLOY, threads=threads)
@@ -216,13 +227,46 @@ def evaluate(fp32_model: PathLike, int8_model: PathLike, data: Any, *, limit: Op
     cpu_outputs = [_metrics(acc, label_array) for acc in compared["cpu_kernels"]] if cpu_kernels else None
     facts = {}
     for kind, path in (("fp32", fp32_path), ("int8", int8_path)):
+        timed = latency and not (kind == "int8" and cache is not None)  # a cache has no onnxruntime latency
         deployed = sessions.get("cpu_kernels") if kind == "int8" else None
-        if latency and deployed is None:
+        if timed and deployed is None:
             deployed = create_session(path, str(path), purpose=Purpose.DEPLOY, threads=threads)
-        facts[kind] = ModelFacts(str(path), path.stat().st_size, _latency_ms(deployed, first, path) if latency else 0.0)
+        facts[kind] = ModelFacts(str(path), path.stat().st_size, _latency_ms(deployed, first, path) if timed else 0.0)
     passed, verdict = _verdict(compared["int8"], target_cosine)
     return EvaluationReport(samples, outputs, facts["fp32"], facts["int8"], verdict, passed,
-                            list(source.log.skipped) if source is not None else [], target_cosine, cpu_outputs)
+                            list(source.log.skipped) if source is not None else [], target_cosine, cpu_outputs,
+                            cache)
+
+
+def is_trt_cache(path: Path) -> bool:
+    """A TensorRT calibration cache starts with its 'TRT-' header; an ONNX file never does (protobuf)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"TRT-"
+    except OSError:
+        return False
+
+
+def simulated_cache(fp32_path: Path, int8_path: Path) -> Tuple[Union[Path, bytes], Optional[Dict[str, Any]]]:
+    """(what the INT8 session loads, facts of the cache simulation or None for a Q/DQ model)."""
+    if not is_trt_cache(int8_path):
+        return int8_path, None
+    from .formats.trt_cache import read_trt_cache
+    from .qdq.trt_implicit import simulate_cache
+
+    cache = read_trt_cache(int8_path)
+    try:
+        simulated = simulate_cache(fp32_path, cache.amax)
+    except OptionError:  # none of the tensors TensorRT would quantise has an entry
+        raise DataError(f"{int8_path}: none of its {len(cache.amax)} entries is a tensor that {fp32_path.name} "
+                        "quantises: a cache of another model?") from None
+    report = simulated.report
+    facts = {"header": f"TRT-{cache.version_code}-{cache.algorithm}", "entries": len(cache.amax),
+             "quantized_tensors": report.activation_qdq, "weights_per_channel_max": report.weight_dq,
+             "float_for_lack_of_entry": [t for t, _ in report.skipped],
+             "note": "TensorRT implicit int8 simulated from the cache, worst case: every tensor TensorRT's fusions "
+                     "leave quantisable is quantised (TensorRT may keep some layers in FP16/FP32)"}
+    return simulated.model.SerializeToString(), facts
 
 
 def _verdict(comparisons: Sequence[OutputComparison], target_cosine: float) -> Tuple[bool, str]:

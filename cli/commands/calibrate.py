@@ -57,7 +57,7 @@ def calibrate(
     shard: dopt.ShardOpt = None,
 ) -> None:
     """Calibrate MODEL on --data and write a TensorRT INT8 calibration cache (and, with --qdq, a Q/DQ model)."""
-    from ptqengine.api import calibrate as run_calibration
+    from ptqengine.api import CHOICE, calibrate as run_calibration
 
     algo_name, algo_options = opt.algorithm_options(algo, percentile)
     measure = convergence_options(convergence, until_stable, stable_share, max_images)
@@ -74,7 +74,7 @@ def calibrate(
     outputs = opt.OutputPlan(output, trt_version, trt_calibrator, scales_json, save_stats, qdq, model,
                              qdq_args).check()
     with calibration_progress(quiet) as progress, stage_progress(quiet) as stages:
-        result = run_calibration(model, data, algo=algo_name or "entropy", algo_options=algo_options,
+        result = run_calibration(model, data, algo=algo_name or CHOICE, algo_options=algo_options,
                                  progress=progress, stage_progress=stages, scale_out=scale_out.library_options(output),
                                  convergence=measure, **run_args)
     written, warnings = outputs.write(result)

@@ -7,6 +7,7 @@ from typing import Any, Annotated, Dict, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ptqengine.metrics import COSINE_TARGET
 
@@ -17,7 +18,9 @@ from ..console import stdout_console
 @opt.with_run_options("batch_size", "limit", "seed", "threads", "device")
 def evaluate(
     fp32: Annotated[Path, typer.Argument(metavar="FP32.onnx", help="The reference model.")],
-    int8: Annotated[Path, typer.Argument(metavar="INT8.onnx", help="The quantized model.")],
+    int8: Annotated[Path, typer.Argument(
+        metavar="INT8.onnx|CACHE", help="The quantized model, or a TensorRT calibration cache for FP32.onnx "
+                                        "(simulated as TensorRT's implicit int8 computes it, worst case).")],
     data: Annotated[str, typer.Option("--data", metavar="DIR", rich_help_panel=opt.RUN,
                                       help="Images (or .npy/.npz) to run both models on.")],
     labels: Annotated[Optional[Path], typer.Option(
@@ -63,13 +66,23 @@ def _table(title: str, outputs) -> Table:
 
 def _print(report) -> None:
     console = stdout_console()
-    console.print(_table(f"FP32 vs INT8 on {report.samples} samples (Q/DQ unfused: int8 as TensorRT computes it)",
+    how = "TensorRT cache, simulated" if report.cache else "Q/DQ unfused"
+    console.print(_table(f"FP32 vs INT8 on {report.samples} samples ({how}: int8 as TensorRT computes it)",
                          report.outputs))
+    if report.cache:
+        cache = report.cache
+        lacking = cache["float_for_lack_of_entry"]
+        console.print(Text(f"  {cache['header']}: {cache['entries']} entries, {cache['quantized_tensors']} tensors "
+                           f"quantised, weights per channel max|w|"
+                           + (f", {len(lacking)} kept float for lack of an entry" if lacking else "")
+                           + f". {cache['note']}."))
     if report.outputs_cpu_kernels is not None:
         console.print(_table("INT8 through onnxruntime's fused int8 CPU kernels (this CPU only)",
                              report.outputs_cpu_kernels))
     for label, facts in (("FP32", report.fp32), ("INT8", report.int8)):
-        console.print(f"  {label}  {facts.size_bytes / 1e6:8.2f} MB  {facts.latency_ms:8.2f} ms/sample "
-                      f"(onnxruntime CPU)  {facts.path}")
+        if label == "INT8" and report.cache:
+            continue  # a cache has no size or latency of its own
+        console.print(Text(f"  {label}  {facts.size_bytes / 1e6:8.2f} MB  {facts.latency_ms:8.2f} ms/sample "
+                           f"(onnxruntime CPU)  {facts.path}"))
     style = "bold green" if report.passed else "bold yellow"
     console.print(f"[{style}]{report.verdict}[/]")

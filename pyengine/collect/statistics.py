@@ -23,10 +23,10 @@ from .._version import __version__
 from ..datasource import DataSource, first_samples, open_source
 from ..errors import DataError, OptionError
 from ..formats.convergence import RECORD_KEY
-from ..model import ModelInfo, external_data_files, file_sha256, info_from_model, load_model
+from ..model import ModelInfo, constant_ranges, external_data_files, file_sha256, info_from_model, load_model
 from ..preprocess import ImagePlan, config_for, plan_for
 from ..stats import TensorStats, update_many
-from ..statsfile import StatsBundle, load_stats
+from ..statsfile import CONSTANTS_KEY, StatsBundle, load_stats
 from .convergence import HalfFold, SplitHalfTracker, half_of
 from .device import check_device
 from .feed import BatchStream
@@ -115,6 +115,7 @@ class StatisticsCollector:
         session = create_session(expose(proto, self.observation), str(self.path), purpose=Purpose.OBSERVE,
                                  device=options.device, threads=options.threads,
                                  external_data_dir=self.path.resolve().parent if external else None)
+        self.constants = constant_ranges(proto, self.path.parent)  # a TensorRT cache lists them too
         del proto  # the session holds its own copy of the weights
         self.runner = Runner(session, self.observation.exposed, options.device,
                              keep_on_device=options.device.is_cuda, origin=str(self.path))
@@ -233,6 +234,8 @@ class StatisticsCollector:
             "skipped": len(source.log.skipped),
             "num_bins": o.num_bins,
         }
+        if self.constants:
+            meta[CONSTANTS_KEY] = dict(self.constants)
         plans = self.used_image_plans
         if plans:
             meta["preprocess"] = {p.input_name: {**p.config.to_dict(), "size": [p.height, p.width],
