@@ -16,6 +16,7 @@ import numpy as np
 from . import calibration
 from .collect.convergence import ConvergenceOptions
 from .errors import OptionError
+from .loader_script import LoaderScript
 from .result import CalibrationResult, result_from_stats
 from .statsfile import load_stats
 
@@ -43,7 +44,7 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
     auto = algo == AUTO
     if convergence is not None:
         _check_convergence(auto, scale_out)
-    if auto and not isinstance(data, (str, Path, list, tuple, np.ndarray)):
+    if auto and not isinstance(data, (str, Path, list, tuple, np.ndarray, LoaderScript)):
         raise OptionError("algo 'auto' reads the data twice (statistics, then samples to measure on): give a "
                           "directory, files or a list, not a one-shot iterable or reader")
     base = "max" if auto else algo  # statistics do not depend on the algorithm
