@@ -66,7 +66,7 @@ class LoaderScript:
         self.passes += 1
         returned = self._user_call(self._func)
         if isinstance(returned, (Mapping, str, bytes)) or not isinstance(returned, Iterable):
-            raise DataError(f"{self}: returned a {type(returned).__name__}; it must return or yield feed dicts "
+            raise DataError(f"{self}: returned {type(returned).__name__}; it must return or yield feed dicts "
                             "{input name: array} (a list or a generator of them)")
         iterator = self._user_call(iter, returned)
         count = 0
@@ -141,7 +141,7 @@ def _load_function(path: Path, function: str, label: str) -> Callable[[], Any]:
                          if inspect.isfunction(v) and v.__module__ == module.__name__ and not n.startswith("_"))
         raise DataError(f"{label}: {path.name} defines no {function!r} (functions: {', '.join(defined) or 'none'})")
     if not callable(func):
-        raise DataError(f"{label}: {function!r} is a {type(func).__name__}, not a function")
+        raise DataError(f"{label}: {function!r} is not a function ({type(func).__name__})")
     try:
         inspect.signature(func).bind()
     except TypeError:
