@@ -127,7 +127,8 @@ def quantize(model: PathLike, output: Optional[PathLike] = None, *, data: Any = 
             result.report.notes.insert(0, "--mode dynamic needs no calibration: --data / --stats ignored")
         return result, None
     if (data is None) == (stats is None):
-        raise OptionError("static mode needs exactly one of --data DIR or --stats STATS (or use --mode dynamic)")
+        raise OptionError("static mode needs exactly one of --data DIR (or --data-loader-script) or --stats STATS "
+                          "(or use --mode dynamic)")
     base = algo or "entropy"
     if stats is not None:
         if algo == AUTO:

@@ -217,8 +217,16 @@ def test_data_and_script_are_exclusive(cli, model, script, small_images):
 def test_one_of_data_or_script_is_needed(cli, command, model):
     extra = {"quantize": ["-o", "q.onnx"], "evaluate": [model], "horizon": ["--target", "J5"]}.get(command, [])
     line = one_line(cli(command, model, *extra))
-    expected = "--data DIR or --stats" if command == "quantize" else "give --data or --data-loader-script"
+    expected = "--data-loader-script) or --stats" if command == "quantize" else "give --data or --data-loader-script"
     assert expected in line
+
+
+def test_quantize_takes_a_script_or_stats_not_both(cli, model, script, tmp_path):
+    stats = tmp_path / "s.ptqs"
+    assert cli("calibrate", model, "--data-loader-script", script, "--save-stats", stats, "-o",
+               tmp_path / "c.cache", "-q").exit_code == 0
+    line = one_line(cli("quantize", model, "-o", tmp_path / "q.onnx", "--data-loader-script", script, "--stats", stats))
+    assert "exactly one of" in line
 
 
 def test_preprocessing_options_are_refused(cli, model, script):
