@@ -4,6 +4,7 @@
 - run: --batch-size --limit --seed --threads --device                    (-> the library's run options)
 - calibration algorithm: --algo --percentile (choices from ptqengine.algorithms' registry)
 - outputs: -o / --trt-version / --trt-calibrator (TensorRT cache), --scales-json, --save-stats, --quiet
+- --data-loader-script beside --data (`with_data_loader_script`): Polygraphy's data loader script
 A group joins a command in one decorator (`with_option_group`): the CLI shows its options, the command
 receives their parsed result as one argument. Bad values raise OptionError naming the option, which the
 app prints as one line with exit code 2.
@@ -146,6 +147,45 @@ def with_run_options(*names: str):
         return values
 
     return with_option_group("run", group, parse)
+
+
+# --- data from a loader script (Polygraphy's --data-loader-script) -------------------------------
+LoaderScriptOpt = Annotated[Optional[str], typer.Option(
+    "--data-loader-script", metavar="SCRIPT.py[:FUNC]", rich_help_panel=RUN,
+    help="Instead of --data: a Python script whose no-argument function (default load_data) returns or yields "
+         "feed dicts {input name: array}, the script Polygraphy's --data-loader-script takes. Its arrays are "
+         "the model's input: the preprocessing options do not apply.")]
+
+
+def with_data_loader_script(command):
+    """--data-loader-script beside the command's --data, in one line: the command's `data` receives a
+    ptqengine.LoaderScript in its place. The two are exclusive; a `data` without a default is then
+    required as 'one of the two'. Put it under with_preprocess_options: preprocessing is refused with it."""
+    signature = inspect.signature(command, eval_str=True)
+    required = signature.parameters["data"].default is inspect.Parameter.empty
+    # Keyword-only (typer passes every value by name), so `data` may take a default before required ones.
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, **({"default": None} if name == "data" else {}))
+              for name, p in signature.parameters.items()]
+    params.append(inspect.Parameter("data_loader_script", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                    annotation=LoaderScriptOpt))
+
+    @functools.wraps(command)
+    def run(*args: Any, data_loader_script: Optional[str] = None, **kwargs: Any) -> Any:
+        if data_loader_script is not None:
+            if kwargs.get("data") is not None:
+                raise OptionError("--data and --data-loader-script are exclusive: give one")
+            if kwargs.get("preprocess") is not None:
+                raise OptionError("--data-loader-script gives model input as is: --size/--resize/--mean/--std/"
+                                  "--color/--layout/--config do not apply (normalise in the script)")
+            from ptqengine.loader_script import LoaderScript
+
+            kwargs["data"] = LoaderScript.parse(data_loader_script)
+        elif required and kwargs.get("data") is None:
+            raise OptionError("give --data or --data-loader-script")
+        return command(*args, **kwargs)
+
+    run.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    return run
 
 
 # --- calibration algorithm -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from .statsfile import StatsBundle, load_stats, save_stats
 # Calibration pulls in onnx and onnxruntime (~0.5 s): loaded on first use, so that the statistics
 # core stays a light import.
 _LAZY = {"calibrate": "api", "CalibrationResult": "result", "RunReport": "result", "result_from_stats": "result",
-         "RunOptions": "collect"}
+         "RunOptions": "collect", "LoaderScript": "loader_script"}
 
 
 def __getattr__(name: str):
@@ -25,6 +25,7 @@ __all__ = [
     "ALGORITHMS",
     "AsymmetricRange",
     "CalibrationResult",
+    "LoaderScript",
     "RunOptions",
     "RunReport",
     "calibrate",

@@ -16,12 +16,13 @@ import numpy as np
 from . import calibration
 from .collect.convergence import ConvergenceOptions
 from .errors import OptionError
+from .loader_script import LoaderScript
 from .result import CalibrationResult, result_from_stats
 from .statsfile import load_stats
 
 AUTO = "auto"
 CHOICE = "choice"  # per tensor, the range its reading layers reproduce best (the CLI's default for a cache)
-RERUNNABLE = (str, Path, list, tuple, np.ndarray)  # data that can be read again for the samples
+RERUNNABLE = (str, Path, list, tuple, np.ndarray, LoaderScript)  # data that can be read again for the samples
 PathLike = Union[str, Path]
 Progress = Callable[[int, Optional[int]], None]
 StageProgress = Callable[[str, int, Optional[int]], None]
@@ -50,7 +51,8 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
         _check_convergence(auto, scale_out)
     if (auto or choice) and not isinstance(data, RERUNNABLE):
         raise OptionError(f"algo {algo!r} reads the data twice (statistics, then samples to measure on): give a "
-                          "directory, files or a list, not a one-shot iterable or reader (or another --algo)")
+                          "directory, files, a list or a loader script, not a one-shot iterable or reader "
+                          "(or another --algo)")
     base = "max" if auto else "entropy" if choice else algo  # statistics do not depend on the algorithm
     if scale_out:
         from .distributed import calibrate_sharded
@@ -157,7 +159,8 @@ def quantize(model: PathLike, output: Optional[PathLike] = None, *, data: Any = 
             result.report.notes.insert(0, "--mode dynamic needs no calibration: --data / --stats ignored")
         return result, None
     if (data is None) == (stats is None):
-        raise OptionError("static mode needs exactly one of --data DIR or --stats STATS (or use --mode dynamic)")
+        raise OptionError("static mode needs exactly one of --data DIR (or --data-loader-script) or --stats STATS "
+                          "(or use --mode dynamic)")
     base = algo or "entropy"
     if stats is not None:
         if algo == AUTO:

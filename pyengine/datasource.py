@@ -1,7 +1,7 @@
 """Calibration data sources, all reduced to one stream: batches of feeds for the model.
 
 Accepted: a directory of images, a .npy/.npz file or a directory of them, a list of arrays, an iterable
-of feed dicts, an onnxruntime CalibrationDataReader. Every source yields keyed samples: (identity, input
+of feed dicts, an onnxruntime CalibrationDataReader, a Polygraphy-style loader script (ptqengine.loader_script). Every source yields keyed samples: (identity, input
 name -> one sample without the batch dim); the identity (an image's path relative to the data directory,
 or an array file / feed and the index in it) names the sample in reports and stays the same whatever the
 order or batching. Images are decoded by a thread pool (PIL releases the GIL while decoding), at most
@@ -23,6 +23,7 @@ import numpy as np
 from .errors import DataError, PtqError
 from .images import (ARRAY_SUFFIXES, IMAGE_SUFFIXES, find_arrays, image_files, is_image_list, manifest_sha256,
                      sample_files, shuffled)
+from .loader_script import LoaderScript
 from .model import InputSpec
 from .preprocess import ImagePlan, is_grayscale, open_image, preprocess_pil
 
@@ -168,12 +169,12 @@ def arrays_source(arrays: Sequence[Any], specs: Sequence[InputSpec]) -> DataSour
 
 
 def feeds_source(feed_dicts: Iterable[Mapping[str, Any]], specs: Sequence[InputSpec], kind: str = "feeds",
-                 description: str = "feed dicts") -> DataSource:
+                 description: str = "feed dicts", origin: str = "feed") -> DataSource:
     def feeds():
         for i, f in enumerate(feed_dicts):
             if not isinstance(f, Mapping):
-                raise DataError(f"feed {i}: expected a dict of input name -> array, got {type(f).__name__}")
-            yield f, f"feed {i}"
+                raise DataError(f"{origin} {i}: expected a dict of input name -> array, got {type(f).__name__}")
+            yield f, f"{origin} {i}"
 
     return _array_source(kind, description, feeds, specs)
 
@@ -258,6 +259,8 @@ def open_source(data: Any, specs: Sequence[InputSpec], plans: Callable[[], Seque
 
 
 def _memory_source(data: Any, specs: Sequence[InputSpec], limit: Optional[int]) -> DataSource:
+    if isinstance(data, LoaderScript):  # re-iterable: each pass calls the script's function again
+        return first_samples(feeds_source(data, specs, "script", str(data), origin=f"{data} feed"), limit)
     if hasattr(data, "get_next") and callable(data.get_next):
         return first_samples(reader_source(data, specs), limit)
     if isinstance(data, np.ndarray):

@@ -17,6 +17,7 @@ SHOWN_NODES = 10
 
 @opt.with_preprocess_options
 @opt.with_run_options("batch_size", "limit", "seed", "threads", "device")
+@opt.with_data_loader_script
 def analyze(
     model: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="FP32 ONNX model to analyse.")],
     data: Annotated[str, typer.Option("--data", metavar="DIR", rich_help_panel=opt.RUN,

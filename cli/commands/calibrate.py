@@ -17,6 +17,7 @@ from ..console import calibration_progress, print_report_warnings, print_summary
 
 @opt.with_preprocess_options
 @opt.with_run_options("batch_size", "limit", "seed", "threads", "device")
+@opt.with_data_loader_script
 def calibrate(
     model: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="ONNX model to calibrate.")],
     data: Annotated[str, typer.Option(

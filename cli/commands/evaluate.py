@@ -16,6 +16,7 @@ from ..console import stdout_console
 
 @opt.with_preprocess_options
 @opt.with_run_options("batch_size", "limit", "seed", "threads", "device")
+@opt.with_data_loader_script
 def evaluate(
     fp32: Annotated[Path, typer.Argument(metavar="FP32.onnx", help="The reference model.")],
     int8: Annotated[Path, typer.Argument(

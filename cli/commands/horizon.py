@@ -14,6 +14,7 @@ HORIZON = "Horizon"
 
 @opt.with_preprocess_options
 @opt.with_run_options("seed", "threads", "device")
+@opt.with_data_loader_script
 def horizon(
     model: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="ONNX model to convert with Horizon's toolchain.")],
     data: Annotated[Path, typer.Option("--data", metavar="DIR", rich_help_panel=HORIZON,

@@ -25,6 +25,7 @@ def _split_op_types(values: Optional[List[str]]) -> List[str]:
 
 @opt.with_preprocess_options
 @opt.with_run_options("batch_size", "limit", "seed", "threads", "device")
+@opt.with_data_loader_script
 def quantize(
     model: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="FP32 ONNX model to quantize.")],
     output: Annotated[Path, typer.Option("-o", "--output", rich_help_panel=opt.OUTPUT,

@@ -29,6 +29,7 @@ from ..atomic import write_text_atomic
 from ..errors import OptionError
 from ..collect import CPU, Device, RunOptions, check_device
 from ..collect.statistics import statistics_for
+from ..loader_script import LoaderScript
 from ..model import ModelInfo, inspect_model
 from ..statsfile import StatsBundle
 from .advice import Advice, advise, check_target, escape_pattern
@@ -190,7 +191,7 @@ def analyze(model: PathLike, data: Any, *, stats: Union[PathLike, StatsBundle, N
     quantised = set(simulator.tensors)
     return AnalysisResult(
         model=str(model_path), model_sha256=info.sha256,
-        data=str(data) if isinstance(data, (str, Path)) else type(data).__name__,
+        data=str(data) if isinstance(data, (str, Path, LoaderScript)) else type(data).__name__,
         samples=bench.samples, seed=seed, metric=metric, target_cosine=target_cosine, algo=algo, best_single=best,
         algorithm_scores=scores, per_tensor_algo=per_tensor,
         candidates={a: {t: v for t, v in c.items() if t in quantised} for a, c in candidates.items()},

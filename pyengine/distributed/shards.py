@@ -41,6 +41,9 @@ class Manifest:
 
 def list_manifest(data: Union[str, Path], limit: Optional[int] = None, seed: int = 0) -> Manifest:
     """The images a single run over `data` would use, in the order it uses them."""
+    if not isinstance(data, (str, Path)):
+        raise DataError(f"{data}: sharded calibration reads a directory of images (run a loader script or "
+                        "arrays in one process, without --engine / --shard)")
     directory = Path(data)
     if directory.is_file():
         raise DataError(f"{directory}: sharded calibration needs a directory of images, not a file")

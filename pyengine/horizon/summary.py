@@ -77,8 +77,7 @@ def summary_markdown(*, model: Path, sha256: str, march: str, target: str, sampl
     rts = params["input_type_rt"].split(";")
     for i, h in enumerate(inputs):
         norm = norm_values(h)
-        train = h.plan.config.color.lower() if h.plan.channels == 3 else "gray"
-        lines.append(f"| `{h.name}` | {train} / {rts[i]} | {h.plan.layout} | {'x'.join(map(str, h.shape))} | "
+        lines.append(f"| `{h.name}` | {h.train_type} / {rts[i]} | {h.plan.layout} | {'x'.join(map(str, h.shape))} | "
                      f"{norm['norm_type']} | {norm['mean_value'] or '-'} | {norm['scale_value'] or '-'} | "
                      f"`{h.directory}/` |")
     if notes:

@@ -24,12 +24,15 @@ from ..collect import CPU, Device, RunOptions
 from ..collect.statistics import statistics_for
 from ..atomic import write_text_atomic
 from ..errors import DataError, OptionError
+from ..datasource import open_source
 from ..images import image_files, sample_files
+from ..loader_script import LoaderScript
 from ..model import info_from_model, load_model
 from ..preprocess import PreprocessConfig, config_for, plan_for
 from ..statsfile import StatsBundle
 from . import choices as ch
-from .calibdata import HorizonInput, horizon_inputs, safe_name, write_calibration_data
+from .calibdata import (HorizonInput, feature_inputs, horizon_inputs, safe_name, write_calibration_data,
+                        write_feature_data)
 from .graph import producers, resolve_nodes
 from .schema import INPUT_TYPES_RT, NASH, SPECS, TARGETS, validate_config, validate_quant_config
 from .summary import SUMMARY_NAME, SUMMARY_TITLE, norm_values, summary_markdown
@@ -103,6 +106,11 @@ def _remove_stale_calibration(out_dir: Path, keep: Sequence[str]) -> None:
 # --- the values ---------------------------------------------------------------------------------
 def _input_type_rt(hin: HorizonInput, requested: Optional[str]) -> str:
     p = hin.plan
+    if hin.featuremap:
+        if requested not in (None, "featuremap"):
+            raise OptionError(f"--input-type-rt {requested}: loader-script data is a feature map (the model's "
+                              "input as is); Horizon then takes featuremap at run time too")
+        return "featuremap"
     if requested is not None:
         if requested not in INPUT_TYPES_RT:
             raise OptionError(f"--input-type-rt {requested!r}: valid are {', '.join(sorted(INPUT_TYPES_RT))}")
@@ -126,7 +134,7 @@ def input_parameters(inputs: Sequence[HorizonInput], input_type_rt: Optional[str
     rts = [_input_type_rt(h, input_type_rt) for h in inputs]
     params: Dict[str, Any] = {
         "input_name": ";".join(h.name for h in inputs),
-        "input_type_train": ";".join(h.plan.config.color.lower() if h.plan.channels == 3 else "gray" for h in inputs),
+        "input_type_train": ";".join(h.train_type for h in inputs),
         "input_layout_train": ";".join(h.plan.layout for h in inputs),
         "input_type_rt": ";".join(rts),
     }
@@ -212,7 +220,7 @@ def channel_ratios(bundle: StatsBundle) -> Dict[str, float]:
 
 
 # --- the whole thing ------------------------------------------------------------------------------
-def write_horizon_config(model: PathLike, data: PathLike, target: str, out_dir: PathLike, *,
+def write_horizon_config(model: PathLike, data: Union[PathLike, LoaderScript], target: str, out_dir: PathLike, *,
                          preprocess: Union[PreprocessConfig, Mapping[str, PreprocessConfig], None] = None,
                          stats: Optional[PathLike] = None, samples: int = 100, seed: int = 0,
                          int16: Sequence[str] = (), cpu: Sequence[str] = (), input_type_rt: Optional[str] = None,
@@ -237,11 +245,17 @@ def write_horizon_config(model: PathLike, data: PathLike, target: str, out_dir: 
         raise OptionError(f"node {both[0]!r} is given to both --int16 and --cpu")
     if int16_nodes and march == "bernoulli2":
         raise OptionError(f"--int16: target {target} (bernoulli2) computes in int8 only; use --cpu for these nodes")
-    plans = [plan_for(s, config_for(preprocess, s.name)) for s in info.inputs]
-    inputs = horizon_inputs(info.inputs, plans)
-    images = sample_files(image_files(data)[1], samples, seed)  # a directory or a list file
-    if not images:
-        raise DataError(f"{data}: no images found (Horizon calibration data is written from images)")
+    features: List[Mapping[str, np.ndarray]] = []
+    if isinstance(data, LoaderScript):  # the model's input as is: a feature map, the first `samples` of it
+        source = open_source(data, info.inputs, list, limit=samples, seed=seed, strict=True, workers=1, depth=1)
+        features = [sample for _, sample in source.samples()]
+        inputs, images = feature_inputs(info.inputs, features[0]), []
+    else:
+        plans = [plan_for(s, config_for(preprocess, s.name)) for s in info.inputs]
+        inputs = horizon_inputs(info.inputs, plans)
+        images = sample_files(image_files(data)[1], samples, seed)  # a directory or a list file
+        if not images:
+            raise DataError(f"{data}: no images found (Horizon calibration data is written from images)")
 
     notes: List[str] = []
     graph_inputs = {s.name for s in info.inputs}
@@ -251,7 +265,7 @@ def write_horizon_config(model: PathLike, data: PathLike, target: str, out_dir: 
         return 1 if rank == 4 and name not in graph_inputs else None
 
     options = RunOptions(limit=samples, seed=seed, threads=threads, preprocess=preprocess, device=device)
-    bundle = statistics_for(model_path, Path(data), stats, options, notes=notes, progress=progress,
+    bundle = statistics_for(model_path, data if features else Path(data), stats, options, notes=notes, progress=progress,
                             axis_policy=per_channel_nchw)
     made_by = producers(proto)
     facts = ch.tensor_facts(bundle, made_by, channel_ratios(bundle), threads)
@@ -275,7 +289,8 @@ def write_horizon_config(model: PathLike, data: PathLike, target: str, out_dir: 
         _check(validate_quant_config(march, quant_config), QUANT_CONFIG_NAME)
 
     _remove_stale_calibration(out, [h.directory for h in inputs])
-    names = write_calibration_data(out, inputs, images, npy=march in NASH)
+    names = write_feature_data(out, inputs, features, npy=march in NASH) if features else \
+        write_calibration_data(out, inputs, images, npy=march in NASH)
     written = [out / h.directory for h in inputs]
     write_text_atomic(out / CONFIG_NAME, dump_yaml(config))
     written.append(out / CONFIG_NAME)
@@ -285,7 +300,7 @@ def write_horizon_config(model: PathLike, data: PathLike, target: str, out_dir: 
     elif (out / QUANT_CONFIG_NAME).exists() and _is_previous_output(out):
         (out / QUANT_CONFIG_NAME).unlink()  # from an earlier run for another march
     stats_source = f"`{Path(stats).name}`" if stats is not None else \
-        f"collected by ptqengine on the same {len(images)} images"
+        f"collected by ptqengine on the same {len(names)} {'samples of ' + str(data) if features else 'images'}"
     if march in NASH or march == "bernoulli2" or quant_config is None:
         qc_note = []
     else:
