@@ -128,3 +128,37 @@ def test_gpu_and_cpu_batches_merge_like_one_pass(path):
     host = TensorStats().update(a).update(b).update(b * 0.5)
     assert mixed == host
     assert compute_amax(mixed, "entropy") == compute_amax(host, "entropy")
+
+
+# --- update_device takes a bare address: the core checks it before any kernel reads it ---------------
+@needs("nvcc_kernels")
+@pytest.mark.parametrize("pointer, size, is_half, message", [
+    (256, 0, False, "empty array"),
+    (256, -8, True, "empty array"),
+    (0, 4, False, "null"),
+    (258, 4, False, "not aligned to its 4-byte values"),
+    (257, 4, True, "not aligned to its 2-byte values"),
+    (256, 2**62, False, "run past the address space"),  # 2^64 bytes: the byte count overflows
+    (2**64 - 8, 2, False, "run past the address space"),  # the end overflows
+])
+def test_legacy_update_checks_its_arguments_before_any_cuda_call(pointer, size, is_half, message):
+    """Host arithmetic in the core (stats_cuda.h), so it is checked wherever the kernels were built."""
+    with pytest.raises(ValueError, match=message) as error:
+        _core.TensorStats(2048, 4096, _core.NO_AXIS).update_device(pointer, size, is_half)
+    assert "\n" not in str(error.value)
+
+
+@needs(*LEGACY_KERNELS)
+def test_legacy_update_refuses_memory_it_cannot_read_and_the_context_survives():
+    import cupy as cp
+
+    x = cp.arange(1000, dtype=cp.float32)
+    host = np.ones(1000, dtype=np.float32)
+    native = _core.TensorStats(2048, 4096, _core.NO_AXIS)
+    with pytest.raises(ValueError, match="not memory of the current CUDA device"):
+        native.update_device(host.ctypes.data, host.size, False)
+    with pytest.raises(ValueError, match="not memory of the current CUDA device"):
+        native.update_device(4096, 4, False)
+    with pytest.raises(ValueError, match="run past the memory allocated there"):
+        native.update_device(x.data.ptr, 2**40, False)  # 4 TiB from a 4 KB array
+    assert TensorStats().update_device_legacy(x) == TensorStats().update(cp.asnumpy(x))  # nothing was broken
