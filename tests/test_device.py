@@ -3,6 +3,7 @@ with its CUDA provider, CuPy, a device) statistics identical to the CPU's, byte 
 from __future__ import annotations
 
 import importlib.util
+import weakref
 
 import numpy as np
 import pytest
@@ -142,12 +143,34 @@ class _FakeValue:
         return {np.float32: "tensor(float)", np.float16: "tensor(float16)"}[self.array.dtype.type]
 
 
-class _FakeCudaSession:
-    """onnxruntime's IOBinding life cycle for a model y = 2x: outputs allocated by the 'device' on the
-    first run of a shape, or written into the OrtValue bound for them."""
+class _FakeArena:
+    """onnxruntime's device arena, as far as lifetimes go: a block goes back to the pool when the last
+    reference to its OrtValue goes, and the next allocation of that size takes it (and overwrites it)."""
 
     def __init__(self) -> None:
+        self.pool: dict = {}  # nbytes -> free blocks
+
+    def allocate(self, array: np.ndarray) -> _FakeValue:
+        free = self.pool.setdefault(array.nbytes, [])
+        block = free.pop() if free else np.empty(array.nbytes, np.uint8)
+        value = _FakeValue(block.view(array.dtype).reshape(array.shape))
+        value.array[...] = array
+        weakref.finalize(value, free.append, block)
+        return value
+
+    def is_free(self, ptr: int) -> bool:
+        return any(b.ctypes.data == ptr for blocks in self.pool.values() for b in blocks)
+
+
+class _FakeCudaSession:
+    """onnxruntime's IOBinding life cycle for a model (default y = 2x): outputs allocated by the 'device'
+    on the first run of a shape, or written into the OrtValue bound for them (refused when the output's
+    shape differs from the buffer's, as onnxruntime refuses it)."""
+
+    def __init__(self, model=lambda x: 2 * x) -> None:
         self.allocations = 0
+        self.model = model
+        self.arena = _FakeArena()
 
     def io_binding(self):
         session = self
@@ -176,14 +199,41 @@ class _FakeCudaSession:
         return session.binding
 
     def run_with_iobinding(self, binding):
-        y = 2 * binding.inputs["x"]
+        y = self.model(binding.inputs["x"])
         for name, value in binding.outputs.items():
             if value is None:
                 self.allocations += 1
-                binding.outputs[name] = _FakeValue(y.copy())
+                binding.outputs[name] = self.arena.allocate(y)
+            elif value.array.shape != y.shape:
+                raise RuntimeError("onnxruntime refuses a buffer of another shape")
             else:
-                assert value.array.shape == y.shape, "onnxruntime refuses a buffer of another shape"
                 value.array[...] = y
+
+
+def _read(view) -> np.ndarray:
+    """What a DeviceTensor view of fake device memory holds now."""
+    n = int(np.prod(view.shape))
+    return np.ctypeslib.as_array((np.ctypeslib.ctypes.c_float * n).from_address(view.ptr)).reshape(view.shape)
+
+
+def _run_like_the_statistics_loop(session, batches):
+    """The collection loop's use of the runner (statistics.py): slots alternate, a slot's last batch is
+    waited for (its views let go) before the slot runs again, and until then its views are held, as
+    DeviceStatsSet holds its inputs until its kernels have read them. After each batch, every view still
+    held must point to memory the arena has not taken back, holding that batch's outputs."""
+    from ptqengine.collect import Runner
+
+    runner = Runner(session, ["y"], Device("cuda", 3), keep_on_device=True)
+    in_flight = {}  # slot -> (views, expected outputs)
+    for k, x in enumerate(batches):
+        slot = k % 2
+        in_flight.pop(slot, None)  # the loop's fold.wait(slot)
+        in_flight[slot] = (runner.run({"x": x}, slot), [session.model(x)])
+        for views, want in in_flight.values():
+            for view, expected in zip(views, want):
+                assert not session.arena.is_free(view.ptr), f"batch {k}: a view in flight points to freed memory"
+                np.testing.assert_array_equal(_read(view), expected, err_msg=f"batch {k}: overwritten")
+    return runner
 
 
 def test_cuda_runner_binds_device_outputs_once_per_shape_and_slot():
@@ -202,8 +252,38 @@ def test_cuda_runner_binds_device_outputs_once_per_shape_and_slot():
         (view,) = runner.run({"x": x}, slot=k % 2)
         assert isinstance(view, DeviceTensor) and view.shape == (n, 3) and view.dtype == np.float32
         assert session.binding.synced
-        got = np.ctypeslib.as_array((np.ctypeslib.ctypes.c_float * (n * 3)).from_address(view.ptr)).reshape(n, 3)
-        np.testing.assert_array_equal(got, 2 * x)
+        np.testing.assert_array_equal(_read(view), 2 * x)
         seen.append(view.ptr)
     assert session.allocations == 3  # slot 0 and slot 1 at batch 4, then the short batch
     assert seen[0] == seen[2] and seen[1] == seen[3] and seen[0] != seen[1]  # each slot reuses its buffer
+
+
+def test_outputs_of_data_dependent_shape_outlive_the_statistics_reading_them():
+    """Outputs that cannot be bound (their shape depends on the data) belong to no buffer set: only the
+    views keep them, so the next batch cannot be given (and write into) memory still being read."""
+    session = _FakeCudaSession(model=lambda x: 2 * x[x[:, 0] > 0])  # rows with a positive first value
+    rng = np.random.default_rng(1)
+    batches = []
+    for positive in [3, 3, 2, 2, 1, 2, 3]:
+        x = np.abs(rng.standard_normal((4, 3))).astype(np.float32) + 1
+        x[positive:, 0] *= -1
+        batches.append(x)
+    runner = _run_like_the_statistics_loop(session, batches)
+    assert runner._unbindable and not runner._buffers  # both slots fell back to plain device runs
+
+
+def test_buffer_sets_are_dropped_least_recently_used_and_outlive_their_last_batch():
+    """Three and more input shapes over two slots: more sets than MAX_BUFFER_SETS. The set used last is
+    kept (a hit refreshes it), and a set dropped while its last batch may still be read stays allocated
+    until that batch's views are let go."""
+    from ptqengine.collect import Runner
+
+    rng = np.random.default_rng(2)
+    shapes = [(4, 3), (4, 3), (5, 3), (5, 3), (6, 3), (4, 3), (3, 4), (4, 3), (3, 4), (7, 3), (5, 3), (2, 6)]
+    batches = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    session = _FakeCudaSession()
+    runner = _run_like_the_statistics_loop(session, batches)
+    assert Runner.MAX_BUFFER_SETS == 4 and len(runner._buffers) == 4
+    # 9 sets made for 7 (slot, shape) keys: slot 1's (4, 3) set, refreshed at batch 5, is still there at 7
+    # (first in, first out would have dropped it at 6, while batch 5 was being read, and made it again)
+    assert session.allocations == 9, session.allocations

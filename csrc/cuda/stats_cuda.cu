@@ -7,6 +7,7 @@
 // The host grows the grid between the two, then folds the device counts in with absorb_counts.
 #include "cuda/stats_cuda.h"
 
+#include <cuda.h>  // driver types only: the driver is reached through the runtime's entry points
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -121,6 +122,60 @@ struct Scratch {
   }
 };
 
+// cuMemGetAddressRange, found through the runtime (the extension links no libcuda); null if absent.
+using AddressRange = CUresult (*)(CUdeviceptr*, std::size_t*, CUdeviceptr);
+
+AddressRange address_range() {
+  static const AddressRange fn = [] {
+    void* found = nullptr;
+#if CUDART_VERSION >= 12000
+    cudaDriverEntryPointQueryResult status = cudaDriverEntryPointSymbolNotFound;
+#if CUDART_VERSION >= 12050
+    cudaError_t err =
+        cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &found, 12000, cudaEnableDefault, &status);
+#else
+    cudaError_t err = cudaGetDriverEntryPoint("cuMemGetAddressRange", &found, cudaEnableDefault, &status);
+#endif
+    if (err == cudaSuccess && status != cudaDriverEntryPointSuccess) err = cudaErrorSymbolNotFound;
+#else
+    const cudaError_t err = cudaGetDriverEntryPoint("cuMemGetAddressRange", &found, cudaEnableDefault);
+#endif
+    if (err != cudaSuccess) cudaGetLastError();
+    return err == cudaSuccess ? reinterpret_cast<AddressRange>(found) : nullptr;
+  }();
+  return fn;
+}
+
+// The bindings hand over a bare integer (a Python wrapper that checks it can be bypassed), and a
+// kernel reading an address that is not mapped faults and loses the process's CUDA context. So:
+// the address must be device (or managed) memory of the current device, and every byte of
+// [data, data + bytes) allocated. Ranges are followed end to end, as a tensor may span several
+// allocations mapped back to back (virtual memory management, e.g. PyTorch's expandable segments).
+void check_device_input(const void* data, std::size_t bytes) {
+  const auto at = reinterpret_cast<std::uintptr_t>(data);
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  cudaPointerAttributes attrs{};
+  const cudaError_t err = cudaPointerGetAttributes(&attrs, data);
+  if (err != cudaSuccess) cudaGetLastError();  // not sticky: do not leave it to the next call
+  if (err != cudaSuccess || attrs.device != device ||
+      (attrs.type != cudaMemoryTypeDevice && attrs.type != cudaMemoryTypeManaged))
+    throw StatsError("address " + hex_address(at) + " is not memory of the current CUDA device (" +
+                     std::to_string(device) + ")" +
+                     (err != cudaSuccess ? std::string(": ") + cudaGetErrorString(err) : ""));
+  const AddressRange range = address_range();
+  if (range == nullptr)
+    throw StatsError("CUDA: the driver offers no cuMemGetAddressRange to check the array's size");
+  for (std::uintptr_t next = at, end = at + bytes; next < end;) {  // at + bytes: checked to fit
+    CUdeviceptr base = 0;
+    std::size_t size = 0;
+    if (range(&base, &size, static_cast<CUdeviceptr>(next)) != CUDA_SUCCESS || base + size <= next)
+      throw StatsError(std::to_string(bytes) + " bytes from device address " + hex_address(at) +
+                       " run past the memory allocated there");
+    next = static_cast<std::uintptr_t>(base + size);
+  }
+}
+
 }  // namespace
 
 bool device_available() {
@@ -129,7 +184,9 @@ bool device_available() {
 }
 
 void update_from_device(TensorStats& stats, const void* data, std::int64_t n, bool is_half) {
-  if (n <= 0) throw StatsError("cannot update statistics with an empty array");
+  const std::size_t bytes = device_input_bytes(reinterpret_cast<std::uintptr_t>(data), n, is_half);
+  check(cudaDeviceSynchronize(), "sync before update");  // producer streams have finished
+  check_device_input(data, bytes);
   thread_local Scratch scratch;
   const std::uint32_t g = static_cast<std::uint32_t>(stats.grid_bins());
   const std::size_t hist_bytes = 2ull * g * sizeof(unsigned long long);
@@ -140,7 +197,6 @@ void update_from_device(TensorStats& stats, const void* data, std::int64_t n, bo
   const int threads = 256;
   const int blocks = static_cast<int>(std::min<std::int64_t>((n + threads - 1) / threads, 4096));
   const Summary init{0u, INT_MAX, INT_MIN, 0ull, 0ull};
-  check(cudaDeviceSynchronize(), "sync before update");  // producer streams have finished
   check(cudaMemcpy(summary, &init, sizeof init, cudaMemcpyHostToDevice), "copy");
   summary_kernel<<<blocks, threads>>>(data, n, is_half, summary);
   check(cudaGetLastError(), "summary kernel");

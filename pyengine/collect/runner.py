@@ -8,7 +8,13 @@ CUDA, outputs kept on the device (statistics): outputs are bound to device memor
 allocates on the first batch of a shape and that is then reused, per slot; the caller gets DeviceTensor
 views (pointer, shape, dtype) and must be done reading a slot before it is run again. Otherwise CUDA
 outputs are copied to the host by onnxruntime.
-Two slots let one batch be read while the next is written; at most MAX_BUFFER_SETS shapes are kept.
+Two slots let one batch be read while the next is written; at most MAX_BUFFER_SETS shapes are kept, the
+least recently used dropped first.
+Lifetime: each view holds the OrtValue it points into (DeviceTensor.owner), and whoever reads the view on
+another stream holds the view until that read has completed (DeviceStatsSet keeps its inputs until the
+batch's event). So the memory outlives the kernels even when the runner lets go of it first: outputs
+of a shape that cannot be bound (kept by no buffer set) and a buffer set dropped while its last batch
+is still being read.
 """
 from __future__ import annotations
 
@@ -53,6 +59,7 @@ class Runner:
         key = (slot, shapes)
         buffers = self._buffers.get(key)
         if buffers is not None:
+            self._buffers.move_to_end(key)  # least recently used first out
             try:
                 return self._run_bound(feeds, buffers)
             except DataError:
@@ -114,6 +121,7 @@ _ORT_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtyp
 
 
 def _device_view(value: Any) -> Any:
+    """A view that keeps its OrtValue (and so the memory it points to) alive."""
     from ..gpu import DeviceTensor
 
-    return DeviceTensor(int(value.data_ptr()), tuple(value.shape()), _ORT_DTYPES[value.data_type()])
+    return DeviceTensor(int(value.data_ptr()), tuple(value.shape()), _ORT_DTYPES[value.data_type()], owner=value)

@@ -6,7 +6,7 @@ Numba) and a DeviceTensor, a bare (pointer, shape, dtype) such as an onnxruntime
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -17,11 +17,16 @@ _IS_HALF = {np.dtype(np.float32): False, np.dtype(np.float16): True}
 
 @dataclass(frozen=True)
 class DeviceTensor:
-    """C-contiguous float32 or float16 values in device memory, complete when handed over."""
+    """C-contiguous float32 or float16 values in device memory, complete when handed over.
+
+    owner: whatever keeps that memory allocated (an onnxruntime OrtValue), held as long as the view is.
+    DeviceStatsSet holds its inputs until its kernels have read them, so a view with its owner is safe
+    to hand over even when nothing else keeps the owner."""
 
     ptr: int
     shape: Tuple[int, ...]
     dtype: np.dtype
+    owner: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
