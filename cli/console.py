@@ -111,6 +111,7 @@ class StageBar(LazyProgressBar):
 
 
 STAGE_LABELS = {"calibrating": "calibrating", "algorithms": "algorithms", "auto": "auto (per tensor)",
+                "choice": "per-tensor choice (layer output error)",
                 "sensitivity": "per-node runs", "advice": "advice"}
 
 

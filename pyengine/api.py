@@ -70,7 +70,7 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
 
         chosen = auto_result(model, result, data, progress=stage_progress, **keep)
     else:
-        chosen = _choose_for_cache(model, result, data, keep)
+        chosen = _choose_for_cache(model, result, data, keep, stage_progress)
     chosen.report.seconds = time.perf_counter() - start  # the whole call, the sample runs included
     return chosen
 
@@ -89,8 +89,8 @@ def _samples(model: PathLike, data: Any, count: int, run_options: Mapping[str, A
     return samples, model_sessions(o.device, o.threads)
 
 
-def _choose_for_cache(model: PathLike, result: CalibrationResult, data: Any,
-                      run_options: Mapping[str, Any]) -> CalibrationResult:
+def _choose_for_cache(model: PathLike, result: CalibrationResult, data: Any, run_options: Mapping[str, Any],
+                      stage_progress: Optional[StageProgress] = None) -> CalibrationResult:
     """algo="choice": the Q/DQ export's per-tensor range choice under TensorRT's weight quantisation."""
     from .qdq.accuracy import CANDIDATE_ALGOS
     from .qdq.trt_implicit import CACHE_CHOICE, choose_cache_ranges
@@ -98,8 +98,9 @@ def _choose_for_cache(model: PathLike, result: CalibrationResult, data: Any,
     from .model import load_model
 
     samples, sessions = _samples(model, data, CACHE_CHOICE.max_samples, run_options)
+    progress = None if stage_progress is None else lambda done, total: stage_progress(CHOICE, done, total)
     amax, summary = choose_cache_ranges(load_model(model), str(model), result.amax, result.stats.tensors, samples,
-                                        sessions)
+                                        sessions, progress)
     facts = {"candidates": [*CANDIDATE_ALGOS, "bound"], "criterion": "reading layers' output error",
              "weights": "per-channel max|w|/127 (TensorRT's)", **summary}
     return CalibrationResult(result.stats, CHOICE, facts, amax, result.report)

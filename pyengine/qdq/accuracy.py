@@ -13,11 +13,12 @@ Every step can be switched off (AccuracyOptions) so its contribution can be meas
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from ..algorithms import compute_amax
+from ..algorithms import compute_amax_many
 import onnx
 from onnx import numpy_helper
 
@@ -73,12 +74,25 @@ def _take(batches: Sequence[Feeds], limit: int) -> List[Feeds]:
     return out
 
 
+def algorithm_ranges(tensors: Sequence[str], stats: Optional[Mapping[str, Any]]) -> Dict[str, Dict[str, float]]:
+    """tensor -> algorithm -> amax for the CANDIDATE_ALGOS (default options), the tensors with statistics;
+    the searches run on every core (they release the GIL)."""
+    known = [t for t in dict.fromkeys(tensors) if stats is not None and t in stats]
+    table: Dict[str, Dict[str, float]] = {t: {} for t in known}
+    for algo in CANDIDATE_ALGOS:
+        for t, v in zip(known, compute_amax_many([stats[t] for t in known], algo, threads=os.cpu_count())):
+            table[t][algo] = float(v)
+    return table
+
+
 def _candidates(tensor: str, amax: float, stats: Optional[Mapping[str, Any]], bounds: Mapping[str, Bound],
-                options: AccuracyOptions) -> List[Optional[QParams]]:
+                options: AccuracyOptions, ranges: Mapping[str, Mapping[str, float]]) -> List[Optional[QParams]]:
+    """amax first (kept when errors tie), then each algorithm's range (`ranges`: algorithm_ranges) and the
+    op's bound, all within the bound."""
     values = [amax]
     tensor_stats = None if stats is None else stats.get(tensor)
     if options.choose_ranges and tensor_stats is not None:
-        values += [float(compute_amax(tensor_stats, a)) for a in CANDIDATE_ALGOS]
+        values += [ranges[tensor][a] for a in CANDIDATE_ALGOS]
         bound = bounds.get(tensor)
         if bound is not None and np.isfinite(bound.absmax):
             values.append(bound.absmax)
@@ -163,9 +177,12 @@ def apply_bias_deltas(graph: onnx.GraphProto, deltas: Mapping[int, np.ndarray]) 
 
 def refine(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float], stats: Optional[Mapping[str, Any]],
            samples: Optional[Sequence[Feeds]], options: AccuracyOptions, origin: str,
-           sessions: Optional[Sessions] = None) -> Refined:
+           sessions: Optional[Sessions] = None, progress: Optional[Callable[[int, int], None]] = None,
+           ranges: Optional[Mapping[str, Mapping[str, float]]] = None) -> Refined:
     """Steps 1-5 on a prepared model (biases changed in place); the activation and weight quantisation.
-    The data-driven steps run the model on `samples` through `sessions` (capture.Sessions)."""
+    The data-driven steps run the model on `samples` through `sessions` (capture.Sessions); progress(batches
+    done, batches) follows the per-tensor choice; ranges: algorithm_ranges of the plan's tensors when the
+    caller has them already."""
     check_options(options)
     graph = model.graph
     summary: Dict[str, Any] = {"options": options.to_dict()}
@@ -181,8 +198,10 @@ def refine(model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float], sta
     if batches and options.rounding:
         summary["rounded_layers"] = _round(model, plan, weights, batches, origin, sessions)
     if batches and (options.choose_ranges or options.bias_correction != "off"):
-        candidates = {t: _candidates(t, amax[t], stats, bounds, options) for t in tensors}
-        local = choose_ranges(model, plan, candidates, _dequantized(plan, weights), batches, origin, sessions)
+        ranges = ranges if ranges is not None else algorithm_ranges(tensors, stats) if options.choose_ranges else {}
+        candidates = {t: _candidates(t, amax[t], stats, bounds, options, ranges) for t in tensors}
+        local = choose_ranges(model, plan, candidates, _dequantized(plan, weights), batches, origin, sessions,
+                              progress)
         qparams.update(local.qparams)
         summary["ranges_changed"] = sum(1 for c in local.chosen.values() if c != 0)
         if options.bias_correction != "off":

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -163,10 +163,11 @@ class _TensorGraph:
 
 def choose_ranges(model: onnx.ModelProto, plan: QdqPlan, candidates: Mapping[str, Sequence[Optional[QParams]]],
                   dequantized: Mapping[Tuple[int, int], np.ndarray], batches: Sequence[Feeds], origin: str,
-                  sessions: Sessions) -> LocalResult:
+                  sessions: Sessions, progress: Optional[Callable[[int, int], None]] = None) -> LocalResult:
     """The module docstring's search on `batches`; `candidates[t][0]` is kept when errors tie.
 
     dequantized: (node index, weight slot) -> the float values of the weight's int8 form (what DQ gives).
+    progress(batches done, batches): after each batch.
     """
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
@@ -176,6 +177,7 @@ def choose_ranges(model: onnx.ModelProto, plan: QdqPlan, candidates: Mapping[str
     tensors = {t: c for t, c in tensors.items() if c}
     opset = max(13, *(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")))
     graphs: Dict[str, _TensorGraph] = {}
+    done = 0
     for values in capture(model, list(tensors), batches, origin, sessions):
         for tensor, cands in tensors.items():
             x = values[tensor]
@@ -183,6 +185,9 @@ def choose_ranges(model: onnx.ModelProto, plan: QdqPlan, candidates: Mapping[str
                 ranks = {i: r.weight[1].ndim for i, r in enumerate(r for r in readers[tensor] if r.weight is not None)}
                 graphs[tensor] = _TensorGraph(graph, tensor, readers[tensor], cands, opset, x.ndim, ranks, sessions)
             graphs[tensor].add(x)
+        if progress is not None:
+            done += 1
+            progress(done, len(batches))
     result = LocalResult({})
     for tensor, tg in graphs.items():
         best = int(np.argmin(tg.errors))

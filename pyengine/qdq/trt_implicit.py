@@ -27,13 +27,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Mapping, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
 
-from ..algorithms import compute_amax
-from .accuracy import CANDIDATE_ALGOS, AccuracyOptions, refine
+from .accuracy import CANDIDATE_ALGOS, AccuracyOptions, algorithm_ranges, refine
 from .bounds import bounded_amax, tensor_bounds
 from .capture import Feeds, Sessions
 from .graph import prepare
@@ -52,33 +51,35 @@ SAME_RANGE = 1e-3  # relative: a chosen range this close to an algorithm's is th
 
 
 def choose_cache_ranges(model: onnx.ModelProto, origin: str, amax: Mapping[str, float],
-                        stats: Mapping[str, Any], samples: Sequence[Feeds], sessions: Sessions
+                        stats: Mapping[str, Any], samples: Sequence[Feeds], sessions: Sessions,
+                        progress: Optional[Callable[[int, int], None]] = None
                         ) -> Tuple[Dict[str, float], Dict[str, Any]]:
     """(amax per tensor of `amax`, in its order; a summary): the module docstring's choice on `samples`.
 
     amax: the statistics' entropy ranges (the first candidate, kept when errors tie); stats: tensor ->
-    TensorStats of the same calibration (the other candidates come from them)."""
+    TensorStats of the same calibration (the other candidates come from them); progress(batches done,
+    batches)."""
     prepared = prepare(model, origin)
     plan = plan_qdq(prepared.graph, amax, per_channel=True)
     usable = {t: amax[t] for t in plan.activation_tensors}
-    refined = refine(prepared, plan, usable, stats, samples, CACHE_CHOICE, origin, sessions)
+    ranges = algorithm_ranges(list(amax), stats)  # every tensor's candidates, searched once
+    refined = refine(prepared, plan, usable, stats, samples, CACHE_CHOICE, origin, sessions, progress, ranges)
     chosen = {t: float(np.float32(q.scale)) * 127.0 for t, q in refined.qparams.items()}
-    own_error = {t: float(compute_amax(s, "mse")) for t, s in stats.items() if t in amax and t not in chosen}
+    own_error = {t: r["mse"] for t, r in ranges.items() if t not in chosen}
     own_error, _ = bounded_amax(own_error, tensor_bounds(prepared.graph), stats)
     out = {t: chosen.get(t, own_error.get(t, amax[t])) for t in amax}
     summary = {"chosen_by_layer_error": len(chosen), "by_own_error": len(own_error),
                "samples": refined.summary.get("samples", 0),
-               "winners": dict(sorted(_winners(chosen, stats).items()))}
+               "winners": dict(sorted(_winners(chosen, ranges).items()))}
     return out, summary
 
 
-def _winners(chosen: Mapping[str, float], stats: Mapping[str, Any]) -> Counter:
+def _winners(chosen: Mapping[str, float], ranges: Mapping[str, Mapping[str, float]]) -> Counter:
     """How many chosen ranges equal each algorithm's (or none of them: an op's bound, a shared Concat scale)."""
     counts: Counter = Counter()
     for tensor, value in chosen.items():
-        s = stats.get(tensor)
-        same = [a for a in CANDIDATE_ALGOS if s is not None
-                and abs(float(compute_amax(s, a)) - value) <= SAME_RANGE * max(value, 1e-30)]
+        same = [a for a in CANDIDATE_ALGOS if abs(ranges.get(tensor, {}).get(a, -1.0) - value)
+                <= SAME_RANGE * max(value, 1e-30)]
         counts[same[0] if same else "bound or shared"] += 1
     return counts
 
