@@ -187,6 +187,8 @@ def check_records(data: dict, lines: List[str], out: dict) -> None:
                             row["entropy_within_1pct_of_all"] = e["within_1pct_of_all"]
                             row["entropy_cosine"] = e["cosine"] - ent[-1]["cosine"]
                     out["stops"].append(row)
+            if algo == "percentile":  # the summary line a run with the rule of this version would show
+                out.setdefault("summaries", {})[model] = replace(base, factor=0.5).summary_line()
             # calibration: the estimate's quantiles against the error's, far from the reference
             n_ref = base.checkpoints[-1].samples
             for k in range(len(base.checkpoints) - 1):
@@ -236,7 +238,10 @@ def check_saved(lines: List[str], out: dict) -> None:
             for k in ([] if possible is None else range(possible, (certain if certain is not None else len(curve) - 2) + 1)):
                 rows.append({"images": curve[k]["images"], "within_1pct_of_all": curve[k]["within_1pct_of_all"],
                              **_metric(curve, curve[k]["images"])})
+            medians = [(c["images"], c["median_disagreement"] / 2 / c["median_range_error"]) for c in curve
+                       if 128 <= c["images"] and c["images"] * FAR <= r["pool"] and c["median_range_error"] > 0]
             out["saved"].append({"model": model, "algo": algo, "pool": r["pool"], "source": name, "tolerance": tol,
+                                 "median_estimate_over_median_error": medians,
                                  "share": share, "earliest": None if possible is None else curve[possible]["images"],
                                  "latest": None if certain is None else curve[certain]["images"], "candidates": rows})
 
@@ -288,6 +293,13 @@ def report(out: dict) -> str:
         parts.append(f"\n95th percentile of the error / of the estimate: median {np.median(ratio):.2f} "
                      f"(min {min(ratio):.2f}, max {max(ratio):.2f}, {len(ratio)} checkpoints); 90th: median "
                      f"{np.median(ratio90):.2f} (min {min(ratio90):.2f}, max {max(ratio90):.2f})")
+        late = [(c["model"], c["algo"], c["images"], c["q95_err"] / c["q95_est"]) for c in out["calibration"]
+                if c["images"] >= 128 and c["q95_est"] > 0]
+        parts.append(f"from 128 images on: median {np.median([r[3] for r in late]):.2f}, min {min(r[3] for r in late):.2f}"
+                     f", max {max(r[3] for r in late):.2f}; per model and algorithm: " + "; ".join(
+                         f"{m} {a} {n}: {r:.2f}" for m, a, n, r in late))
+    for model, entry in out.get("summaries", {}).items():
+        parts.append(f"{model}: {entry}")
     parts += ["", "| model (pool) | algo | --until-stable / --stable-share | stops between | candidates: images, "
               "within 1% of all-images, cosine / agreement - all-images |", "|---|---|---|---|---|"]
     for r in out["saved"]:
@@ -298,6 +310,13 @@ def report(out: dict) -> str:
                           for c in r["candidates"]) or "-"
         parts.append(f"| {r['model']} ({r['pool']:,}, {r['source']}) | {r['algo']} | {r['tolerance']:.0%} / "
                      f"{r['share']:.0%} | {span} | {cands} |")
+    shown = set()
+    for r in out["saved"]:
+        if r["source"] not in shown and r["median_estimate_over_median_error"]:
+            shown.add(r["source"])
+            parts.append(f"\n{r['model']} ({r['pool']:,}, {r['algo']}): half the median disagreement / the median error, "
+                         "per checkpoint with at most a quarter of the pool: " + ", ".join(
+                             f"{n:,}: {v:.2f}" for n, v in r["median_estimate_over_median_error"]))
     return "\n".join(parts)
 
 
