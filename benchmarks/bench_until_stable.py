@@ -187,6 +187,10 @@ def check_records(data: dict, lines: List[str], out: dict) -> None:
                             row["entropy_within_1pct_of_all"] = e["within_1pct_of_all"]
                             row["entropy_cosine"] = e["cosine"] - ent[-1]["cosine"]
                     out["stops"].append(row)
+            out.setdefault("estimate_shares", []).append({
+                "model": model, "algo": algo,
+                "checkpoints": [{"images": c.samples, **{f"estimate_within_{t}": float(np.mean(c.estimate(0.5) <= t))
+                                                          for t in (0.01, 0.02)}} for c in base.checkpoints]})
             if algo == "percentile":  # the summary line a run with the rule of this version would show
                 out.setdefault("summaries", {})[model] = replace(base, factor=0.5).summary_line()
             # calibration: the estimate's quantiles against the error's, far from the reference
@@ -310,6 +314,9 @@ def report(out: dict) -> str:
                           for c in r["candidates"]) or "-"
         parts.append(f"| {r['model']} ({r['pool']:,}, {r['source']}) | {r['algo']} | {r['tolerance']:.0%} / "
                      f"{r['share']:.0%} | {span} | {cands} |")
+    for e in out.get("estimate_shares", []):
+        parts.append(f"\n{e['model']} {e['algo']}: share of tensors with |A - B| / 2 / whole within 1% / 2%: " + ", ".join(
+            f"{c['images']:,}: {c['estimate_within_0.01']:.1%} / {c['estimate_within_0.02']:.1%}" for c in e["checkpoints"]))
     shown = set()
     for r in out["saved"]:
         if r["source"] not in shown and r["median_estimate_over_median_error"]:
