@@ -216,6 +216,8 @@ def test_which_ranges_are_judged():
     tracker = SplitHalfTracker(ConvergenceOptions(until_stable=True), DEFAULT_CHOICE, {"num_bits": 8})
     assert tracker.algo == "percentile" and tracker.algo_options == {"percentile": 99.99}
     assert not tracker.ranges_are_the_runs
+    mse = SplitHalfTracker(ConvergenceOptions(until_stable=True), DEFAULT_CHOICE, {}, view="mse")  # the caller's view
+    assert mse.algo == "mse" and mse.record()["run_algorithm"] == DEFAULT_CHOICE
 
 
 def test_entropy_until_stable_judges_the_percentile_view(tiny_model, many_small_images, caplog):

@@ -148,14 +148,15 @@ class SplitHalfTracker:
     """Checkpoints of one statistics run (see the module docstring); `record()` is what the run stores."""
 
     def __init__(self, options: ConvergenceOptions, algo: Optional[str], algo_options: Dict[str, Any],
-                 threads: Optional[int] = None, seed: int = 0) -> None:
-        """algo: the run's algorithm (None or DEFAULT_CHOICE: the per-tensor choice); the record tracks
-        `tracked_algorithm(algo, until_stable)`, with algo_options only when that is the run's own."""
+                 threads: Optional[int] = None, seed: int = 0, view: Optional[str] = None) -> None:
+        """algo: the run's algorithm (None or DEFAULT_CHOICE: the per-tensor choice); the record tracks and
+        judges `view`, by default `tracked_algorithm(algo, until_stable)`, with algo_options only when that is
+        the run's own."""
         self.options = options
         self.run_algo = DEFAULT_CHOICE if algo is None else algo
-        self.algo = tracked_algorithm(algo, options.until_stable)
+        self.algo = view or tracked_algorithm(algo, options.until_stable)
         self.algo_options = resolve_options(self.algo, dict(algo_options) if self.algo == algo else {})
-        notice = until_stable_notice(algo) if options.until_stable else None
+        notice = until_stable_notice(algo) if options.until_stable and view is None else None
         if notice:
             log.warning(notice)
         self.threads = max(1, threads or os.cpu_count() or 1)
