@@ -45,7 +45,7 @@ import numpy as np
 
 from ptqengine import calibrate
 from ptqengine.collect import Purpose, RunOptions, create_session
-from ptqengine.collect.convergence import ConvergenceOptions
+from ptqengine.collect.convergence import ConvergenceOptions, tracked_algorithm
 from ptqengine.formats.convergence import ConvergenceRecord, share_within
 from ptqengine.images import generate_calibration_images
 from ptqengine.metrics import OutputComparison
@@ -182,7 +182,8 @@ def curve(m: Model, record: ConvergenceRecord, reference: Dict[str, float], scor
 
 def stop_grid(record: ConvergenceRecord, rows: List[dict]) -> List[dict]:
     """Where --until-stable TOL --stable-share SHARE stops on this order (the first checkpoint k, before the
-    last, with the halves within TOL on SHARE of the tensors at k-1 and k): read off the whole-pool record,
+    last, with the record's rule holding at k-1 and k: since issue 24, |A - B| / 2 / whole within TOL on SHARE of
+    the tensors; records of older runs judged |A - B| / whole): read off the whole-pool record,
     since the same seed gives the same order and so the same checkpoints (tests/test_convergence.py)."""
     out = []
     for tol, share in STOP_GRID:
@@ -203,6 +204,9 @@ def real_stop(m: Model, pool: pathlib.Path, record: ConvergenceRecord, stops: Li
               algo: str) -> dict:
     """The strictest grid setting that stops, run for real: it must stop at the checkpoint the record predicts."""
     setting = next((s for s in stops if s["checkpoint"] is not None), None)
+    if tracked_algorithm(algo, until_stable=True) != algo:  # entropy: --until-stable judges the percentile view
+        return {"images": None, "reason": f"--until-stable judges {algo} on the {tracked_algorithm(algo, True)} "
+                                          "view: run --algo percentile for its stops (issue 24)"}
     if setting is None:
         return {"images": None, "reason": f"no setting of the grid stops within the pool of {pool_size}"}
     _, stopped, seconds = tracked_run(m, pool, algo, until_stable=True, tolerance=setting["tolerance"],

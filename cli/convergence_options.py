@@ -22,12 +22,15 @@ ConvergenceOpt = Annotated[bool, typer.Option(
          "--save-stats and --scales-json, and the summary says it in one line.")]
 UntilStableOpt = Annotated[Optional[str], typer.Option(
     "--until-stable", metavar="TOL", rich_help_panel=CONVERGENCE,
-    help="Stop reading images once the halves' ranges agree within TOL (e.g. 1% or 0.01) on --stable-share "
-         "of the tensors at two consecutive checkpoints (implies --convergence).")]
+    help="Stop reading images once the ranges are estimated within TOL (e.g. 1% or 0.01) of what unlimited data "
+         "would give, on --stable-share of the tensors at two consecutive checkpoints (implies --convergence). "
+         "Estimate of a range's error: half the split-half disagreement, |A - B| / 2 / whole. Entropy ranges do "
+         "not settle: with entropy (and the default choice) settling is judged on the percentile (99.99) ranges "
+         "of the same statistics, said at the start.")]
 StableShareOpt = Annotated[Optional[str], typer.Option(
     "--stable-share", metavar="SHARE", rich_help_panel=CONVERGENCE,
-    help="Share of tensors that must agree within the tolerance (default 99%); the summary reports the "
-         "disagreement at this share.")]
+    help="Share of tensors whose estimated error must be within the tolerance (default 99%); the summary "
+         "reports the estimate at this share.")]
 MaxImagesOpt = Annotated[Optional[int], typer.Option(
     "--max-images", min=1, rich_help_panel=CONVERGENCE,
     help="With --convergence / --until-stable: read at most N images (of the seeded random order).")]

@@ -78,9 +78,9 @@ def percent(value: float) -> str:
 
 def checkpoint_table(record: ConvergenceRecord) -> Table:
     """The curve: per checkpoint, how many tensors' halves agree and how far."""
-    table = Table(title=f"Split-half agreement of the {record.algorithm} ranges by images read "
-                        f"(tolerance {record.tolerance:.1%})", title_justify="left")
-    for column in ("images", "halves", "within tolerance", f"disagreement at {record.share:.0%}",
+    table = Table(title=f"Estimated error of the {record.algorithm} ranges by images read (estimate: "
+                        f"{record.estimate_name}; tolerance {record.tolerance:.1%})", title_justify="left")
+    for column in ("images", "halves", "within tolerance", f"estimate at {record.share:.0%}",
                    "median disagreement", "median change"):
         table.add_column(column, justify="right")
     for row in record.checkpoint_rows():
@@ -95,13 +95,13 @@ def settled_table(record: ConvergenceRecord, rows: int) -> Table:
     by_name = {r["tensor"]: r for r in record.rows()}
     since = dict(zip(record.tensors, record.settled_since()))
     table = Table(title=f"{rows} least settled tensors", title_justify="left")
-    for column in ("tensor", "amax", "amax A", "amax B", "disagreement", "change", "settled since"):
+    for column in ("tensor", "amax", "amax A", "amax B", "disagreement", "estimate", "change", "settled since"):
         table.add_column(column, justify="left" if column == "tensor" else "right",
                          overflow="fold" if column == "tensor" else "ellipsis")
     for name in record.least_settled(rows):
         r = by_name[name]
-        style = "bold red" if r["disagreement"] > record.tolerance else "green"
+        style = "bold red" if r["estimate"] > record.tolerance else "green"
         table.add_row(Text(name), number(r["amax"]), number(r["amax_a"]), number(r["amax_b"]),
-                      Text(percent(r["disagreement"]), style=style), percent(r["change"]),
+                      percent(r["disagreement"]), Text(percent(r["estimate"]), style=style), percent(r["change"]),
                       "-" if since[name] is None else f"{since[name]:,} images")
     return table

@@ -40,8 +40,10 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
     ModelError.
 
     convergence: also measure how settled the ranges are (ptqengine.collect.convergence): images are read in
-    a seeded random order, halves are checkpointed, and with until_stable reading stops once they agree. The
-    statistics are those of every sample folded in, byte for byte; the record lands in the metadata.
+    a seeded random order, halves are checkpointed, and with until_stable reading stops once the estimate of
+    the whole's error (half the halves' disagreement) is within the tolerance. The statistics are those of every
+    sample folded in, byte for byte; the record lands in the metadata. With until_stable, entropy's ranges are
+    judged on the percentile view (collect.convergence.tracked_algorithm) and then searched on what was read.
     """
     start = time.perf_counter()
     algo, resolved = resolve_algo(algo, algo_options or {})  # bad options fail before any work
@@ -50,7 +52,7 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
         SplitHalfTracker(convergence, algo, resolved, threads=options.threads, seed=options.seed)
     bundle, collected = collect_bundle(model, data, options, progress=progress, tracker=tracker)
     t_amax = time.perf_counter()
-    if tracker is not None:  # the last checkpoint searched the whole already
+    if tracker is not None and tracker.ranges_are_the_runs:  # the last checkpoint searched the whole already
         amax = _last_checkpoint_amax(bundle.metadata[RECORD_KEY])
     else:
         _, _, amax = amax_for(bundle, algo, resolved, options.threads)

@@ -11,11 +11,16 @@ import html
 import json
 import math
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from ptqengine import calibrate, load_stats
-from ptqengine.collect.convergence import ConvergenceOptions, half_of
+from ptqengine.algorithms import resolve_options
+from ptqengine.collect.convergence import (_VIEW_OPTIONS, DEFAULT_CHOICE, ERROR_FACTOR, SETTLING_VIEW,
+                                          ConvergenceOptions, SplitHalfTracker, half_of, tracked_algorithm,
+                                          until_stable_notice)
 from ptqengine.collect.feed import batches
 from ptqengine.errors import FormatError, OptionError
 from ptqengine.formats.convergence import ConvergenceRecord, json_view, share_within, spread_at
@@ -87,14 +92,16 @@ def test_halves_merge_to_the_plain_run_and_each_half_is_a_plain_run_on_its_image
 
 
 def test_checkpoints_until_stable_and_determinism(tiny_model, many_small_images, tmp_path):
-    full = calibrate(tiny_model, many_small_images, batch_size=4, convergence=ConvergenceOptions())
+    full = calibrate(tiny_model, many_small_images, batch_size=4, algo="percentile",
+                     convergence=ConvergenceOptions())
     record = ConvergenceRecord.from_metadata(full.stats.metadata)
     sizes = [c.samples for c in record.checkpoints]
     assert sizes[-1] == 96 and len(sizes) >= 3 and sizes == sorted(sizes)
     for c, size in zip(record.checkpoints[:-1], (32, 64)):  # each half holds at least half the checkpoint
         assert min(c.halves) * 2 >= size and sum(c.halves) == c.samples
-    options = ConvergenceOptions(tolerance=0.5, share=0.5, until_stable=True)
-    runs = [calibrate(tiny_model, many_small_images, batch_size=4, convergence=options) for _ in range(2)]
+    options = ConvergenceOptions(tolerance=0.25, share=0.5, until_stable=True)
+    runs = [calibrate(tiny_model, many_small_images, batch_size=4, algo="percentile", convergence=options)
+            for _ in range(2)]
     assert runs[0].stats.to_bytes() == runs[1].stats.to_bytes()
     stopped = ConvergenceRecord.from_metadata(runs[0].stats.metadata)
     assert "two consecutive checkpoints" in stopped.stopped["reason"]
@@ -102,9 +109,12 @@ def test_checkpoints_until_stable_and_determinism(tiny_model, many_small_images,
     assert n < 96 and runs[0].report.samples == n == runs[0].stats.metadata["samples"]
     assert runs[0].stats.tensors["x"].count == n * 3 * 40 * 48  # exactly the folded images, no more
     assert len(stopped.checkpoints) == 2 and stopped.stable(0) and stopped.stable(1)
-    for a, b in zip(stopped.checkpoints, record.checkpoints):  # the same seeded order: the same prefix
+    for k, (a, b) in enumerate(zip(stopped.checkpoints, record.checkpoints)):  # same seeded order: same prefix
         assert a.samples == b.samples and np.array_equal(a.amax, b.amax)
-    assert runs[0].amax == runs[0].with_algo("entropy").amax  # the last checkpoint's whole = the run's ranges
+        # the rule, written out: half the halves' disagreement within 25% on half of the tensors
+        d = np.abs(b.amax_a - b.amax_b) / b.amax
+        assert np.mean(d / 2 <= 0.25) >= 0.5
+    assert runs[0].amax == runs[0].with_algo("percentile").amax  # the last checkpoint's whole = the run's ranges
     capped = calibrate(tiny_model, many_small_images, batch_size=4,
                        convergence=ConvergenceOptions(max_images=50))
     assert capped.report.samples == 50
@@ -139,9 +149,9 @@ def test_array_data_keeps_its_order_with_a_note(tiny_model):
 
 
 # --- the record: arithmetic on hand-made numbers, untrusted input -------------------------------------------
-def record_dict(checkpoints, tensors=("t0", "t1", "t2", "t3"), tolerance=0.01, share=0.75):
-    return {"version": 1, "tensors": list(tensors), "tolerance": tolerance, "share": share, "algorithm": "entropy",
-            "stopped": {"samples": checkpoints[-1][0], "reason": "end of data"},
+def record_dict(checkpoints, tensors=("t0", "t1", "t2", "t3"), tolerance=0.01, share=0.75, version=1, **extra):
+    return {"version": version, "tensors": list(tensors), "tolerance": tolerance, "share": share,
+            "algorithm": "entropy", "stopped": {"samples": checkpoints[-1][0], "reason": "end of data"}, **extra,
             "checkpoints": [{"samples": n, "halves": [n // 2, n - n // 2], "amax_a": a, "amax_b": b, "amax": w}
                             for n, a, b, w in checkpoints]}
 
@@ -159,18 +169,78 @@ def test_disagreement_change_share_and_settled_since_by_hand():
     assert record.change(1)[0] == pytest.approx(0.05) and record.change(1)[2] == 0
     assert record.settled_since() == [64, None, 32, None]
     assert record.moving() == ["t3", "t1"] and not record.stable(1)
-    line = record.summary_line()
-    assert line.startswith("after 64 images the halves' entropy ranges agree within 1.0% on 50% of tensors")
-    assert "median disagreement 2.69%" in line and "75% of tensors within 4.9%" in line  # (0.005 + 0.0488) / 2
+    line = record.summary_line()  # a version 1 record: the disagreement itself was judged
+    assert line.startswith("after 64 images the entropy ranges are estimated within 1.0% of their limit on 50% of "
+                           "tensors (estimate: the split-half disagreement, |A - B| / whole;")
+    assert "median 2.69%" in line and "75% of tensors within 4.9%" in line  # (0.005 + 0.0488) / 2
     assert "2 tensor(s) still moving: t3, t1" in line
     view = json_view(record.raw)
     json.dumps(view, allow_nan=False)  # no NaN / Infinity in the JSON
-    assert view["tensors"]["t0"] == {"disagreement": pytest.approx(0.005), "settled_since": 64}
+    assert view["tensors"]["t0"] == {"disagreement": pytest.approx(0.005), "estimate": pytest.approx(0.005),
+                                     "settled_since": 64}
     assert [c["tensor"] for c in view["curves"]][:2] == ["t3", "t1"]
 
 
+def test_the_rule_judges_half_the_disagreement():
+    """Version 2 (what runs write): the tolerance bounds |A - B| / 2 / whole, the estimate of the whole's error.
+    By hand: disagreements 0.5%, 1.6%, 3%, inf (no range in half B) against 1% on 50% / 75% of tensors."""
+    points = [(n, [1.0, 1.0, 1.0, 1.0], [1.005, 1.016, 1.03, None], [1.0, 1.0, 1.0, 1.0]) for n in (32, 64)]
+    new = ConvergenceRecord.from_dict(record_dict(points, share=0.5, version=2, estimate={"factor": 0.5}))
+    old = ConvergenceRecord.from_dict(record_dict(points, share=0.5, version=1))
+    assert ERROR_FACTOR == 0.5 and new.factor == 0.5 and old.factor == 1.0
+    assert list(new.estimate(1)[:3]) == pytest.approx([0.0025, 0.008, 0.015]) and math.isinf(new.estimate(1)[3])
+    assert new.stable(0) and new.stable(1) and not old.stable(1)  # 2 of 4 within vs 1 of 4
+    assert new.moving() == ["t3", "t2"] and new.settled_since() == [32, 32, None, None]
+    assert not replace(new, share=0.75).stable(1)
+    line = new.summary_line()
+    assert "estimated within 1.0% of their limit on 50% of tensors" in line
+    assert "estimate: half the split-half disagreement, |A - B| / 2 / whole" in line
+    rows = new.checkpoint_rows()
+    assert rows[1]["within_tolerance"] == 0.5 and rows[1]["spread"] == pytest.approx(0.008)
+    view = json_view(new.raw)
+    assert view["estimate"].startswith("half the split-half") and view["tensors"]["t1"]["estimate"] == \
+        pytest.approx(0.008)
+    for bad in ({}, {"factor": 0}, {"factor": 2}, {"factor": True}):
+        with pytest.raises(FormatError):
+            ConvergenceRecord.from_dict(record_dict(points, version=2, estimate=bad))
+
+
+def test_which_ranges_are_judged():
+    assert SETTLING_VIEW == "percentile" and resolve_options(SETTLING_VIEW, {}) == {"percentile": float(_VIEW_OPTIONS)}
+    assert tracked_algorithm(None, True) == tracked_algorithm(DEFAULT_CHOICE, False) == SETTLING_VIEW
+    assert tracked_algorithm("entropy", True) == SETTLING_VIEW and tracked_algorithm("entropy", False) == "entropy"
+    for algo in ("percentile", "mse", "max"):
+        assert tracked_algorithm(algo, True) == algo and until_stable_notice(algo) is None
+    assert "known not to settle" in until_stable_notice("entropy") and "99.99" in until_stable_notice("entropy")
+    assert "chooses each tensor's range" in until_stable_notice(DEFAULT_CHOICE)
+    tracker = SplitHalfTracker(ConvergenceOptions(until_stable=True), DEFAULT_CHOICE, {"num_bits": 8})
+    assert tracker.algo == "percentile" and tracker.algo_options == {"percentile": 99.99}
+    assert not tracker.ranges_are_the_runs
+    mse = SplitHalfTracker(ConvergenceOptions(until_stable=True), DEFAULT_CHOICE, {}, view="mse")  # the caller's view
+    assert mse.algo == "mse" and mse.record()["run_algorithm"] == DEFAULT_CHOICE
+
+
+def test_entropy_until_stable_judges_the_percentile_view(tiny_model, many_small_images, caplog):
+    options = ConvergenceOptions(tolerance=0.25, share=0.5, until_stable=True)
+    with caplog.at_level("WARNING", logger="ptqengine"):
+        entropy = calibrate(tiny_model, many_small_images, batch_size=4, convergence=options)
+    notices = [r.getMessage() for r in caplog.records if "known not to settle" in r.getMessage()]
+    assert len(notices) == 1 and "percentile (99.99)" in notices[0]
+    percentile = calibrate(tiny_model, many_small_images, batch_size=4, algo="percentile", convergence=options)
+    record = ConvergenceRecord.from_metadata(entropy.stats.metadata)
+    assert record.algorithm == "percentile" and record.run_algorithm == "entropy"
+    assert "the run's ranges are entropy" in record.summary_line()
+    assert entropy.report.samples == percentile.report.samples  # stopped where the percentile run stops
+    assert entropy.stats.tensors == percentile.stats.tensors
+    assert entropy.report.samples < 96 and entropy.algo == "entropy"
+    assert entropy.amax == entropy.with_algo("entropy").amax  # entropy's own ranges on the images read
+    assert entropy.amax != percentile.amax
+    measured = calibrate(tiny_model, many_small_images, batch_size=4, convergence=ConvergenceOptions())
+    assert ConvergenceRecord.from_metadata(measured.stats.metadata).algorithm == "entropy"  # measuring: its own
+
+
 @pytest.mark.parametrize("broken", [
-    {"version": 2}, {"tensors": "t0"}, {"checkpoints": [{"samples": 1}]}, {"tolerance": 5},
+    {"version": 3}, {"tensors": "t0"}, {"run_algorithm": 5}, {"checkpoints": [{"samples": 1}]}, {"tolerance": 5},
     {"checkpoints": [{"samples": -1, "halves": [0, 0], "amax_a": [1] * 4, "amax_b": [1] * 4, "amax": [1] * 4}]},
     {"checkpoints": [{"samples": 4, "halves": [2, 2], "amax_a": [1] * 3, "amax_b": [1] * 4, "amax": [1] * 4}]},
     {"checkpoints": [{"samples": 4, "halves": [2, 2], "amax_a": ["x"] * 4, "amax_b": [1] * 4, "amax": [1] * 4}]},
@@ -194,13 +264,16 @@ def test_cli_until_stable_summary_json_and_inspect(cli, tiny_model, many_small_i
                  "--scales-json", tmp_path / "s.json")
     assert result.exit_code == 0, result.output
     line = next(l for l in result.stdout.splitlines() if "convergence:" in l)
-    assert "agree within" in line and "stopped: halves within 50.0%" in line
+    assert "estimated within 50.0% of their limit" in line and "half the split-half disagreement" in line
+    assert "stopped: estimated within 50.0%" in line
+    said = [l for l in result.stderr.splitlines() if "known not to settle" in l]  # entropy, the default here
+    assert len(said) == 1 and result.stderr.startswith("warning: --until-stable: entropy ranges")  # at the start
     document = json.loads((tmp_path / "s.json").read_text())
     stats = load_stats(tmp_path / "s.ptqs")
     assert document["data"]["samples"] == stats.metadata["samples"] == document["convergence"]["stopped"]["samples"]
     assert document["convergence"]["summary"] in line
     shown = cli("inspect", tmp_path / "s.ptqs")
-    assert shown.exit_code == 0 and "least settled" in shown.stdout and "agree within" in shown.stdout
+    assert shown.exit_code == 0 and "least settled" in shown.stdout and "estimated within" in shown.stdout
     plain = cli("calibrate", tiny_model, "--data", many_small_images, "-q", "--save-stats", tmp_path / "p.ptqs",
                 "--scales-json", tmp_path / "p.json", "-o", tmp_path / "p.cache")
     assert plain.exit_code == 0 and "convergence" not in json.loads((tmp_path / "p.json").read_text())

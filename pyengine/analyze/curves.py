@@ -83,12 +83,13 @@ def convergence_section(metadata: Optional[Mapping[str, Any]], table: Callable[.
         return (head + "<p class=note>The statistics were collected without <code>--convergence</code>: "
                 "calibrate with <code>--convergence</code> (or <code>--until-stable 1%</code>) and pass them with "
                 "<code>--stats</code> to see how settled each range is.</p>")
-    headers = ["images", "halves A/B", f"within {record.tolerance:.1%}", f"disagreement at {record.share:.0%}",
+    headers = ["images", "halves A/B", f"estimate within {record.tolerance:.1%}", f"estimate at {record.share:.0%}",
                "median disagreement", "median change"]
     figures = [curve_svg(c, record.tolerance) for c in record.curves(record.least_settled(curves))]
     return (head + f"<p>{_e(record.summary_line())}</p>"
             "<p class=note>Split-half disagreement: |range of half A − range of half B| / range of the whole, halves "
-            "assigned by a hash of each image's path; about twice the whole range's own relative error.</p>"
+            "assigned by a hash of each image's path; about twice the whole range's own relative error. Estimate of "
+            f"that error: {_e(record.estimate_name)}.</p>"
             + table(headers, _rows(record), "convergence")
             + "<p class=note>Least settled tensors: range relative to the last whole range; green band: the "
               "tolerance.</p>"

@@ -10,10 +10,20 @@ at the default grid), whatever the number of images.
 Checkpoints: once each half holds 16, 32, 64, ... images (so at about 32, 64, 128, ... in all), and at the end, each tensor's range is searched with the run's
 algorithm on A, on B and on the whole. The split-half disagreement |amax_A - amax_B| / amax_whole measures how
 settled a range is: a half holds half the samples, so its range scatters about sqrt(2) times as much as the
-whole's and the difference of the halves about twice as much; the disagreement is a conservative (about 2x)
-estimate of the whole range's relative error. With `until_stable`, reading stops once the halves agree within
-the tolerance on `share` of the tensors at two consecutive checkpoints; the images read past the last full
-batch of each half are then left out, so the result is exactly the statistics of the images folded in.
+whole's and the difference of the halves about twice as much. Half the disagreement (ERROR_FACTOR) is therefore
+the estimate of the whole range's own relative error, and what the tolerance means: `--until-stable 1%` asks for
+the whole's ranges within 1% of what unlimited data would give. With `until_stable`, reading stops once that
+estimate is within the tolerance on `share` of the tensors at two consecutive checkpoints; the images read past
+the last full batch of each half are then left out, so the result is exactly the statistics of the images
+folded in. (Checked against held-out references: benchmarks/README.md, issue 24.)
+
+Which ranges are judged (`tracked_algorithm`): the run's own algorithm's, except where they are known not to
+settle or there is no single algorithm. Entropy's are not judged when stopping: its threshold is the argmin of a
+KL curve that often has distant local minima, and more images move it as much as fewer (benchmarks/README.md,
+issue 14). With `until_stable` an entropy run (and the default per-tensor choice among the algorithms,
+DEFAULT_CHOICE) judges settling on SETTLING_VIEW, percentile (99.99) ranges of the same statistics, says so at
+the start in one line (`until_stable_notice`), and computes its own ranges on the images read. Measuring
+alone (no `until_stable`) keeps tracking entropy's own ranges, so that the record shows how unsettled they are.
 
 Checkpoint cost: two or three range searches per tensor (with "max" the whole is max(A, B), no search), one
 tensor per task on `threads` threads (the native searches release the GIL); the whole of an intermediate
@@ -44,7 +54,38 @@ log = logging.getLogger(__name__)
 
 SPLIT = "sha256(key)[0] & 1"
 FIRST_CHECKPOINT = 32
+ERROR_FACTOR = 0.5  # estimate of the whole range's relative error = ERROR_FACTOR x |A - B| / whole (docstring)
+SETTLING_VIEW = "percentile"  # whose ranges settling is judged on where the run's own do not settle / are chosen
+DEFAULT_CHOICE = "auto"  # the per-tensor choice among the algorithms' ranges (ptqengine.api.AUTO; issue 20)
+UNSETTLED = {"entropy": "the KL minimum jumps between distant candidates"}  # algorithms known not to settle
 Halves = Sequence[Optional[Sequence[TensorStats]]]
+
+
+def tracked_algorithm(algo: Optional[str], until_stable: bool) -> str:
+    """The algorithm whose ranges a convergence run of `algo` checkpoints and judges. None or DEFAULT_CHOICE
+    (the per-tensor choice, which has no ranges of its own while reading): SETTLING_VIEW. An algorithm of
+    UNSETTLED: SETTLING_VIEW when stopping on it (`until_stable`), itself when only measuring."""
+    if algo is None or algo == DEFAULT_CHOICE:
+        return SETTLING_VIEW
+    if algo in UNSETTLED and until_stable:
+        return SETTLING_VIEW
+    return algo
+
+
+def until_stable_notice(algo: Optional[str]) -> Optional[str]:
+    """The one line `--until-stable` says at the start when it judges another algorithm's ranges than the run's
+    (None when it judges the run's own)."""
+    view = f"{SETTLING_VIEW} ({_VIEW_OPTIONS}) ranges of the same statistics"
+    if algo is None or algo == DEFAULT_CHOICE:
+        return (f"--until-stable: the default run chooses each tensor's range among the algorithms after reading; "
+                f"settling is judged on the {view}")
+    if algo in UNSETTLED:
+        return (f"--until-stable: {algo} ranges are known not to settle ({UNSETTLED[algo]}); settling is judged on "
+                f"the {view}, and the {algo} ranges are computed on the images read up to that point")
+    return None
+
+
+_VIEW_OPTIONS = "99.99"  # what resolve_options gives SETTLING_VIEW by default (checked in tests)
 
 
 def half_of(key: str) -> int:
@@ -106,10 +147,18 @@ class HalfFold:
 class SplitHalfTracker:
     """Checkpoints of one statistics run (see the module docstring); `record()` is what the run stores."""
 
-    def __init__(self, options: ConvergenceOptions, algo: str, algo_options: Dict[str, Any],
-                 threads: Optional[int] = None, seed: int = 0) -> None:
+    def __init__(self, options: ConvergenceOptions, algo: Optional[str], algo_options: Dict[str, Any],
+                 threads: Optional[int] = None, seed: int = 0, view: Optional[str] = None) -> None:
+        """algo: the run's algorithm (None or DEFAULT_CHOICE: the per-tensor choice); the record tracks and
+        judges `view`, by default `tracked_algorithm(algo, until_stable)`, with algo_options only when that is
+        the run's own."""
         self.options = options
-        self.algo, self.algo_options = algo, resolve_options(algo, dict(algo_options))
+        self.run_algo = DEFAULT_CHOICE if algo is None else algo
+        self.algo = view or tracked_algorithm(algo, options.until_stable)
+        self.algo_options = resolve_options(self.algo, dict(algo_options) if self.algo == algo else {})
+        notice = until_stable_notice(algo) if options.until_stable and view is None else None
+        if notice:
+            log.warning(notice)
         self.threads = max(1, threads or os.cpu_count() or 1)
         self.seed = seed
         self.points: List[Checkpoint] = []
@@ -148,7 +197,7 @@ class SplitHalfTracker:
     def _due(self, samples: int, halves: Halves, counts: Tuple[int, int]) -> bool:
         self._checkpoint(samples, halves, counts, final=False)
         if self.options.until_stable and self._stable_twice():
-            self.stop_reason = (f"halves within {self.options.tolerance:.1%} on >= {self.options.share:.0%} "
+            self.stop_reason = (f"estimated within {self.options.tolerance:.1%} on >= {self.options.share:.0%} "
                                 "of tensors at two consecutive checkpoints")
             return True
         return False
@@ -201,6 +250,11 @@ class SplitHalfTracker:
         amax = self._search(whole)
         return amax_a, amax_b, amax, whole if final else None  # a transient copy is dropped at once
 
+    @property
+    def ranges_are_the_runs(self) -> bool:
+        """Whether the last checkpoint's whole ranges are the run's ranges (else the run searches its own)."""
+        return self.algo == self.run_algo
+
     def _search(self, stats: TensorStats) -> float:
         return float(compute_amax(stats, self.algo, **self.algo_options))
 
@@ -210,6 +264,8 @@ class SplitHalfTracker:
         index = [i for _, i in self.tensors]
         return {
             "version": RECORD_VERSION, "split": SPLIT, "algorithm": self.algo, "options": self.algo_options,
+            **({} if self.ranges_are_the_runs else {"run_algorithm": self.run_algo}),
+            "estimate": {"of": "the whole range's relative error", "factor": ERROR_FACTOR},
             "tolerance": self.options.tolerance, "share": self.options.share,
             "until_stable": self.options.until_stable, "max_images": self.options.max_images,
             "order": f"seeded random (seed {self.seed})" if self.shuffled else "as given",

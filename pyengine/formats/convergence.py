@@ -5,10 +5,18 @@ summary of it, `json_view`) holds,
 at each checkpoint, every tensor's range searched on half A, on half B and on the whole (ptqengine.collect.
 convergence). From it:
 - the split-half disagreement of a tensor, |amax_A - amax_B| / amax_whole (0 when both are 0);
+- the estimate of the whole range's own relative error, `factor` x the disagreement (version 2 records: the
+  factor is 1/2, "half the split-half disagreement"; version 1 records judged the disagreement itself, factor 1,
+  and are read that way);
 - the change of its whole range since the previous checkpoint, |amax_k - amax_k-1| / amax_k;
-- per checkpoint, the share of tensors whose halves agree within the tolerance, and the disagreement that
-  `share` of the tensors stay within ("ranges agree within 0.6% between halves on 99% of tensors").
+- per checkpoint, the share of tensors whose estimated error is within the tolerance, and the estimate that
+  `share` of the tensors stay within ("estimated within 0.6% on 99% of tensors").
 A tensor without a range in a half (no sample yet, or no finite value) counts as not settled.
+
+Why half: a half holds half the samples, so its range scatters about sqrt(2) times as much as the whole's, and
+A - B (two independent halves) about 2 times as much; |A - B| / 2 is then one draw from the distribution of the
+whole's own error, and the share of tensors with |A - B| / 2 <= TOL estimates the share whose whole range is
+within TOL of its limit. Measured against held-out references in benchmarks/README.md (issue 24).
 
 The record comes from files, so `from_dict` checks its shape and raises FormatError naming what is wrong.
 """
@@ -23,7 +31,10 @@ import numpy as np
 from ..errors import FormatError
 
 RECORD_KEY = "convergence"  # the metadata / JSON entry
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: the rule judges the estimate of the whole's error (factor x disagreement); 1: the disagreement
+READABLE_VERSIONS = (1, 2)
+HALF_DISAGREEMENT = "half the split-half disagreement, |A - B| / 2 / whole"  # the estimate of version 2
+DISAGREEMENT = "the split-half disagreement, |A - B| / whole"  # what version 1 judged
 SHOWN_MOVING = 3  # tensors named in the summary line
 JSON_CURVES = 8  # least settled tensors whose range-vs-images curves the scales JSON carries
 
@@ -43,6 +54,10 @@ class Checkpoint:
         d[self.amax_a == self.amax_b] = 0.0
         d[~np.isfinite(d)] = np.inf
         return d
+
+    def estimate(self, factor: float) -> np.ndarray:
+        """The estimate of the whole range's relative error per tensor: factor x disagreement (inf stays inf)."""
+        return factor * self.disagreement()
 
 
 def share_within(d: np.ndarray, tolerance: float) -> float:
@@ -80,12 +95,14 @@ class ConvergenceRecord:
     share: float
     stopped: Dict[str, Any]  # {"samples": n, "reason": "..."}
     raw: Dict[str, Any]
+    factor: float = 0.5  # estimate of the whole's relative error = factor x the halves' disagreement
+    run_algorithm: Optional[str] = None  # the run's own algorithm where the record tracks another view of it
 
     # --- reading ---------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, record: Any, source: str = "convergence record") -> "ConvergenceRecord":
-        if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
-            raise FormatError(f"{source}: not a version {RECORD_VERSION} convergence record")
+        if not isinstance(record, dict) or record.get("version") not in READABLE_VERSIONS:
+            raise FormatError(f"{source}: not a version {' or '.join(map(str, READABLE_VERSIONS))} convergence record")
         tensors = record.get("tensors")
         if not isinstance(tensors, list) or not all(isinstance(t, str) for t in tensors):
             raise FormatError(f"{source}: \"tensors\" must be a list of names")
@@ -107,8 +124,17 @@ class ConvergenceRecord:
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 for v in (tolerance, share)):
             raise FormatError(f"{source}: tolerance and share must be numbers in (0, 1]")
         stopped = record.get("stopped") if isinstance(record.get("stopped"), dict) else {}
+        factor = 1.0  # version 1: the disagreement itself was judged
+        if record["version"] >= 2:
+            estimate = record.get("estimate")
+            factor = estimate.get("factor") if isinstance(estimate, dict) else None
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= 1:
+                raise FormatError(f"{source}: \"estimate\" must hold a factor in (0, 1]")
+        run_algorithm = record.get("run_algorithm")
+        if run_algorithm is not None and not isinstance(run_algorithm, str):
+            raise FormatError(f"{source}: \"run_algorithm\" must be a name")
         return cls(list(tensors), points, str(record.get("algorithm", "?")), float(tolerance), float(share),
-                   dict(stopped), dict(record))
+                   dict(stopped), dict(record), float(factor), run_algorithm)
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any], source: str = "statistics") -> Optional["ConvergenceRecord"]:
@@ -132,15 +158,28 @@ class ConvergenceRecord:
         c[~np.isfinite(c)] = np.inf
         return c
 
+    @property
+    def estimate_name(self) -> str:
+        """Which estimate of the whole's error the tolerance is compared with (said in the summary line)."""
+        if self.factor == 1.0:
+            return DISAGREEMENT
+        if self.factor == 0.5:
+            return HALF_DISAGREEMENT
+        return f"{self.factor:g} x the split-half disagreement, {self.factor:g} |A - B| / whole"
+
+    def estimate(self, k: int) -> np.ndarray:
+        """The estimated relative error of each whole range at checkpoint k."""
+        return self.checkpoints[k].estimate(self.factor)
+
     def stable(self, k: int) -> bool:
-        """Halves agree within the tolerance on `share` of the tensors at checkpoint k."""
-        return share_within(self.checkpoints[k].disagreement(), self.tolerance) >= self.share
+        """The whole's estimated error is within the tolerance on `share` of the tensors at checkpoint k."""
+        return share_within(self.estimate(k), self.tolerance) >= self.share
 
     def moving(self) -> List[str]:
-        """Tensors whose halves disagree by more than the tolerance at the last checkpoint, worst first."""
+        """Tensors whose estimated error is above the tolerance at the last checkpoint, worst first."""
         if self.last is None:
             return []
-        d = self.last.disagreement()
+        d = self.estimate(len(self.checkpoints) - 1)
         order = sorted((i for i in range(len(d)) if d[i] > self.tolerance), key=lambda i: (-d[i], i))
         return [self.tensors[i] for i in order]
 
@@ -155,10 +194,12 @@ class ConvergenceRecord:
         last = self.last
         if last is None or not self.tensors:
             return "convergence: no checkpoint reached"
-        d = last.disagreement()
-        line = (f"after {last.samples:,} images the halves' {self.algorithm} ranges agree within {self.tolerance:.1%} "
-                f"on {share_within(d, self.tolerance):.0%} of tensors (median disagreement {float(np.median(d)):.2%}; "
-                f"{self.share:.0%} of tensors within {spread_at(d, self.share):.1%})")
+        e = self.estimate(len(self.checkpoints) - 1)
+        view = (f"{self.algorithm} ranges" if not self.run_algorithm or self.run_algorithm == self.algorithm else
+                f"{self.algorithm} ranges (the view settling is judged on; the run's ranges are {self.run_algorithm})")
+        line = (f"after {last.samples:,} images the {view} are estimated within {self.tolerance:.1%} of their limit "
+                f"on {share_within(e, self.tolerance):.0%} of tensors (estimate: {self.estimate_name}; median "
+                f"{float(np.median(e)):.2%}; {self.share:.0%} of tensors within {spread_at(e, self.share):.1%})")
         moving = self.moving()
         if moving:
             shown = ", ".join(moving[:SHOWN_MOVING]) + (", ..." if len(moving) > SHOWN_MOVING else "")
@@ -174,7 +215,8 @@ class ConvergenceRecord:
             return []
         k = len(self.checkpoints) - 1
         d, c = self.last.disagreement(), self.change(k)
-        return [{"tensor": t, "disagreement": float(d[i]), "change": float(c[i]), "amax": float(self.last.amax[i]),
+        return [{"tensor": t, "disagreement": float(d[i]), "estimate": float(self.factor * d[i]),
+                 "change": float(c[i]), "amax": float(self.last.amax[i]),
                  "amax_a": float(self.last.amax_a[i]), "amax_b": float(self.last.amax_b[i])}
                 for i, t in enumerate(self.tensors)]
 
@@ -188,24 +230,26 @@ class ConvergenceRecord:
                 for n in names if n in index]
 
     def settled_since(self) -> List[Optional[int]]:
-        """Per tensor: the images at the first checkpoint from which its halves stay within the tolerance up
-        to the last one (None when they disagree at the last one)."""
+        """Per tensor: the images at the first checkpoint from which its estimated error stays within the
+        tolerance up to the last one (None when it is above it at the last one)."""
         since: List[Optional[int]] = [None] * len(self.tensors)
         running = np.ones(len(self.tensors), dtype=bool)  # within at every checkpoint after this one
         for point in reversed(self.checkpoints):
-            running &= point.disagreement() <= self.tolerance
+            running &= point.estimate(self.factor) <= self.tolerance
             for i in np.flatnonzero(running):
                 since[i] = point.samples
         return since
 
     def checkpoint_rows(self) -> List[Dict[str, Any]]:
-        """Per checkpoint: images, halves, share of tensors within the tolerance, the disagreement `share` of
-        them stay within, the median disagreement and the median change since the previous checkpoint."""
+        """Per checkpoint: images, halves, share of tensors whose estimated error is within the tolerance, the
+        estimate `share` of them stay within, the median disagreement and the median change since the previous
+        checkpoint."""
         rows = []
         for k, point in enumerate(self.checkpoints):
             d, c = point.disagreement(), self.change(k)
+            e = point.estimate(self.factor)
             rows.append({"samples": point.samples, "halves": list(point.halves),
-                         "within_tolerance": share_within(d, self.tolerance), "spread": spread_at(d, self.share),
+                         "within_tolerance": share_within(e, self.tolerance), "spread": spread_at(e, self.share),
                          "median": float(np.median(d)) if d.size else math.inf,
                          "median_change": float(np.median(c)) if c.size else math.inf})
         return rows
@@ -218,10 +262,11 @@ def json_view(record: Mapping[str, Any]) -> Dict[str, Any]:
     since = r.settled_since()
     rows = r.rows()
     return _finite({
-        "algorithm": r.algorithm, "tolerance": r.tolerance, "share": r.share, "order": record.get("order"),
+        "algorithm": r.algorithm, "run_algorithm": r.run_algorithm or r.algorithm, "estimate": r.estimate_name,
+        "factor": r.factor, "tolerance": r.tolerance, "share": r.share, "order": record.get("order"),
         "split": record.get("split"), "stopped": r.stopped, "summary": r.summary_line(),
         "checkpoints": r.checkpoint_rows(), "curves": r.curves(r.least_settled(JSON_CURVES)),
-        "tensors": {row["tensor"]: {"disagreement": row["disagreement"], "settled_since": s}
+        "tensors": {row["tensor"]: {"disagreement": row["disagreement"], "estimate": row["estimate"], "settled_since": s}
                     for row, s in zip(rows, since)},
     })
 
