@@ -61,7 +61,8 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
                                    **scale_out, **run_options)
     else:
         result = calibration.calibrate(model, data, algo=base, algo_options=None if choice else algo_options,
-                                       progress=progress, convergence=convergence, **run_options)
+                                       progress=progress, convergence=convergence, chosen_later=choice,
+                                       **run_options)
     if not (auto or choice):
         return result
     keep = {k: run_options[k] for k in SAMPLE_OPTIONS if k in run_options}

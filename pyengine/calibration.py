@@ -27,7 +27,8 @@ Progress = Callable[[int, Optional[int]], None]
 
 def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options: Optional[Dict[str, Any]] = None,
               options: Optional[RunOptions] = None, progress: Optional[Progress] = None,
-              convergence: Optional[ConvergenceOptions] = None, **run_options: Any) -> CalibrationResult:
+              convergence: Optional[ConvergenceOptions] = None, chosen_later: bool = False,
+              **run_options: Any) -> CalibrationResult:
     """Run the model over the data, collect statistics of every float activation, derive amax by algo.
 
     data: a directory of images (jpg/jpeg/png/bmp/webp, recursive; preprocessed by `preprocess`), a
@@ -44,12 +45,15 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
     the whole's error (half the halves' disagreement) is within the tolerance. The statistics are those of every
     sample folded in, byte for byte; the record lands in the metadata. With until_stable, entropy's ranges are
     judged on the percentile view (collect.convergence.tracked_algorithm) and then searched on what was read.
+    chosen_later: the caller picks each tensor's range among the algorithms' afterwards (ptqengine.api, the
+    default choice); convergence then judges the settling view, not `algo`'s ranges.
     """
     start = time.perf_counter()
     algo, resolved = resolve_algo(algo, algo_options or {})  # bad options fail before any work
     options = (options or RunOptions()).but(**run_options) if run_options else (options or RunOptions())
     tracker = None if convergence is None else \
-        SplitHalfTracker(convergence, algo, resolved, threads=options.threads, seed=options.seed)
+        SplitHalfTracker(convergence, None if chosen_later else algo, resolved, threads=options.threads,
+                         seed=options.seed)
     bundle, collected = collect_bundle(model, data, options, progress=progress, tracker=tracker)
     t_amax = time.perf_counter()
     if tracker is not None and tracker.ranges_are_the_runs:  # the last checkpoint searched the whole already

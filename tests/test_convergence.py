@@ -258,16 +258,19 @@ def test_options_are_checked():
 
 
 # --- the command line --------------------------------------------------------------------------------------
-def test_cli_until_stable_summary_json_and_inspect(cli, tiny_model, many_small_images, tmp_path):
+@pytest.mark.parametrize("algo, notice", [([], "the default run chooses each tensor's range"),
+                                          (["--algo", "entropy"], "entropy ranges are known not to settle")])
+def test_cli_until_stable_summary_json_and_inspect(cli, tiny_model, many_small_images, tmp_path, algo, notice):
     result = cli("calibrate", tiny_model, "--data", many_small_images, "--batch-size", 4, "--until-stable", "50%",
                  "--stable-share", "50%", "-o", tmp_path / "c.cache", "--save-stats", tmp_path / "s.ptqs",
-                 "--scales-json", tmp_path / "s.json")
+                 "--scales-json", tmp_path / "s.json", *algo)
     assert result.exit_code == 0, result.output
     line = next(l for l in result.stdout.splitlines() if "convergence:" in l)
     assert "estimated within 50.0% of their limit" in line and "half the split-half disagreement" in line
     assert "stopped: estimated within 50.0%" in line
-    said = [l for l in result.stderr.splitlines() if "known not to settle" in l]  # entropy, the default here
-    assert len(said) == 1 and result.stderr.startswith("warning: --until-stable: entropy ranges")  # at the start
+    said = [l for l in result.stderr.splitlines() if notice in l]
+    assert len(said) == 1 and result.stderr.startswith(f"warning: --until-stable: {notice}")  # at the start
+    assert "percentile (99.99) ranges" in said[0]
     document = json.loads((tmp_path / "s.json").read_text())
     stats = load_stats(tmp_path / "s.ptqs")
     assert document["data"]["samples"] == stats.metadata["samples"] == document["convergence"]["stopped"]["samples"]

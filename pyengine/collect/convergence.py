@@ -56,7 +56,7 @@ SPLIT = "sha256(key)[0] & 1"
 FIRST_CHECKPOINT = 32
 ERROR_FACTOR = 0.5  # estimate of the whole range's relative error = ERROR_FACTOR x |A - B| / whole (docstring)
 SETTLING_VIEW = "percentile"  # whose ranges settling is judged on where the run's own do not settle / are chosen
-DEFAULT_CHOICE = "auto"  # the per-tensor choice among the algorithms' ranges (ptqengine.api.AUTO; issue 20)
+DEFAULT_CHOICE = "choice"  # the per-tensor choice among the algorithms' ranges (ptqengine.api.CHOICE; issue 20)
 UNSETTLED = {"entropy": "the KL minimum jumps between distant candidates"}  # algorithms known not to settle
 Halves = Sequence[Optional[Sequence[TensorStats]]]
 
