@@ -34,13 +34,8 @@ class StatsBundle:
     @property
     def constants(self) -> Dict[str, float]:
         """The model's constant float tensors a TensorRT cache lists, name -> max|value| (metadata
-        CONSTANTS_KEY, written by the collection from the model; checked: the file is untrusted)."""
-        found = self.metadata.get(CONSTANTS_KEY, {})
-        if not isinstance(found, dict) or not all(
-                isinstance(n, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-                and 0 < v < float("inf") for n, v in found.items()):
-            raise FormatError(f"statistics metadata '{CONSTANTS_KEY}': expected tensor name -> positive finite amax")
-        return {n: float(v) for n, v in found.items()}
+        CONSTANTS_KEY, written by the collection from the model; checked by from_bytes)."""
+        return {name: float(value) for name, value in self.metadata.get(CONSTANTS_KEY, [])}
 
     def to_bytes(self) -> bytes:
         blobs = [(name, s.to_bytes()) for name, s in self.tensors.items()]
@@ -65,7 +60,17 @@ class StatsBundle:
             pos += nbytes
         if pos != len(data):
             raise FormatError(f"{source}: statistics file has trailing bytes")
+        _check_constants(metadata.get(CONSTANTS_KEY, []), source)
         return cls(tensors, metadata)
+
+
+def _check_constants(found: Any, source: str) -> None:
+    """[name, amax] pairs (a list, so that graph order survives sorted JSON keys), each amax finite and > 0."""
+    if not isinstance(found, list) or not all(
+            isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)
+            and isinstance(pair[1], (int, float)) and not isinstance(pair[1], bool)
+            and 0 < pair[1] < float("inf") for pair in found):
+        raise FormatError(f"{source}: metadata '{CONSTANTS_KEY}' must be [tensor name, positive finite amax] pairs")
 
 
 def _read_header(data: bytes, source: str) -> Tuple[List[Tuple[str, int]], Dict[str, Any], int]:

@@ -186,3 +186,14 @@ def test_evaluate_refuses_a_cache_of_another_model_and_cpu_kernels(tmp_path, cli
     (tmp_path / "ok.cache").write_text("TRT-100300-EntropyCalibration2\nx: 3c010204\n")
     out = cli("evaluate", tmp_path / "mlp.onnx", tmp_path / "ok.cache", "--data", tmp_path / "val.npy", "--cpu-kernels")
     assert out.exit_code == 2 and "TensorRT cache" in out.output, out.output
+
+
+@pytest.mark.parametrize("bad", [{"c": 2.0}, [["c", -1.0]], [["c", float("inf")]], [["c", True]], [[3, 1.0]], [["c"]]])
+def test_statistics_with_bad_constant_entries_are_refused_in_one_line(tmp_path, cli, bad):
+    from ptqengine import TensorStats, save_stats
+
+    stats = TensorStats(128).update(np.linspace(-1, 1, 100, dtype=np.float32))
+    save_stats(tmp_path / "s.ptqs", {"x": stats}, metadata={"constant_amax": bad})
+    out = cli("export", tmp_path / "s.ptqs", "-o", tmp_path / "c.cache")
+    assert out.exit_code == 2 and "s.ptqs" in out.output and "constant_amax" in out.output, out.output
+    assert len(out.output.strip().splitlines()) == 1 and not (tmp_path / "c.cache").exists()

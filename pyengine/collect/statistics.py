@@ -235,7 +235,7 @@ class StatisticsCollector:
             "num_bins": o.num_bins,
         }
         if self.constants:
-            meta[CONSTANTS_KEY] = dict(self.constants)
+            meta[CONSTANTS_KEY] = [[name, value] for name, value in self.constants.items()]
         plans = self.used_image_plans
         if plans:
             meta["preprocess"] = {p.input_name: {**p.config.to_dict(), "size": [p.height, p.width],
