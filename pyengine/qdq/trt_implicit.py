@@ -24,7 +24,6 @@ ptqengine.model.constant_ranges, recorded in the statistics' metadata.
 """
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -38,8 +37,6 @@ from .capture import Feeds, Sessions
 from .graph import prepare
 from .placement import plan_qdq
 
-log = logging.getLogger(__name__)
-
 PathLike = Union[str, Path]
 
 # TensorRT quantises weights itself from a cache: per output channel, max|w| / 127, nearest rounding.
@@ -47,7 +44,6 @@ TRT_WEIGHTS = dict(weight_scales="max", rounding=False, bias_correction="off")
 CACHE_CHOICE = AccuracyOptions(**TRT_WEIGHTS)  # bound-aware ranges and the per-tensor choice on
 CACHE_AS_IS = AccuracyOptions(**TRT_WEIGHTS, bounds=False, choose_ranges=False)  # exactly the cache's ranges
 SAME_RANGE = 1e-3  # relative: a chosen range this close to an algorithm's is that algorithm's
-
 
 
 def choose_cache_ranges(model: onnx.ModelProto, origin: str, amax: Mapping[str, float],
