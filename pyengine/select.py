@@ -120,7 +120,8 @@ def collect_signatures(model: PathLike, data: PathLike, options: RunOptions, ten
     names = signature_tensors(full, tensors)
     sub = Observation(names, [n for n in names if n in full.inputs], [n for n in names if n in full.exposed],
                       dtypes=full.dtypes)
-    session = create_session(expose(proto, sub), str(path), purpose=Purpose.OBSERVE, threads=options.threads)
+    session = create_session(expose(proto, sub), str(path), purpose=Purpose.OBSERVE, threads=options.threads,
+                             external_data_dir=path.resolve().parent)
     runner = Runner(session, sub.exposed, origin=str(path))
     plans = [plan_for(s, config_for(options.preprocess, s.name)) for s in info.inputs]
     workers = options.threads or os.cpu_count() or 1

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..errors import ModelError, OptionError
+from ..model import empty_folder
 from .device import CPU, Device, ort_providers
 
 
@@ -30,6 +31,9 @@ class Purpose(str, Enum):
 
 
 def session_options(purpose: Purpose, threads: Optional[int] = None, external_data_dir: Optional[Path] = None):
+    """external_data_dir: where a model given as bytes finds its external data. Always set for bytes (an
+    empty folder when the caller names none): onnxruntime would otherwise resolve external-data locations,
+    in Constant attributes and subgraphs too, against the current directory."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -42,7 +46,7 @@ def session_options(purpose: Purpose, threads: Optional[int] = None, external_da
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if purpose in (Purpose.REFERENCE, Purpose.SIMULATE):
         so.add_session_config_entry("session.disable_quant_qdq", "1")
-    if external_data_dir is not None:  # the model comes as bytes: tell onnxruntime where its weights live
+    if external_data_dir is not None:
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_data_dir))
     return so
 
@@ -52,9 +56,13 @@ def create_session(model: Union[bytes, str, Path], origin: str, *, purpose: Purp
     """An InferenceSession for `model` (serialised bytes or a path); ModelError naming `origin` if it fails."""
     import onnxruntime as ort
 
-    source = model if isinstance(model, bytes) else str(model)
+    if isinstance(model, bytes):
+        source: Union[bytes, str] = model
+        folder: Optional[Path] = external_data_dir if external_data_dir is not None else empty_folder()
+    else:  # onnxruntime resolves external data beside the file itself
+        source, folder = str(model), None
     try:
-        session = ort.InferenceSession(source, session_options(purpose, threads, external_data_dir),
+        session = ort.InferenceSession(source, session_options(purpose, threads, folder),
                                        providers=ort_providers(device))
     except Exception as exc:
         raise ModelError(f"{origin}: onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None

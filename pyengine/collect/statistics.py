@@ -23,7 +23,7 @@ from .._version import __version__
 from ..datasource import DataSource, first_samples, open_source
 from ..errors import DataError, OptionError
 from ..formats.convergence import RECORD_KEY
-from ..model import ModelInfo, external_data_files, file_sha256, info_from_model, load_model
+from ..model import ModelInfo, file_sha256, info_from_model, load_model
 from ..preprocess import ImagePlan, config_for, plan_for
 from ..stats import TensorStats, update_many
 from ..statsfile import StatsBundle, load_stats
@@ -111,10 +111,9 @@ class StatisticsCollector:
         proto = load_model(self.path, load_external_data=False)
         self.info: ModelInfo = info_from_model(proto, self.path)
         self.observation: Observation = plan_observation(proto, self.info)
-        external = bool(external_data_files(proto, self.path))
         session = create_session(expose(proto, self.observation), str(self.path), purpose=Purpose.OBSERVE,
                                  device=options.device, threads=options.threads,
-                                 external_data_dir=self.path.resolve().parent if external else None)
+                                 external_data_dir=self.path.resolve().parent)
         del proto  # the session holds its own copy of the weights
         self.runner = Runner(session, self.observation.exposed, options.device,
                              keep_on_device=options.device.is_cuda, origin=str(self.path))
