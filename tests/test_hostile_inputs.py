@@ -129,3 +129,106 @@ def test_select_session_reads_external_data_from_the_model_folder(folders, small
     assert from_folder.run(None, feeds)[0].tolist() == [[1.0] * 4]
     with pytest.raises(ModelError, match="onnxruntime cannot load"):  # bytes, no folder: never the cwd
         create_session(model.read_bytes(), "m", purpose=Purpose.OBSERVE)
+
+
+# --- 2. -o never replaces what is not a regular file -----------------------------------------------
+@pytest.fixture
+def calibrated(elementwise_model, tmp_path):
+    """(model, .npy data) ready for a CLI calibration run."""
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32))
+    return elementwise_model(), data
+
+
+def char_device(path: Path, minor: int) -> Path:
+    """A copy of /dev/null (minor 3) or /dev/full (minor 7) made with mknod (root only). Tests never name the
+    real ones: a regression would replace the machine's /dev/null with a regular file."""
+    import stat
+
+    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, minor))
+    return path
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root; the FIFO and file-size-limit "
+                                                          "tests cover the same code paths")
+
+
+@needs_root
+def test_output_to_a_character_device_is_written_through_never_replaced(calibrated, cli, tmp_path):
+    model, data = calibrated
+    node = char_device(tmp_path / "null", 3)
+    result = cli("calibrate", model, "--data", data, "-o", node, "-q")
+    assert result.exit_code == 0, result.output
+    assert node.is_char_device()
+
+
+@needs_root
+def test_write_errors_are_one_line(calibrated, cli, tmp_path):
+    """A /dev/full copy: every write fails with ENOSPC, as on a full disk."""
+    model, data = calibrated
+    full = char_device(tmp_path / "full", 7)
+    result = cli("calibrate", model, "--data", data, "-o", full, "-q")
+    assert result.exit_code == 2, result.output
+    assert f"{full}: cannot write" in result.output and len(result.output.strip().splitlines()) == 1
+    assert full.is_char_device()
+
+
+def test_output_to_a_fifo_is_written_through(calibrated, cli, tmp_path):
+    import threading
+
+    model, data = calibrated
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: List[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = cli("calibrate", model, "--data", data, "-o", fifo, "-q")
+    reader.join(timeout=30)
+    assert result.exit_code == 0, result.output
+    assert fifo.is_fifo() and received and received[0].startswith(b"TRT-")
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling symlink"])
+def test_output_that_is_a_symlink_is_refused_before_the_run(calibrated, cli, tmp_path, kind):
+    model, data = calibrated
+    victim = tmp_path / "victim.txt"
+    if kind == "symlink":
+        victim.write_text("keep me")
+    link = tmp_path / "out.cache"
+    link.symlink_to(victim)
+    result = cli("calibrate", model, "--data", data, "-o", link, "-q")
+    assert result.exit_code == 2
+    assert "symbolic link" in result.output and len(result.output.strip().splitlines()) == 1
+    assert link.is_symlink() and (victim.read_text() == "keep me" if kind == "symlink" else not victim.exists())
+
+
+def test_outputs_of_a_failed_run_are_not_half_replaced(calibrated, cli, tmp_path, monkeypatch):
+    """--save-stats used to be replaced before a later output failed; now all or none."""
+    import ptqengine.formats
+
+    def fails(*args, **kwargs):
+        raise PtqError("the cache write failed")
+
+    monkeypatch.setattr(ptqengine.formats, "write_scales_json", fails)
+    model, data = calibrated
+    stats, cache = tmp_path / "old.ptqs", tmp_path / "old.cache"
+    stats.write_bytes(b"old statistics")
+    cache.write_text("old cache")
+    result = cli("calibrate", model, "--data", data, "--save-stats", stats, "-o", cache,
+                 "--scales-json", tmp_path / "s.json", "-q")
+    assert result.exit_code == 2 and "the cache write failed" in result.output
+    assert stats.read_bytes() == b"old statistics" and cache.read_text() == "old cache"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_file_size_limit_is_one_line_and_leaves_nothing(calibrated, tmp_path):
+    model, data = calibrated
+    out = tmp_path / "big.json"
+    code = ("import resource, sys\nresource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))\n"
+            "from ptqengine.cli.main import main\n"
+            f"sys.argv = ['ptqengine', 'calibrate', {str(model)!r}, '--data', {str(data)!r}, '-o', "
+            f"{str(tmp_path / 'c.cache')!r}, '--scales-json', {str(out)!r}, '-q']\nmain()\n")
+    proc = run_limited(code, memory_mb=3000)
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot write" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["elementwise.onnx", "x.npy"])
