@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from typing import Annotated, Any, Callable, Optional, Sequence
 
 import typer
@@ -97,11 +98,20 @@ def setup_logging(verbose: bool) -> Callable[[], None]:
     logger.addHandler(WarningLines())
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
     logger.propagate = False
+    # Python warnings raised inside libraries (PIL's DecompressionBombWarning, numpy's RuntimeWarning) become
+    # the same one-line warnings instead of a source line dumped on stderr.
+    saved_showwarning = warnings.showwarning
+
+    def one_line(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        logger.warning("%s: %s", category.__name__, str(message).splitlines()[0] if str(message) else "")
+
+    warnings.showwarning = one_line
 
     def restore() -> None:
         logger.handlers[:] = saved[0]
         logger.setLevel(saved[1])
         logger.propagate = saved[2]
+        warnings.showwarning = saved_showwarning
 
     return restore
 

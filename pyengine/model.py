@@ -286,7 +286,7 @@ def ort_output_types(model: onnx.ModelProto, names: Sequence[str], folder: Optio
             probe.graph.output.append(helper.make_empty_tensor_value_info(n))
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3  # its errors come back as our one line, not as its own log line first
+    so.log_severity_level = 4  # its errors come back as our one line, not as its own log line first
     # built from bytes: without a folder onnxruntime would resolve external data in the current directory
     so.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                 str(folder if folder is not None else empty_folder()))

@@ -443,3 +443,92 @@ def test_models_images_cannot_feed_are_one_line(tmp_path, small_images, cli, kin
     result = cli("calibrate", model, "--data", small_images, "-o", tmp_path / "c.cache", "-q")
     assert result.exit_code == 2, result.output
     assert words in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_shard_runs_without_the_click_package(calibrated, small_images, tmp_path):
+    """typer vendors click and does not install it: --shard must not import it."""
+    model, data = calibrated[0], small_images
+    part = tmp_path / "p.ptqs"
+    code = ("import sys\nsys.modules['click'] = None  # as on a plain install\n"
+            "from ptqengine.cli.main import main\n"
+            f"sys.argv = ['ptqengine', 'calibrate', {str(model)!r}, '--data', {str(data)!r}, '--shard', '0/2', "
+            f"'--save-stats', {str(part)!r}, '-q'] + sys.argv[1:]\nmain()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert part.is_file()
+    proc = subprocess.run([sys.executable, "-c", code, "-o", str(tmp_path / "c.cache")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "--shard writes only --save-stats" in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.fixture
+def saved_stats(calibrated, tmp_path):
+    model, data = calibrated
+    stats = tmp_path / "s.ptqs"
+    ptqengine.calibrate(model, data, algo="max").save_stats(stats)
+    return stats
+
+
+@pytest.mark.parametrize("key, value", [
+    ("samples", "many"), ("samples", 1e300), ("samples", -1), ("samples", 1 << 70), ("num_bins", None),
+    ("inputs", {"x": 1}), ("inputs", [{"name": 1}]), ("shards", {"ids": ["a"], "count": 4, "size": 1}),
+    ("shards", {"ids": [0], "count": 0, "size": 1}), ("preprocess", [1]), ("skipped", True),
+])
+@pytest.mark.parametrize("command", ["export", "inspect", "merge"])
+def test_ptqs_metadata_of_the_wrong_json_type_is_one_line(saved_stats, cli, tmp_path, key, value, command):
+    from ptqengine.statsfile import StatsBundle, load_stats, save_stats
+
+    bundle = load_stats(saved_stats)
+    bundle.metadata[key] = value
+    bad = tmp_path / "bad.ptqs"
+    bad.write_bytes(StatsBundle(bundle.tensors, bundle.metadata).to_bytes())
+    args = {"export": ["export", bad, "-o", tmp_path / "c.cache"], "inspect": ["inspect", bad],
+            "merge": ["merge", bad, bad, "-o", tmp_path / "m.ptqs"]}[command]
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    assert f"metadata {key!r} must be" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("text, words", [
+    ('{"t": [' + "1" * 5000 + ", 2]}", "finite"),
+    ('{"t": [1e999, 2]}', "finite"),
+    ('{"t": [' + "[" * 100000 + "1" + "]" * 100000 + ", 2]}", "nested too deep"),
+    ('{"t": [' + "[" * 500 + "1" + "]" * 500 + ", 2]}", None),  # deep but parseable: read, no recursion
+    ('{"t": [' + str(10 ** 400) + ", 2]}", "finite"),
+])
+def test_hostile_onnxruntime_calibration_json(tmp_path, text, words):
+    from ptqengine.errors import FormatError
+    from ptqengine.formats import read_ort_calibration_json, read_scale_table
+
+    path = tmp_path / "calibration.json"
+    path.write_text(text)
+    if words is None:
+        assert read_ort_calibration_json(path) == {"t": 2.0}
+        return
+    for read in (read_ort_calibration_json, read_scale_table):
+        with pytest.raises(FormatError, match=words):
+            read(path)
+
+
+def test_quantize_with_statistics_of_another_model_says_so(saved_stats, tmp_path, cli):
+    other = save(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])]),
+                 tmp_path / "o.onnx")
+    result = cli("quantize", other, "--stats", saved_stats, "-o", tmp_path / "q.onnx", "-q")
+    assert result.exit_code == 0, result.output
+    assert "collected on another model file" in result.output
+
+
+def test_python_warnings_become_one_line_warnings(capsys):
+    import warnings
+
+    from ptqengine.cli.main import setup_logging
+
+    undo = setup_logging(False)
+    try:
+        warnings.warn("too many pixels", RuntimeWarning)
+    finally:
+        undo()
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [err.strip()] and "too many pixels" in err and "warnings.warn" not in err

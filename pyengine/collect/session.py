@@ -42,7 +42,7 @@ def session_options(purpose: Purpose, threads: Optional[int] = None, external_da
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = int(threads or 0)
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # fatal only: its errors reach the user as our one line, not as its log line first
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if purpose in (Purpose.REFERENCE, Purpose.SIMULATE):
         so.add_session_config_entry("session.disable_quant_qdq", "1")
