@@ -532,3 +532,54 @@ def test_python_warnings_become_one_line_warnings(capsys):
         undo()
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [err.strip()] and "too many pixels" in err and "warnings.warn" not in err
+
+
+# --- 7. one place builds sessions, one place runs them ------------------------------------------------
+def test_sessions_are_built_and_run_in_the_collection_core_only():
+    """InferenceSession( only in collect/session.py (and model.py's type probe, below that layer);
+    session.run( / run_with_iobinding( only in collect/runner.py. (qdq/, below the collection layer, is
+    handed ModelRunners by collect.model_sessions: its `session.run` is the runner's; see the next test.)"""
+    import re
+
+    built, ran = [], []
+    for path in sorted((REPO / "pyengine").rglob("*.py")):
+        rel = path.relative_to(REPO / "pyengine").as_posix()
+        text = path.read_text()
+        if re.search(r"\bInferenceSession\(", text) and rel not in ("collect/session.py", "model.py"):
+            built.append(rel)
+        if re.search(r"\bsession\.run(_with_iobinding)?\(", text) and rel != "collect/runner.py" \
+                and not rel.startswith("qdq/"):
+            ran.append(rel)
+    assert built == [] and ran == []
+
+
+def test_export_runs_go_through_the_runner_and_fail_as_one_data_error():
+    from ptqengine.collect import model_sessions
+    from ptqengine.errors import DataError
+    from ptqengine.qdq.capture import capture
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = np.arange(8, dtype=np.float32).reshape(2, 4) - 4
+    first, second = capture(model, ["y"], [{"x": x}, {"x": -x}], "<m>", model_sessions())
+    assert np.array_equal(first["y"], np.maximum(x, 0))  # not overwritten by the second batch's run
+    with pytest.raises(DataError, match=r"^<m>: onnxruntime failed on inputs x \[3\]"):
+        list(capture(model, ["y"], [{"x": np.zeros(3, np.float32)}], "<m>", model_sessions()))
+
+
+def test_select_reads_external_data_from_the_model_folder_end_to_end(folders, small_images, cli):
+    model_dir, cwd = folders
+    shape = [1, 3, 8, 8]
+    weight = external_tensor("cv", "w.bin", 1)
+    weight.dims[:] = [1]
+    model = add_model(model_dir / "m.onnx", helper.make_node("Constant", [], ["c"], value=weight), shape)
+    np.full(1, 1.0, np.float32).tofile(model_dir / "w.bin")
+    np.full(1, 100.0, np.float32).tofile(cwd / "w.bin")
+    before = (cwd / "w.bin").read_bytes()
+    (model_dir / "w.bin").unlink()  # now only the current directory holds a w.bin: it must not be read
+    result = cli("select", model, "--data", small_images, "-n", "2", "-o", cwd / "sel.txt", "-q")
+    assert result.exit_code == 2 and "external data file missing" in result.output
+    assert (cwd / "w.bin").read_bytes() == before and not (cwd / "sel.txt").exists()

@@ -74,11 +74,14 @@ def create_session(model: Union[bytes, str, Path], origin: str, *, purpose: Purp
 
 
 def model_sessions(device: Device = CPU, threads: Optional[int] = None):
-    """A ptqengine.qdq Sessions callable: (model, origin, unfused_qdq) -> a session on `device` (FP32
-    models as REFERENCE, Q/DQ models as SIMULATE), for the Q/DQ export's data-driven steps."""
+    """A ptqengine.qdq Sessions callable: (model, origin, unfused_qdq) -> a ModelRunner on `device` (FP32
+    models as REFERENCE, Q/DQ models as SIMULATE), for the Q/DQ export's data-driven steps. The models are
+    built in memory with their weights inside: they get no external-data folder (an empty one)."""
+    from .runner import ModelRunner
 
     def make(model: Any, origin: str, unfused_qdq: bool) -> Any:
-        return create_session(model.SerializeToString(), origin, device=device, threads=threads,
-                              purpose=Purpose.SIMULATE if unfused_qdq else Purpose.REFERENCE)
+        session = create_session(model.SerializeToString(), origin, device=device, threads=threads,
+                                 purpose=Purpose.SIMULATE if unfused_qdq else Purpose.REFERENCE)
+        return ModelRunner(session, origin, device)
 
     return make
