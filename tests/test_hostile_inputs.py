@@ -510,6 +510,17 @@ def test_hostile_onnxruntime_calibration_json(tmp_path, text, words):
             read(path)
 
 
+@pytest.mark.parametrize("amax", ["1" * 5000, "1e999", str(10 ** 400)])
+def test_scales_json_amax_too_long_to_be_a_number_is_refused(tmp_path, amax):
+    from ptqengine.errors import FormatError
+    from ptqengine.formats import read_scale_table
+
+    path = tmp_path / "s.json"
+    path.write_text('{"format": "ptqengine-scales", "version": 1, "tensors": [{"name": "t", "amax": %s}]}' % amax)
+    with pytest.raises(FormatError, match="finite"):
+        read_scale_table(path)
+
+
 def test_quantize_with_statistics_of_another_model_says_so(saved_stats, tmp_path, cli):
     other = save(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],

@@ -131,6 +131,8 @@ def parse_scales_document(document: Any, source: str = "<json>") -> Dict[str, fl
         value = entry.get("amax")
         if value is not None and not isinstance(value, (int, float)):
             raise FormatError(f"{source}: tensor {entry['name']!r}: amax {value!r} is not a number")
+        if value is not None and math.isinf(value):  # a number too long to be a range (see _json_int)
+            raise FormatError(f"{source}: tensor {entry['name']!r}: amax must be finite")
         amax[entry["name"]] = math.nan if value is None else float(value)
     return amax
 
