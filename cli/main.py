@@ -69,6 +69,11 @@ class PtqGroup(TyperGroup):
         except (typer.Abort, KeyboardInterrupt):
             print_error("interrupted")
             sys.exit(130)
+        except MemoryError:
+            # The library estimates what a run needs before it starts (collect/budget.py); this is the net
+            # under it, for inputs whose size shows only while they are read.
+            print_error("out of memory: lower --batch-size or --limit, or give smaller inputs")
+            sys.exit(EXIT_USAGE)
         except Exception as exc:
             if not _is_usage_error(exc):
                 raise

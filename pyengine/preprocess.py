@@ -275,6 +275,8 @@ def open_image(path: Union[str, Path], min_size: Optional[Tuple[int, int]] = Non
         raise DataError(f"{path}: image not found") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc})") from None
+    except MemoryError:  # a small file may declare a picture larger than memory; it is one bad image
+        raise DataError(f"{path}: cannot decode image (it does not fit in memory)") from None
 
 
 def is_grayscale(img: Image.Image) -> bool:

@@ -594,3 +594,31 @@ def test_select_reads_external_data_from_the_model_folder_end_to_end(folders, sm
     result = cli("select", model, "--data", small_images, "-n", "2", "-o", cwd / "sel.txt", "-q")
     assert result.exit_code == 2 and "external data file missing" in result.output
     assert (cwd / "w.bin").read_bytes() == before and not (cwd / "sel.txt").exists()
+
+
+def test_memory_exhaustion_that_shows_only_while_reading_is_one_line(monkeypatch, calibrated, cli, tmp_path):
+    """The net under the estimate: a MemoryError anywhere in a command is one line, exit 2."""
+    import ptqengine.api
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(ptqengine.api, "calibrate", exhausted)
+    model, data = calibrated
+    result = cli("calibrate", model, "--data", data, "-o", tmp_path / "c.cache", "-q")
+    assert result.exit_code == 2 and result.output.strip().startswith("ptqengine: error: out of memory")
+
+
+def test_decompression_bomb_warning_is_one_line(calibrated, tmp_path):
+    """PIL warns above 89M pixels: the warning is ours, on one line, not Python's with its source line."""
+    from PIL import Image
+
+    model = calibrated[0]
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.new("L", (10000, 9000)).save(images / "big.png")  # 90M pixels, ~100 KB on disk
+    proc = subprocess.run([sys.executable, "-m", "ptqengine.cli.main", "calibrate", str(model), "--data", str(images),
+                           "-o", str(tmp_path / "c.cache"), "-q"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bomb = [line for line in proc.stderr.splitlines() if "DecompressionBombWarning" in line]
+    assert len(bomb) == 1 and bomb[0].startswith("warning: ") and "warnings.warn" not in proc.stderr
