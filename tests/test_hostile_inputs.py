@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import onnx
@@ -40,7 +40,7 @@ def save(graph: onnx.GraphProto, path: Path, opset: int = 17) -> Path:
     return path
 
 
-def add_model(path: Path, constant: onnx.NodeProto, shape: List = None) -> Path:
+def add_model(path: Path, constant: onnx.NodeProto, shape: Optional[List] = None) -> Path:
     """y = Relu(x + c), c from `constant` (a node with output 'c')."""
     shape = shape or [1, 4]
     nodes = [constant, helper.make_node("Add", ["x", "c"], ["s"]), helper.make_node("Relu", ["s"], ["y"])]
@@ -117,11 +117,11 @@ def test_every_tensor_location_is_checked(folders, location, where):
         inspect_model(path)
 
 
-def test_select_session_reads_external_data_from_the_model_folder(folders, small_images, cli):
+def test_session_from_bytes_reads_external_data_from_the_model_folder_only(folders):
     """select builds its session from bytes: the weights must come from the model folder, not the cwd."""
     from ptqengine.collect import Purpose, create_session
 
-    model_dir, cwd = folders
+    model_dir, _ = folders
     model = add_model(model_dir / "m.onnx",
                       helper.make_node("Constant", [], ["c"], value=external_tensor("cv", "w.bin")))
     feeds = {"x": np.zeros((1, 4), np.float32)}
