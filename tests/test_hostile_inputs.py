@@ -313,11 +313,12 @@ def test_broken_npz_is_one_line(tmp_path, cli, content):
 
 
 def billion_laughs(levels: int = 9) -> str:
-    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    """Nine levels of nine aliases under a real key: an error message quoting the value expands it to 9^9
+    strings (the issue's config grew ~30 MB/s until killed)."""
+    lines = ["mean:", '  - &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     for i in range(1, levels):
-        prev = chr(ord("a") + i - 1)
-        name = chr(ord("a") + i)
-        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+        prev, name = chr(ord("a") + i - 1), chr(ord("a") + i)
+        lines.append(f"  - &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
     return "\n".join(lines) + "\n"
 
 
