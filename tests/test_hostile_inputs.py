@@ -623,3 +623,16 @@ def test_decompression_bomb_warning_is_one_line(calibrated, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     bomb = [line for line in proc.stderr.splitlines() if "DecompressionBombWarning" in line]
     assert len(bomb) == 1 and bomb[0].startswith("warning: ") and "warnings.warn" not in proc.stderr
+
+
+def test_dynamic_input_sized_by_the_user_is_checked_before_reading_images(tmp_path, small_images):
+    model = save(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])]),
+                 tmp_path / "m.onnx")
+    code = ("import sys\nfrom ptqengine.cli.main import main\n"
+            f"sys.argv = ['ptqengine', 'calibrate', {str(model)!r}, '--data', {str(small_images)!r}, '--size', "
+            f"'100000,100000', '-o', {str(tmp_path / 'c.cache')!r}, '-q']\nmain()\n")
+    proc = run_limited(code, memory_mb=1500, timeout=60)  # a regression must not take the machine's memory
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "GiB" in proc.stderr and "lower --batch-size" in proc.stderr

@@ -112,9 +112,7 @@ class StatisticsCollector:
         proto = load_model(self.path, load_external_data=False)
         self.info: ModelInfo = info_from_model(proto, self.path)
         self.observation: Observation = plan_observation(proto, self.info)
-        check_run_memory(self.observation, self.info.activation_shapes,
-                         run_batch_size(self.info.inputs, options.batch_size), options.num_bins, str(self.path),
-                         host_activations=not options.device.is_cuda)
+        self._check_memory(self.info.activation_shapes)
         session = create_session(expose(proto, self.observation), str(self.path), purpose=Purpose.OBSERVE,
                                  device=options.device, threads=options.threads,
                                  external_data_dir=self.path.resolve().parent)
@@ -128,8 +126,17 @@ class StatisticsCollector:
     def image_plans(self) -> List[ImagePlan]:
         """Preprocessing of each input (raises OptionError when an input cannot take images)."""
         if self._plans is None:
-            self._plans = plans_for(self.info.inputs, self.options.preprocess)
+            plans = plans_for(self.info.inputs, self.options.preprocess)
+            # a dynamic height / width is known now (--size): check again with the inputs' real size
+            sizes = {p.input_name: ["N", p.channels, p.height, p.width] for p in plans}
+            self._check_memory({**self.info.activation_shapes, **sizes})
+            self._plans = plans
         return self._plans
+
+    def _check_memory(self, shapes: Dict[str, List[Any]]) -> None:
+        o = self.options
+        check_run_memory(self.observation, shapes, run_batch_size(self.info.inputs, o.batch_size), o.num_bins,
+                         str(self.path), host_activations=not o.device.is_cuda)
 
     @property
     def used_image_plans(self) -> List[ImagePlan]:
