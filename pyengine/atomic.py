@@ -8,7 +8,9 @@ The rename replaces whatever the name points at, so it is used for regular files
 - a character device or FIFO (`-o /dev/null`, `-o /dev/stdout`, a named pipe) is written through, as a
   shell redirection would, and never replaced by a regular file;
 - a symbolic link is refused: renaming over it would replace the link, and following it lets whoever
-  planted the link choose which file we overwrite (we may run as root);
+  planted the link choose which file we overwrite (we may run as root); except a link to a character
+  device or FIFO (`-o /dev/stdout` into a pipe or terminal), which is followed and written through:
+  nothing is replaced, and the opened file is checked to be such a stream before a byte is written;
 - a directory, block device or socket is refused.
 Write errors (disk full, file size limit, read-only file system) are PtqErrors naming the file.
 """
@@ -40,11 +42,21 @@ def output_kind(path: PathLike) -> str:
         raise PtqError(f"{target}: cannot write here ({exc.strerror})") from None
     if stat.S_ISREG(st.st_mode):
         return "file"
-    if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+    if _is_stream(st.st_mode):
         return "stream"
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            if _is_stream(os.stat(target).st_mode):
+                return "stream"
+        except OSError:  # dangling, or a loop: refused below as a link
+            pass
     what = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode)
             else "a block device" if stat.S_ISBLK(st.st_mode) else "not a regular file")
     raise PtqError(f"{target}: is {what}; refused as an output (give a regular file's name)")
+
+
+def _is_stream(mode: int) -> bool:
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
 def _write_error(target: Path, exc: OSError) -> PtqError:
@@ -91,11 +103,15 @@ def atomic_open(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> Ite
 
 
 def _write_through(target: Path, mode: str, text: dict) -> Iterator[IO]:
-    # O_NOFOLLOW: the name was checked to be no link; no O_CREAT / O_TRUNC: nothing is created or replaced
+    # no O_CREAT / O_TRUNC: nothing is created or emptied. The name may have changed since it was checked
+    # (a link swapped for one to a regular file): what was opened is checked before anything is written.
     try:
-        fd = os.open(target, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(target, os.O_WRONLY)
     except OSError as exc:
         raise PtqError(f"{target}: cannot write ({exc.strerror})") from None
+    if not _is_stream(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PtqError(f"{target}: changed while it was opened; refused as an output")
     try:
         with os.fdopen(fd, mode, **text) as f:
             yield f

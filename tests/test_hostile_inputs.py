@@ -188,6 +188,23 @@ def test_output_to_a_fifo_is_written_through(calibrated, cli, tmp_path):
     assert fifo.is_fifo() and received and received[0].startswith(b"TRT-")
 
 
+def test_output_that_is_a_symlink_to_a_fifo_is_written_through(calibrated, cli, tmp_path):
+    """-o /dev/stdout is a link to a pipe or a terminal: followed, written through, nothing replaced."""
+    import threading
+
+    model, data = calibrated
+    fifo, link = tmp_path / "pipe", tmp_path / "stdout"
+    os.mkfifo(fifo)
+    link.symlink_to(fifo)
+    received: List[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = cli("calibrate", model, "--data", data, "-o", link, "-q")
+    reader.join(timeout=30)
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and fifo.is_fifo() and received[0].startswith(b"TRT-")
+
+
 @pytest.mark.parametrize("kind", ["symlink", "dangling symlink"])
 def test_output_that_is_a_symlink_is_refused_before_the_run(calibrated, cli, tmp_path, kind):
     model, data = calibrated
