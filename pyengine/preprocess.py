@@ -81,7 +81,7 @@ def parse_size(value: Any, option: str = "size") -> Optional[Tuple[int, int]]:
         items = list(value) if isinstance(value, (list, tuple)) else [value, value]
     try:
         h, w = (int(v) for v in items)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: size: .inf
         raise OptionError(f"{option}: expected H,W (two positive integers, e.g. 224,224), got {value!r}") from None
     if h < 1 or w < 1:
         raise OptionError(f"{option}: H and W must be positive, got {value!r}")

@@ -364,6 +364,7 @@ def test_hostile_yaml_config_is_one_line_within_seconds(tmp_path, text, words):
     (b"std: .inf\n", "finite"),
     (b"mean: [.nan, 1, 2]\n", "finite"),
     (b"size: [8, 8]\n" + b"#" * (2 << 20), "larger than"),
+    (b"size: .inf\n", "expected H,W"),
 ])
 def test_bad_yaml_config_values_are_refused(tmp_path, content, words):
     from ptqengine.errors import OptionError
