@@ -135,8 +135,9 @@ def _single_input(specs: Sequence[InputSpec], what: str) -> InputSpec:
 
 
 def available_memory() -> Optional[int]:
-    """Bytes this process may still allocate: the smaller of the system's available memory and what is left
-    under an address-space limit (ulimit -v); None where neither can be read."""
+    """Bytes this process may still allocate: the smallest of the system's available memory, what is left
+    under a container's memory limit (cgroup v2) and what is left under an address-space limit
+    (ulimit -v); None where none can be read."""
     import resource
 
     found = []
@@ -146,6 +147,17 @@ def available_memory() -> Optional[int]:
                 if line.startswith("MemAvailable:"):
                     found.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
+        pass
+    try:  # /proc/meminfo shows the host's memory inside a container
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            current = int(f.read().strip())
+        with open("/sys/fs/cgroup/memory.stat") as f:  # page cache the kernel reclaims first is not in use
+            cache = next((int(line.split()[1]) for line in f if line.startswith("inactive_file ")), 0)
+        if limit.isdigit():
+            found.append(max(0, int(limit) - (current - cache)))
+    except (OSError, ValueError):
         pass
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:

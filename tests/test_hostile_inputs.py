@@ -654,3 +654,11 @@ def test_dynamic_input_sized_by_the_user_is_checked_before_reading_images(tmp_pa
     proc = run_limited(code, memory_mb=1500, timeout=60)  # a regression must not take the machine's memory
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "GiB" in proc.stderr and "lower --batch-size" in proc.stderr
+
+
+def test_available_memory_follows_the_address_space_limit():
+    code = ("from ptqengine.datasource import available_memory\n"
+            "print(available_memory())\n")
+    loose = int(run_limited(code, memory_mb=8000).stdout)
+    tight = int(run_limited(code, memory_mb=2000).stdout)
+    assert 0 < tight < 2000 << 20 and tight <= loose  # what is left under the cap, not the machine's memory
