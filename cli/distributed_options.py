@@ -116,10 +116,24 @@ class ScaleOut:
             remove_shard_files(directory, getattr(result.report, "shard_count", 0))
 
 
-def _given_on_command_line(name: str) -> bool:
-    import click
+def _current_context() -> Any:
+    """click's current context, from whichever click typer runs on: recent typer vendors it (typer._click)
+    and does not install the click package, so `import click` fails on a plain install."""
+    import importlib
 
-    ctx = click.get_current_context(silent=True)
+    import typer
+
+    for cls in typer.Context.__mro__:
+        try:
+            package = cls.__module__.rsplit(".", 1)[0]  # click.core -> click, typer._click.core -> typer._click
+            return importlib.import_module(f"{package}.globals").get_current_context(silent=True)
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
+def _given_on_command_line(name: str) -> bool:
+    ctx = _current_context()
     if ctx is None:
         return False
     source = ctx.get_parameter_source(name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from typing import Annotated, Any, Callable, Optional, Sequence
 
 import typer
@@ -68,6 +69,11 @@ class PtqGroup(TyperGroup):
         except (typer.Abort, KeyboardInterrupt):
             print_error("interrupted")
             sys.exit(130)
+        except MemoryError:
+            # The library estimates what a run needs before it starts (collect/budget.py); this is the net
+            # under it, for inputs whose size shows only while they are read.
+            print_error("out of memory: lower --batch-size or --limit, or give smaller inputs")
+            sys.exit(EXIT_USAGE)
         except Exception as exc:
             if not _is_usage_error(exc):
                 raise
@@ -97,11 +103,20 @@ def setup_logging(verbose: bool) -> Callable[[], None]:
     logger.addHandler(WarningLines())
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
     logger.propagate = False
+    # Python warnings raised inside libraries (PIL's DecompressionBombWarning, numpy's RuntimeWarning) become
+    # the same one-line warnings instead of a source line dumped on stderr.
+    saved_showwarning = warnings.showwarning
+
+    def one_line(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        logger.warning("%s: %s", category.__name__, str(message).splitlines()[0] if str(message) else "")
+
+    warnings.showwarning = one_line
 
     def restore() -> None:
         logger.handlers[:] = saved[0]
         logger.setLevel(saved[1])
         logger.propagate = saved[2]
+        warnings.showwarning = saved_showwarning
 
     return restore
 

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Dict, List, Mapping,
 import typer
 
 from ptqengine.algorithms import ALGORITHMS, SYMMETRIC_METHODS
-from ptqengine.errors import OptionError
+from ptqengine.atomic import atomic_group, output_kind
+from ptqengine.errors import OptionError, PtqError
 from ptqengine.formats.trt_cache import DEFAULT_VERSION, calibrator_class, trt_version_code
 from ptqengine.metrics import METRICS
 from ptqengine.preprocess import COLORS, LAYOUTS, RESIZE_MODES, parse_floats, parse_size
@@ -277,11 +278,15 @@ class OutputPlan:
 
     def write(self, result: "CalibrationResult") -> Tuple[Outputs, List[str]]:
         """Write every requested file; returns (what, where) pairs and the writers' warnings."""
+        with atomic_group():  # one run's outputs are replaced together, or none is (a later write may fail)
+            return self._write(result)
+
+    def _write(self, result: "CalibrationResult") -> Tuple[Outputs, List[str]]:
         from ptqengine.formats import write_scales_json
 
         outputs: Outputs = []
         warnings: List[str] = []
-        if self.stats is not None:  # first: if a later write fails, `export` can still recover the run
+        if self.stats is not None:
             result.save_stats(self.stats)
             outputs.append(("statistics", self.stats))
         if self.cache is not None:
@@ -301,10 +306,15 @@ class OutputPlan:
 
 
 def check_writable(path: Path, option: str) -> None:
-    """The file's directory must exist and be writable, and the path must not be a directory."""
+    """The file's directory must exist and be writable, and the path must be a new name, a regular file, or
+    a character device / FIFO (written through; see ptqengine.atomic)."""
     directory = path.parent
     if path.is_dir():
         raise OptionError(f"{option}: {path} is a directory, expected a file name")
+    try:
+        output_kind(path)
+    except PtqError as exc:
+        raise OptionError(f"{option}: {exc}") from None
     if directory.exists() and not directory.is_dir():
         raise OptionError(f"{option}: {directory} is not a directory")
     if not directory.is_dir():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -18,7 +18,6 @@ from .collect.convergence import ConvergenceOptions
 from .errors import OptionError
 from .loader_script import LoaderScript
 from .result import CalibrationResult, result_from_stats
-from .statsfile import load_stats
 
 AUTO = "auto"
 CHOICE = "choice"  # per tensor, the range its reading layers reproduce best (the CLI's default for a cache)
@@ -167,11 +166,19 @@ def quantize(model: PathLike, output: Optional[PathLike] = None, *, data: Any = 
     if stats is not None:
         if algo == AUTO:
             raise OptionError("--algo auto measures the output error on samples: give --data (not --stats)")
-        calibration_result = result_from_stats(load_stats(stats), base, **(algo_options or {}))
+        from .collect import RunOptions
+        from .collect.statistics import statistics_for
+
+        saved_notes: List[str] = []  # statistics of another model file say so, as analyze and horizon do
+        bundle = statistics_for(model, None, stats, RunOptions(), notes=saved_notes)
+        calibration_result = result_from_stats(bundle, base, **(algo_options or {}))
+        calibration_result.report.notes[:0] = saved_notes
     else:
         calibration_result = calibrate(model, data, algo=base, algo_options=algo_options, progress=progress,
                                        stage_progress=stage_progress, **run_options)
     result = export_qdq(model, output, calibration_result, data=data, choose_ranges=algo is None,
                         asymmetric=asymmetric, per_channel=per_channel, exclude=exclude,
                         exclude_op_types=exclude_op_types, fp16_fallback=fp16_fallback, **run_options)
+    if stats is not None:
+        result.report.notes[:0] = [n for n in calibration_result.report.notes if n not in result.report.notes]
     return result, calibration_result

@@ -135,10 +135,86 @@ def _single_input(specs: Sequence[InputSpec], what: str) -> InputSpec:
     return specs[0]
 
 
+def available_memory() -> Optional[int]:
+    """Bytes this process may still allocate: the smallest of the system's available memory, what is left
+    under a container's memory limit (cgroup v2) and what is left under an address-space limit
+    (ulimit -v); None where none can be read."""
+    import resource
+
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # /proc/meminfo shows the host's memory inside a container
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            current = int(f.read().strip())
+        with open("/sys/fs/cgroup/memory.stat") as f:  # page cache the kernel reclaims first is not in use
+            cache = next((int(line.split()[1]) for line in f if line.startswith("inactive_file ")), 0)
+        if limit.isdigit():
+            found.append(max(0, int(limit) - (current - cache)))
+    except (OSError, ValueError):
+        pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        try:
+            with open("/proc/self/status") as f:
+                used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+            found.append(max(0, soft - used))
+        except (OSError, ValueError, IndexError, StopIteration):
+            found.append(soft)
+    return min(found) if found else None
+
+
+def _npy_header(f: Any) -> Tuple[Tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+    return tuple(shape), np.dtype(dtype)
+
+
+def check_npz(path: Path) -> None:
+    """Refuse a .npz whose arrays, as declared, would not fit in memory, before decompressing anything.
+
+    A .npz is a zip: 8 MB of compressed zeros can declare gigabytes. Each member's uncompressed size (zip
+    header) is added up against the memory available, and each array's header (shape x dtype) must fit
+    in its member: numpy allocates what the header declares before reading."""
+    import zipfile
+
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as f:
+                shape, dtype = _npy_header(f)
+            declared = dtype.itemsize
+            for d in shape:
+                declared *= int(d)
+            if declared > info.file_size:
+                raise DataError(f"{path}: {info.filename} declares shape {list(shape)} {dtype} "
+                                f"({declared} bytes) but holds {info.file_size}; refused")
+            total += info.file_size
+    budget = available_memory()
+    if budget is not None and total > budget:
+        raise DataError(f"{path}: its arrays take {total / 2**30:.1f} GiB uncompressed, more than the "
+                        f"{budget / 2**30:.1f} GiB of memory available; split it into smaller files")
+
+
 def _load_array_file(path: Path, specs: Sequence[InputSpec]) -> Mapping[str, Any]:
+    import zipfile
+
     try:
         if path.suffix.lower() == ".npy":
             return {_single_input(specs, f"{path}: a .npy file").name: np.load(path, mmap_mode="r")}
+        check_npz(path)
         with np.load(path) as npz:
             keys = list(npz.files)
             if len(specs) == 1 and len(keys) == 1 and keys[0] != specs[0].name:
@@ -146,8 +222,10 @@ def _load_array_file(path: Path, specs: Sequence[InputSpec]) -> Mapping[str, Any
             return {k: npz[k] for k in keys}
     except PtqError:
         raise
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read array file ({exc})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        raise DataError(f"{path}: cannot read array file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    except MemoryError:
+        raise DataError(f"{path}: its arrays do not fit in memory; split it into smaller files") from None
 
 
 def array_files_source(files: Sequence[Path], specs: Sequence[InputSpec], description: str) -> DataSource:

@@ -36,7 +36,7 @@ from .datasource import open_source
 from .errors import DataError, ModelError, OptionError
 from .metrics import AGREEMENT_TARGET, COSINE_TARGET, OutputComparison, worst
 from .model import info_from_model, load_model
-from .preprocess import PreprocessConfig, config_for, plan_for
+from .preprocess import PreprocessConfig, plans_for
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _batches(data: Any, info, preprocess, batch_size: int, limit: Optional[int],
         feeds = list(data)[:limit] if limit else list(data)
         return (({n: np.ascontiguousarray(a) for n, a in f.items()}, _batch_of(f), []) for f in feeds), None
     workers = threads or os.cpu_count() or 1
-    source = open_source(data, info.inputs, lambda: [plan_for(s, config_for(preprocess, s.name)) for s in info.inputs],
+    source = open_source(data, info.inputs, lambda: plans_for(info.inputs, preprocess),
                          limit=limit, seed=seed, strict=False, workers=workers, depth=2 * max(batch_size, workers))
     stream = BatchStream(source, info.inputs, batch_size)
     return ((b.feeds, b.count, b.keys) for b in stream), source

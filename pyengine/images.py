@@ -75,8 +75,9 @@ def read_image_list(path: Union[str, Path]) -> List[Path]:
     repeated entry (a repeat would count that image twice)."""
     p = Path(path)
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        # surrogateescape: names that are not UTF-8 come back as the bytes `select` wrote for them
+        lines = p.read_bytes().decode("utf-8", "surrogateescape").splitlines()
+    except OSError as exc:
         raise DataError(f"{p}: cannot read the image list ({getattr(exc, 'strerror', None) or exc})") from None
     files: List[Path] = []
     seen = {}
@@ -119,7 +120,8 @@ def manifest_sha256(directory: Path, files: Sequence[Path]) -> str:
     """Hash of the sorted relative file names and sizes: what data was used, without reading it."""
     h = hashlib.sha256()
     for rel, size in sorted((Path(f).relative_to(directory).as_posix(), Path(f).stat().st_size) for f in files):
-        h.update(f"{rel}\t{size}\n".encode())
+        # os.fsencode: a name that is not UTF-8 hashes as its bytes (str.encode would raise on it)
+        h.update(os.fsencode(rel) + f"\t{size}\n".encode())
     return h.hexdigest()
 
 

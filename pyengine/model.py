@@ -15,7 +15,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
@@ -69,6 +69,8 @@ class ModelInfo:
     inputs: List[InputSpec]
     activations: List[str]  # graph order: graph inputs first, then node outputs
     activation_dtypes: Dict[str, np.dtype] = field(default_factory=dict, repr=False)
+    # shapes as shape inference gives them (int, symbolic name or None per dim); absent when unknown
+    activation_shapes: Dict[str, List[Dim]] = field(default_factory=dict, repr=False)
 
 
 def load_model(path: PathLike, load_external_data: bool = True) -> onnx.ModelProto:
@@ -101,12 +103,17 @@ def external_data_files(model: Optional[onnx.ModelProto], path: PathLike) -> Lis
     folder = p.resolve().parent
     files = []
     for location in sorted(external_data_locations(model)):
-        target = (folder / location).resolve()
-        if Path(location).is_absolute() or (target != folder and folder not in target.parents):
+        try:
+            target = (folder / location).resolve()
+            inside = not Path(location).is_absolute() and (target == folder or folder in target.parents)
+            exists, regular = (target.exists(), target.is_file()) if inside else (False, False)
+        except (OSError, ValueError, RuntimeError):  # a NUL byte, a name too long, a symlink loop
+            raise ModelError(f"{p}: external data location {location[:80]!r} cannot be a file name; refused") from None
+        if not inside:
             raise ModelError(f"{p}: external data location {location!r} leaves the model's folder; refused")
-        if not target.exists():
+        if not exists:
             raise ModelError(f"{p}: external data file missing ({location})")
-        if not target.is_file():
+        if not regular:
             raise ModelError(f"{p}: external data location {location!r} is not a regular file; refused")
         files.append(target)
     return files
@@ -127,16 +134,60 @@ def file_sha256(path: PathLike, model: Optional[onnx.ModelProto] = None) -> str:
     return h.hexdigest()
 
 
+def model_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a model carries: initializers, sparse initializers, Constant / node attribute tensors
+    (dense and sparse), in the main graph and in every subgraph (If / Loop / Scan bodies) at any depth.
+    Each of them can name external data; checking only the top-level initializers let the others be read
+    from wherever onnxruntime resolves them (the current directory, for a session built from bytes)."""
+    graphs = [model.graph]
+    while graphs:  # a work list, not recursion: a hostile model may nest subgraphs thousands deep
+        g = graphs.pop()
+        yield from g.initializer
+        for sparse in g.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                for sparse in ([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []) + \
+                        list(attr.sparse_tensors):
+                    yield sparse.values
+                    yield sparse.indices
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+
+
 def external_data_locations(model: Optional[onnx.ModelProto]) -> set:
+    """The external-data location of every tensor in the model (see model_tensors)."""
     locations = set()
     if model is None:
         return locations
-    for init in model.graph.initializer:
-        if init.data_location == TensorProto.EXTERNAL:
-            for entry in init.external_data:
-                if entry.key == "location":
-                    locations.add(entry.value)
+    for tensor in model_tensors(model):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            entries = {entry.key: entry.value for entry in tensor.external_data}
+            # a tensor marked external with no location would be resolved by whoever reads it
+            locations.add(entries.get("location", ""))
     return locations
+
+
+_EMPTY_FOLDER: List[str] = []
+
+
+def empty_folder() -> Path:
+    """A private empty folder, made once per process: the external-data folder of a session built from
+    bytes that come with no model folder, so that any external reference fails instead of being read
+    from the current directory."""
+    if not _EMPTY_FOLDER:
+        import atexit
+        import shutil
+        import tempfile
+
+        _EMPTY_FOLDER.append(tempfile.mkdtemp(prefix="ptqengine-no-external-data-"))
+        atexit.register(shutil.rmtree, _EMPTY_FOLDER[0], True)
+    return Path(_EMPTY_FOLDER[0])
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> List[Dim]:
@@ -222,8 +273,9 @@ def constant_tensors(model: onnx.ModelProto) -> set:
     return found
 
 
-def ort_output_types(model: onnx.ModelProto, names: Sequence[str]) -> Dict[str, str]:
-    """onnxruntime's type string for each name, exposing them as untyped graph outputs."""
+def ort_output_types(model: onnx.ModelProto, names: Sequence[str], folder: Optional[Path] = None) -> Dict[str, str]:
+    """onnxruntime's type string for each name, exposing them as untyped graph outputs. folder: where the
+    model's external data lives (None: the model has none it may read)."""
     import onnxruntime as ort
 
     probe = onnx.ModelProto()
@@ -234,6 +286,10 @@ def ort_output_types(model: onnx.ModelProto, names: Sequence[str]) -> Dict[str, 
             probe.graph.output.append(helper.make_empty_tensor_value_info(n))
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 4  # its errors come back as our one line, not as its own log line first
+    # built from bytes: without a folder onnxruntime would resolve external data in the current directory
+    so.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                str(folder if folder is not None else empty_folder()))
     try:
         sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -241,9 +297,17 @@ def ort_output_types(model: onnx.ModelProto, names: Sequence[str]) -> Dict[str, 
     return {o.name: o.type for o in sess.get_outputs()}
 
 
-def find_activations(model: onnx.ModelProto, path: PathLike = "<model>") -> Dict[str, np.dtype]:
+def _shapes(inferred: onnx.ModelProto) -> Dict[str, List[Dim]]:
+    g = inferred.graph
+    return {vi.name: _dims(vi) for vi in list(g.input) + list(g.value_info) + list(g.output)
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
+
+
+def find_activations(model: onnx.ModelProto, path: PathLike = "<model>",
+                     inferred: Optional[onnx.ModelProto] = None) -> Dict[str, np.dtype]:
     """Every float activation (name -> dtype) in graph order: graph inputs, then node outputs."""
-    inferred = _infer(model, Path(path))
+    if inferred is None:
+        inferred = _infer(model, Path(path))
     types = _elem_types(inferred)
     inits = {i.name for i in model.graph.initializer} | constant_tensors(model)
     found: Dict[str, Optional[np.dtype]] = {}
@@ -260,7 +324,8 @@ def find_activations(model: onnx.ModelProto, path: PathLike = "<model>") -> Dict
         elif types[name] in FLOAT_TYPES:
             found[name] = FLOAT_TYPES[types[name]]
     if untyped:
-        ort_types = ort_output_types(model, untyped)
+        folder = Path(path).resolve().parent if Path(path).is_file() else None
+        ort_types = ort_output_types(model, untyped, folder)
         for name in untyped:
             t = ort_types.get(name)
             found[name] = np.dtype(np.float32 if t == "tensor(float)" else np.float16) \
@@ -295,9 +360,12 @@ def info_from_model(model: onnx.ModelProto, path: Path) -> ModelInfo:
     if not model.graph.node:
         # protobuf parses many non-ONNX files (an empty one, say) into an empty model
         raise ModelError(f"{path}: not a valid ONNX model (the graph has no nodes)")
-    acts = find_activations(model, path)
+    inferred = _infer(model, path)
+    acts = find_activations(model, path, inferred)
+    shapes = _shapes(inferred)
     return ModelInfo(path=path, sha256=file_sha256(path, model), inputs=input_specs(model),
-                     activations=list(acts), activation_dtypes=acts)
+                     activations=list(acts), activation_dtypes=acts,
+                     activation_shapes={n: shapes[n] for n in acts if n in shapes})
 
 
 # Ops that read a constant operand as data TensorRT may quantise (slots; None = every input).

@@ -5,9 +5,11 @@ ImageNet normalisation reads mean=(123.675, 116.28, 103.53), std=(58.395, 57.12,
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -62,6 +64,8 @@ def parse_floats(value: Any, option: str, nonzero: bool = False) -> Optional[Tup
                           f"got {value!r}") from None
     if not out:
         raise OptionError(f"{option}: expected numbers, got {value!r}")
+    if not all(math.isfinite(v) for v in out):  # a NaN or infinite mean / std makes every input NaN or 0
+        raise OptionError(f"{option}: values must be finite numbers, got {value!r}")
     if nonzero and any(v == 0 for v in out):
         raise OptionError(f"{option}: values must not be 0, got {value!r}")
     return out
@@ -77,7 +81,7 @@ def parse_size(value: Any, option: str = "size") -> Optional[Tuple[int, int]]:
         items = list(value) if isinstance(value, (list, tuple)) else [value, value]
     try:
         h, w = (int(v) for v in items)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: size: .inf
         raise OptionError(f"{option}: expected H,W (two positive integers, e.g. 224,224), got {value!r}") from None
     if h < 1 or w < 1:
         raise OptionError(f"{option}: H and W must be positive, got {value!r}")
@@ -105,17 +109,61 @@ def config_from_mapping(values: Mapping[str, Any], base: Optional[PreprocessConf
     return PreprocessConfig(**merged)
 
 
-def load_preprocess_config(path: Union[str, Path]) -> Dict[str, PreprocessConfig]:
-    """YAML: top-level keys apply to every input (result key "*"); `inputs: {name: {...}}` overrides."""
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_DEPTH = 16  # a preprocessing config is two levels deep; deeper is not a config
+
+
+def parse_yaml(text: str, origin: str) -> Any:
+    """yaml.safe_load without aliases and with a depth limit (OptionError naming origin otherwise).
+
+    An alias repeats a node without repeating its text: nine nested levels of ten aliases each
+    ("billion laughs") expand a 1 KB file into gigabytes. Nesting thousands deep overflows PyYAML's
+    recursive composer. A preprocessing config needs neither."""
     import yaml
 
+    class Loader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise OptionError(f"{origin}: line {mark.line + 1}: YAML aliases (*name) are not accepted; "
+                                  "write the value out")
+            self.depth += 1
+            if self.depth > MAX_CONFIG_DEPTH:
+                mark = self.peek_event().start_mark
+                raise OptionError(f"{origin}: line {mark.line + 1}: nested more than {MAX_CONFIG_DEPTH} levels deep")
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    loader = Loader(text)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise OptionError(f"{origin}: cannot read preprocessing config ({str(exc).splitlines()[0]})") from None
+    finally:
+        loader.dispose()
+
+
+def load_preprocess_config(path: Union[str, Path]) -> Dict[str, PreprocessConfig]:
+    """YAML: top-level keys apply to every input (result key "*"); `inputs: {name: {...}}` overrides."""
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        with open(p, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise OptionError(f"{p}: preprocessing config not found") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise OptionError(f"{p}: cannot read preprocessing config ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise OptionError(f"{p}: cannot read preprocessing config ({exc.strerror})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise OptionError(f"{p}: preprocessing config larger than {MAX_CONFIG_BYTES // 1024} KiB; refused")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OptionError(f"{p}: preprocessing config is not UTF-8 text (byte {exc.start})") from None
+    data = parse_yaml(text, str(p)) or {}
     if not isinstance(data, dict):
         raise OptionError(f"{p}: expected a mapping of preprocessing keys")
     per_input = data.pop("inputs", None) or {}
@@ -152,6 +200,24 @@ class ImagePlan:
     config: PreprocessConfig
     mean: np.ndarray  # per channel, float32
     std: np.ndarray
+
+
+def plans_for(specs: Sequence[InputSpec], preprocess: Union[PreprocessConfig, Mapping[str, PreprocessConfig], None]
+              ) -> List[ImagePlan]:
+    """The plan of every input, for feeding images; OptionError for a model images cannot feed, or a
+    per-input setting naming no input (a typo would otherwise be ignored)."""
+    if not specs:
+        raise OptionError("the model has no inputs: there is nothing to feed images to")
+    if isinstance(preprocess, Mapping):
+        unknown = sorted(set(preprocess) - {ALL_INPUTS} - {s.name for s in specs})
+        if unknown:
+            raise OptionError(f"preprocessing settings for {', '.join(map(repr, unknown))}: the model has no such "
+                              f"input (its inputs: {', '.join(s.name for s in specs)})")
+    for s in specs:
+        if s.dtype.kind != "f":  # images become float pixels; an integer input takes ids, masks or sizes
+            raise OptionError(f"input {s.name!r} takes {s.dtype} values, not image pixels: give arrays "
+                              "(.npy/.npz) for it")
+    return [plan_for(s, config_for(preprocess, s.name)) for s in specs]
 
 
 def plan_for(spec: InputSpec, config: PreprocessConfig) -> ImagePlan:
@@ -209,6 +275,8 @@ def open_image(path: Union[str, Path], min_size: Optional[Tuple[int, int]] = Non
         raise DataError(f"{path}: image not found") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc})") from None
+    except MemoryError:  # a small file may declare a picture larger than memory; it is one bad image
+        raise DataError(f"{path}: cannot decode image (it does not fit in memory)") from None
 
 
 def is_grayscale(img: Image.Image) -> bool:

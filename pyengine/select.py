@@ -37,14 +37,14 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .algorithms import ALGORITHMS
-from .atomic import write_text_atomic
+from .atomic import write_bytes_atomic
 from .collect import BatchStream, Observation, Purpose, RunOptions, Runner, create_session, plan_observation
 from .collect.observe import expose
 from .datasource import open_source
 from .errors import DataError, ModelError, OptionError
 from .images import image_files, is_image_list
 from .model import info_from_model, load_model
-from .preprocess import config_for, plan_for
+from .preprocess import plans_for
 from .stats import TensorStats, update_many
 
 PathLike = Union[str, Path]
@@ -120,9 +120,10 @@ def collect_signatures(model: PathLike, data: PathLike, options: RunOptions, ten
     names = signature_tensors(full, tensors)
     sub = Observation(names, [n for n in names if n in full.inputs], [n for n in names if n in full.exposed],
                       dtypes=full.dtypes)
-    session = create_session(expose(proto, sub), str(path), purpose=Purpose.OBSERVE, threads=options.threads)
+    session = create_session(expose(proto, sub), str(path), purpose=Purpose.OBSERVE, threads=options.threads,
+                             external_data_dir=path.resolve().parent)
     runner = Runner(session, sub.exposed, origin=str(path))
-    plans = [plan_for(s, config_for(options.preprocess, s.name)) for s in info.inputs]
+    plans = plans_for(info.inputs, options.preprocess)
     workers = options.threads or os.cpu_count() or 1
     source = open_source(data, info.inputs, lambda: plans, limit=options.limit, seed=options.seed,
                          strict=options.strict, workers=workers, depth=2 * workers)
@@ -248,4 +249,5 @@ def write_image_list(path: PathLike, selection: Selection, header: Sequence[str]
     folder = os.path.abspath(out.parent)
     lines = [f"# {h}" for h in header]
     lines += [Path(os.path.relpath(os.path.abspath(f), folder)).as_posix() for f in selection.files]
-    write_text_atomic(out, "\n".join(lines) + "\n")
+    # a file name that is not UTF-8 is written as its own bytes (read_image_list reads them back)
+    write_bytes_atomic(out, ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))

@@ -95,6 +95,7 @@ def _read_header(data: bytes, source: str) -> Tuple[List[Tuple[str, int]], Dict[
         raise FormatError(f"{source}: statistics file metadata must be an object")
     if not isinstance(listed, list):
         raise FormatError(f"{source}: statistics file 'tensors' must be a list")
+    check_metadata(metadata, source)
     entries: List[Tuple[str, int]] = []
     seen = set()
     for k, entry in enumerate(listed):
@@ -108,6 +109,62 @@ def _read_header(data: bytes, source: str) -> Tuple[List[Tuple[str, int]], Dict[
         seen.add(entry["name"])
         entries.append((entry["name"], entry["nbytes"]))
     return entries, metadata, start + head_len
+
+
+# --- metadata: free-form, but the keys our commands read must have the types they read ---------------
+_MAX_INT = (1 << 63) - 1
+
+
+def _is_int(v: Any, least: int = 0) -> bool:
+    return type(v) is int and least <= v <= _MAX_INT
+
+
+def _is_list_of(v: Any, check: Any) -> bool:
+    return isinstance(v, list) and all(check(x) for x in v)
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_dim(v: Any) -> bool:
+    return v is None or _is_str(v) or _is_int(v)
+
+
+def _is_input(v: Any) -> bool:
+    return isinstance(v, dict) and _is_str(v.get("name")) and _is_list_of(v.get("shape"), _is_dim) \
+        and _is_str(v.get("dtype"))
+
+
+def _is_shards(v: Any) -> bool:
+    return (isinstance(v, dict) and _is_list_of(v.get("ids"), _is_int) and _is_int(v.get("count"), 1)
+            and _is_int(v.get("size"), 1)
+            and _is_list_of(v.get("skipped_files", []), lambda f: _is_list_of(f, _is_str) and len(f) == 2)
+            and _is_list_of(v.get("notes", []), _is_str) and _is_list_of(v.get("grayscale_files", []), _is_str))
+
+
+_METADATA_TYPES = {  # key -> (check, what it must be); a key that is absent is not checked
+    "tool": (_is_str, "a string"), "tool_version": (_is_str, "a string"), "model_file": (_is_str, "a string"),
+    "model_sha256": (_is_str, "a string"), "data_kind": (_is_str, "a string"),
+    "manifest_sha256": (_is_str, "a string"),
+    "samples": (_is_int, "an integer >= 0"), "skipped": (_is_int, "an integer >= 0"),
+    "num_bins": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "limit": (lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
+    "seed": (lambda v: type(v) is int and abs(v) <= _MAX_INT, "an integer"),
+    "inputs": (lambda v: _is_list_of(v, _is_input), 'a list of {"name", "shape", "dtype"}'),
+    "preprocess": (lambda v: isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()),
+                   "an object of objects"),
+    "shards": (_is_shards, "an object with ids (integers), count and size (integers >= 1)"),
+    "convergence": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def check_metadata(metadata: Mapping[str, Any], source: str) -> None:
+    """FormatError naming the key when a metadata entry our commands read has the wrong JSON type (other
+    people's files: export, inspect, merge and the rest read these keys without checking each time)."""
+    for key, (check, what) in _METADATA_TYPES.items():
+        if key in metadata and not check(metadata[key]):
+            raise FormatError(f"{source}: statistics file metadata {key!r} must be {what}")
 
 
 def save_stats(path: Union[str, Path], tensors: Union[StatsBundle, Mapping[str, TensorStats]],

@@ -7,6 +7,7 @@ from typing import Any, Annotated, Dict, List, Optional
 import typer
 from rich.table import Table
 
+from ptqengine.atomic import atomic_group
 from ptqengine.metrics import COSINE_TARGET
 
 from .. import options as opt
@@ -59,9 +60,10 @@ def analyze(
         result = run_analysis(model, data, stats=stats, samples=samples, target_cosine=target_cosine,
                               metric=metric.value, algo=algo.value, preprocess=preprocess, per_channel=per_channel,
                               nodes=nodes, progress=progress, **run)
-    result.write_html(output, histograms=histograms)
-    if json_out is not None:
-        result.write_json(json_out)
+    with atomic_group():  # the report and its JSON are replaced together, or neither is
+        result.write_html(output, histograms=histograms)
+        if json_out is not None:
+            result.write_json(json_out)
     if not quiet:
         _print(result, output, json_out)
 

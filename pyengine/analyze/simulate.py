@@ -23,8 +23,7 @@ from typing import Collection, Dict, Iterator, List, Mapping, Sequence, Tuple, U
 import numpy as np
 import onnx
 
-from ..collect import CPU, Device, Purpose, create_session
-from ..errors import DataError
+from ..collect import CPU, Device, Purpose, Runner, create_session
 from ..model import load_model
 from ..qdq.accuracy import quantized_weights
 from ..qdq.graph import prepare
@@ -107,11 +106,10 @@ class QuantSimulator:
 
     def run_model(self, model: onnx.ModelProto, batches: Sequence[Feeds]) -> Iterator[List[np.ndarray]]:
         """Outputs per batch of a model with the prepared model's inputs and outputs (e.g. a real export)."""
-        session = create_session(model.SerializeToString(), f"{self.origin} (fake-quantised copy)",
-                                 purpose=Purpose.SIMULATE, device=self.device, threads=self.threads)
+        origin = f"{self.origin} (fake-quantised copy)"
+        session = create_session(model.SerializeToString(), origin, purpose=Purpose.SIMULATE, device=self.device,
+                                 threads=self.threads)
+        # new arrays each batch: callers keep a configuration's outputs while they run the next batch
+        runner = Runner(session, self.output_names, self.device, origin=origin, reuse_buffers=False)
         for feeds in batches:
-            try:
-                yield session.run(self.output_names, feeds)
-            except Exception as exc:
-                raise DataError(f"{self.origin}: onnxruntime failed on a fake-quantised copy: "
-                                f"{str(exc).splitlines()[0]}") from None
+            yield runner.run(feeds)

@@ -177,13 +177,13 @@ def sample_batches(info: Any, data: Any, samples: int, seed: int, preprocess: An
 
     from ..datasource import open_source
     from ..errors import DataError
-    from ..preprocess import config_for, plan_for
+    from ..preprocess import plans_for
 
     if samples < 1:
         raise OptionError(f"--samples must be >= 1, got {samples}")
     workers = threads or os.cpu_count() or 1
     source = open_source(data, info.inputs,
-                         lambda: [plan_for(s, config_for(preprocess, s.name)) for s in info.inputs],
+                         lambda: plans_for(info.inputs, preprocess),
                          limit=samples, seed=seed, strict=False, workers=workers, depth=2 * workers)
     out = [batch.feeds for batch in BatchStream(source, info.inputs, batch_size)]
     if not out:

@@ -42,18 +42,20 @@ class Runner:
     MAX_BUFFER_SETS = 4  # two slots x (the full batch, the one short batch at the end)
 
     def __init__(self, session: Any, outputs: Sequence[str], device: Device = CPU, keep_on_device: bool = False,
-                 origin: str = "") -> None:
+                 origin: str = "", reuse_buffers: bool = True) -> None:
         self.session = session
         self.outputs = list(outputs)
         self.device = device
         self.keep_on_device = keep_on_device and device.is_cuda
         self.origin = origin
+        # False: every run returns new arrays (for callers that keep a batch's outputs past the next run)
+        self.reuse_buffers = reuse_buffers
         self._buffers: "OrderedDict[tuple, List[Any]]" = OrderedDict()
         self._unbindable: set = set()
 
     def run(self, feeds: Feeds, slot: int = 0) -> List[Any]:
         """Outputs for feeds (numpy arrays, or DeviceTensor views when kept on the device)."""
-        if self.device.is_cuda and not self.keep_on_device:
+        if (self.device.is_cuda and not self.keep_on_device) or not self.reuse_buffers:
             return self._run_plain(feeds)
         shapes = tuple((n, a.shape, a.dtype.str) for n, a in feeds.items())
         key = (slot, shapes)
@@ -115,6 +117,23 @@ class Runner:
             binding.bind_output(name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
         self.session.run_with_iobinding(binding)
         return buffers
+
+
+class ModelRunner:
+    """A session with the runner's error handling, for layers below collection that run models but may not
+    import it (the Q/DQ export's data-driven steps): `run(outputs, feeds)` as onnxruntime's session takes it,
+    new arrays every call, a failure a DataError naming the model; `get_inputs()` as the session's."""
+
+    def __init__(self, session: Any, origin: str, device: Device = CPU) -> None:
+        self.session = session
+        self.origin = origin
+        self.device = device
+
+    def get_inputs(self) -> List[Any]:
+        return self.session.get_inputs()
+
+    def run(self, outputs: Sequence[str], feeds: Feeds) -> List[np.ndarray]:
+        return Runner(self.session, outputs, self.device, origin=self.origin, reuse_buffers=False).run(feeds)
 
 
 _ORT_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..errors import ModelError, OptionError
+from ..model import empty_folder
 from .device import CPU, Device, ort_providers
 
 
@@ -30,6 +31,9 @@ class Purpose(str, Enum):
 
 
 def session_options(purpose: Purpose, threads: Optional[int] = None, external_data_dir: Optional[Path] = None):
+    """external_data_dir: where a model given as bytes finds its external data. Always set for bytes (an
+    empty folder when the caller names none): onnxruntime would otherwise resolve external-data locations,
+    in Constant attributes and subgraphs too, against the current directory."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -38,11 +42,11 @@ def session_options(purpose: Purpose, threads: Optional[int] = None, external_da
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = int(threads or 0)
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # fatal only: its errors reach the user as our one line, not as its log line first
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if purpose in (Purpose.REFERENCE, Purpose.SIMULATE):
         so.add_session_config_entry("session.disable_quant_qdq", "1")
-    if external_data_dir is not None:  # the model comes as bytes: tell onnxruntime where its weights live
+    if external_data_dir is not None:
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_data_dir))
     return so
 
@@ -52,9 +56,13 @@ def create_session(model: Union[bytes, str, Path], origin: str, *, purpose: Purp
     """An InferenceSession for `model` (serialised bytes or a path); ModelError naming `origin` if it fails."""
     import onnxruntime as ort
 
-    source = model if isinstance(model, bytes) else str(model)
+    if isinstance(model, bytes):
+        source: Union[bytes, str] = model
+        folder: Optional[Path] = external_data_dir if external_data_dir is not None else empty_folder()
+    else:  # onnxruntime resolves external data beside the file itself
+        source, folder = str(model), None
     try:
-        session = ort.InferenceSession(source, session_options(purpose, threads, external_data_dir),
+        session = ort.InferenceSession(source, session_options(purpose, threads, folder),
                                        providers=ort_providers(device))
     except Exception as exc:
         raise ModelError(f"{origin}: onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
@@ -66,11 +74,14 @@ def create_session(model: Union[bytes, str, Path], origin: str, *, purpose: Purp
 
 
 def model_sessions(device: Device = CPU, threads: Optional[int] = None):
-    """A ptqengine.qdq Sessions callable: (model, origin, unfused_qdq) -> a session on `device` (FP32
-    models as REFERENCE, Q/DQ models as SIMULATE), for the Q/DQ export's data-driven steps."""
+    """A ptqengine.qdq Sessions callable: (model, origin, unfused_qdq) -> a ModelRunner on `device` (FP32
+    models as REFERENCE, Q/DQ models as SIMULATE), for the Q/DQ export's data-driven steps. The models are
+    built in memory with their weights inside: they get no external-data folder (an empty one)."""
+    from .runner import ModelRunner
 
     def make(model: Any, origin: str, unfused_qdq: bool) -> Any:
-        return create_session(model.SerializeToString(), origin, device=device, threads=threads,
-                              purpose=Purpose.SIMULATE if unfused_qdq else Purpose.REFERENCE)
+        session = create_session(model.SerializeToString(), origin, device=device, threads=threads,
+                                 purpose=Purpose.SIMULATE if unfused_qdq else Purpose.REFERENCE)
+        return ModelRunner(session, origin, device)
 
     return make

@@ -23,13 +23,14 @@ from .._version import __version__
 from ..datasource import DataSource, first_samples, open_source
 from ..errors import DataError, OptionError
 from ..formats.convergence import RECORD_KEY
-from ..model import ModelInfo, constant_ranges, external_data_files, file_sha256, info_from_model, load_model
-from ..preprocess import ImagePlan, config_for, plan_for
+from ..model import ModelInfo, constant_ranges, file_sha256, info_from_model, load_model
+from ..preprocess import ImagePlan, plans_for
 from ..stats import TensorStats, update_many
 from ..statsfile import CONSTANTS_KEY, StatsBundle, load_stats
 from .convergence import HalfFold, SplitHalfTracker, half_of
 from .device import check_device
-from .feed import BatchStream
+from .budget import check_run_memory
+from .feed import BatchStream, run_batch_size
 from .observe import Observation, expose, plan_observation
 from .options import RunOptions
 from .runner import Runner
@@ -111,10 +112,10 @@ class StatisticsCollector:
         proto = load_model(self.path, load_external_data=False)
         self.info: ModelInfo = info_from_model(proto, self.path)
         self.observation: Observation = plan_observation(proto, self.info)
-        external = bool(external_data_files(proto, self.path))
+        self._check_memory(self.info.activation_shapes)
         session = create_session(expose(proto, self.observation), str(self.path), purpose=Purpose.OBSERVE,
                                  device=options.device, threads=options.threads,
-                                 external_data_dir=self.path.resolve().parent if external else None)
+                                 external_data_dir=self.path.resolve().parent)
         self.constants = constant_ranges(proto, self.path.parent)  # a TensorRT cache lists them too
         del proto  # the session holds its own copy of the weights
         self.runner = Runner(session, self.observation.exposed, options.device,
@@ -126,8 +127,17 @@ class StatisticsCollector:
     def image_plans(self) -> List[ImagePlan]:
         """Preprocessing of each input (raises OptionError when an input cannot take images)."""
         if self._plans is None:
-            self._plans = [plan_for(s, config_for(self.options.preprocess, s.name)) for s in self.info.inputs]
+            plans = plans_for(self.info.inputs, self.options.preprocess)
+            # a dynamic height / width is known now (--size): check again with the inputs' real size
+            sizes = {p.input_name: ["N", p.channels, p.height, p.width] for p in plans}
+            self._check_memory({**self.info.activation_shapes, **sizes})
+            self._plans = plans
         return self._plans
+
+    def _check_memory(self, shapes: Dict[str, List[Any]]) -> None:
+        o = self.options
+        check_run_memory(self.observation, shapes, run_batch_size(self.info.inputs, o.batch_size), o.num_bins,
+                         str(self.path), host_activations=not o.device.is_cuda)
 
     @property
     def used_image_plans(self) -> List[ImagePlan]:

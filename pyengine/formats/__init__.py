@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, Tuple, Union
 
@@ -14,7 +13,7 @@ from ..errors import FormatError
 from ._text import read_utf8
 from .ort_json import looks_like_ort, ort_amax, read_ort_calibration_json
 from .scales_json import FORMAT as SCALES_FORMAT
-from .scales_json import parse_scales_document, read_scales_json, write_scales_json
+from .scales_json import parse_json, parse_scales_document, read_scales_json, write_scales_json
 from .trt_cache import CALIBRATORS, TrtCache, parse_trt_cache, read_trt_cache, trt_version_code, write_trt_cache
 
 KIND_TENSORRT = "tensorrt-cache"
@@ -38,10 +37,7 @@ def read_scale_table(path: Union[str, Path]) -> Tuple[str, Dict[str, float]]:
     if stripped.startswith("TRT-"):
         return KIND_TENSORRT, parse_trt_cache(text, str(p)).amax
     if stripped.startswith("{"):
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise FormatError(f"{p}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        document = parse_json(text, str(p))
         if isinstance(document, dict) and document.get("format") == SCALES_FORMAT:
             return KIND_SCALES_JSON, parse_scales_document(document, str(p))
         if looks_like_ort(document):

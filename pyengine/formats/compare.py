@@ -36,7 +36,8 @@ def load_scale_file(path: Union[str, Path]) -> ScaleFile:
     p = Path(path)
     if _is_stats_file(p):
         bundle = load_stats(p)
-        samples = bundle.metadata.get("samples", (bundle.metadata.get("data") or {}).get("samples"))
+        data = bundle.metadata.get("data")
+        samples = bundle.metadata.get("samples", data.get("samples") if isinstance(data, dict) else None)
         description = f"statistics of {samples} samples" if samples is not None else "statistics"
         return ScaleFile(p, KIND_STATS, {n: s.absmax for n, s in bundle.tensors.items()}, description, bundle)
     kind, amax = read_scale_table(p)

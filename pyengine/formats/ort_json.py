@@ -20,17 +20,24 @@ from .scales_json import load_json
 
 
 def _flatten(value: Any) -> Iterable[float]:
-    if isinstance(value, dict) and value.get("CLS") == "numpy.array":
-        value = value.get("data")
-    if isinstance(value, bool) or value is None:
-        raise TypeError
-    if isinstance(value, (int, float)):
-        yield float(value)
-    elif isinstance(value, list) and value:
-        for item in value:
-            yield from _flatten(item)
-    else:
-        raise TypeError
+    """Every number in a (nested) list or encoded array; a work list, not recursion (other people's files
+    nest as deep as they like). TypeError for anything else, ValueError for an infinite number."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict) and item.get("CLS") == "numpy.array":
+            item = item.get("data")
+        if isinstance(item, bool) or item is None:
+            raise TypeError
+        if isinstance(item, (int, float)):
+            number = float(item)
+            if math.isinf(number):
+                raise ValueError
+            yield number
+        elif isinstance(item, list) and item:
+            stack.extend(reversed(item))
+        else:
+            raise TypeError
 
 
 def _range(name: str, value: Any, source: str) -> tuple:
@@ -46,6 +53,8 @@ def _range(name: str, value: Any, source: str) -> tuple:
         return tuple(list(_flatten(p)) for p in parts)
     except TypeError:
         raise FormatError(f"{source}: tensor {name!r}: lowest/highest are not numbers") from None
+    except (ValueError, OverflowError):
+        raise FormatError(f"{source}: tensor {name!r}: lowest/highest must be finite") from None
 
 
 def ort_amax(document: Any, source: str = "<json>") -> Dict[str, float]:

@@ -84,9 +84,11 @@ def scales_document(amax: Mapping[str, float], tensors: Mapping[str, "TensorStat
                     algo: str, algo_options: Mapping[str, Any]) -> Dict[str, Any]:
     """The JSON document as a dict; tensors follow `amax`'s order (graph order)."""
     # Nested {"model": {...}, "data": {...}} or the flat keys the pipeline writes (model_file, ...).
-    model = metadata.get("model") or {"file": metadata.get("model_file"), "sha256": metadata.get("model_sha256")}
-    data = metadata.get("data") or {"manifest_sha256": metadata.get("manifest_sha256"),
-                                    "samples": metadata.get("samples")}
+    # (free-form metadata: a "model" or "data" entry that is not an object is not ours)
+    model = metadata.get("model") if isinstance(metadata.get("model"), dict) else \
+        {"file": metadata.get("model_file"), "sha256": metadata.get("model_sha256")}
+    data = metadata.get("data") if isinstance(metadata.get("data"), dict) else \
+        {"manifest_sha256": metadata.get("manifest_sha256"), "samples": metadata.get("samples")}
     document = {
         "format": FORMAT,
         "version": VERSION,
@@ -129,18 +131,35 @@ def parse_scales_document(document: Any, source: str = "<json>") -> Dict[str, fl
         value = entry.get("amax")
         if value is not None and not isinstance(value, (int, float)):
             raise FormatError(f"{source}: tensor {entry['name']!r}: amax {value!r} is not a number")
+        if value is not None and math.isinf(value):  # a number too long to be a range (see _json_int)
+            raise FormatError(f"{source}: tensor {entry['name']!r}: amax must be finite")
         amax[entry["name"]] = math.nan if value is None else float(value)
     return amax
 
 
-def load_json(path: Union[str, Path]) -> Any:
-    """json.load with one-line PtqErrors for missing files and syntax errors."""
-    p = Path(path)
-    text = read_utf8(p, "a JSON file")
+def _json_int(text: str) -> Any:
+    # Integers longer than any range or count we read become floats (inf when huge): int() of more than
+    # 4300 digits raises, and float() of a 400-digit int overflows later, in whoever reads it.
+    return int(text) if len(text) <= 19 else float(text)
+
+
+def parse_json(text: str, origin: str) -> Any:
+    """json.loads of another tool's file: one-line FormatErrors for syntax errors, nesting deep enough to
+    exhaust the parser's recursion, and numbers too long to be one."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_json_int)
     except json.JSONDecodeError as exc:
-        raise FormatError(f"{p}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        raise FormatError(f"{origin}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise FormatError(f"{origin}: JSON nested too deep to be a scale table") from None
+    except ValueError as exc:
+        raise FormatError(f"{origin}: not valid JSON ({str(exc).splitlines()[0][:100]})") from None
+
+
+def load_json(path: Union[str, Path]) -> Any:
+    """json.load with one-line PtqErrors for missing files, syntax errors and hostile documents."""
+    p = Path(path)
+    return parse_json(read_utf8(p, "a JSON file"), str(p))
 
 
 def read_scales_json(path: Union[str, Path]) -> Dict[str, float]:

@@ -28,7 +28,7 @@ from ..datasource import open_source
 from ..images import image_files, sample_files
 from ..loader_script import LoaderScript
 from ..model import info_from_model, load_model
-from ..preprocess import PreprocessConfig, config_for, plan_for
+from ..preprocess import PreprocessConfig, plans_for
 from ..statsfile import StatsBundle
 from . import choices as ch
 from .calibdata import (HorizonInput, feature_inputs, horizon_inputs, safe_name, write_calibration_data,
@@ -251,7 +251,7 @@ def write_horizon_config(model: PathLike, data: Union[PathLike, LoaderScript], t
         features = [sample for _, sample in source.samples()]
         inputs, images = feature_inputs(info.inputs, features[0]), []
     else:
-        plans = [plan_for(s, config_for(preprocess, s.name)) for s in info.inputs]
+        plans = plans_for(info.inputs, preprocess)
         inputs = horizon_inputs(info.inputs, plans)
         images = sample_files(image_files(data)[1], samples, seed)  # a directory or a list file
         if not images:

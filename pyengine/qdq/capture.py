@@ -13,15 +13,16 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..errors import DataError
 
 Feeds = Mapping[str, np.ndarray]
 
 
 Sessions = Callable[[onnx.ModelProto, str, bool], Any]
-"""How the export runs a model on calibration data: (model, origin, unfused_qdq) -> an onnxruntime session.
-The caller supplies it (ptqengine.collect.model_sessions, for a device and thread count): the export builds
-no session itself, and unfused_qdq=True keeps Q/DQ as the float ops TensorRT computes."""
+"""How the export runs a model on calibration data: (model, origin, unfused_qdq) -> a runner with
+`get_inputs()` and `run(outputs, feeds)` as an onnxruntime session has them, whose failures are DataErrors
+naming origin. The caller supplies it (ptqengine.collect.model_sessions: the collection core's runner, for a
+device and thread count): the export builds and runs no session itself, and unfused_qdq=True keeps Q/DQ as
+the float ops TensorRT computes."""
 
 
 def capture(model: onnx.ModelProto, tensors: Sequence[str], batches: Sequence[Feeds], origin: str,
@@ -35,13 +36,10 @@ def capture(model: onnx.ModelProto, tensors: Sequence[str], batches: Sequence[Fe
     for name in exposed:
         if name not in existing:
             copy.graph.output.append(helper.make_empty_tensor_value_info(name))
-    session = sessions(copy, origin, False)
-    wanted = [n.name for n in session.get_inputs()]
+    runner = sessions(copy, origin, False)
+    wanted = [n.name for n in runner.get_inputs()]
     for feeds in batches:
-        try:
-            values = session.run(exposed, {n: feeds[n] for n in wanted})
-        except Exception as exc:
-            raise DataError(f"{origin}: onnxruntime failed on a calibration batch: {str(exc).splitlines()[0]}") from None
+        values = runner.run(exposed, {n: feeds[n] for n in wanted})  # a DataError naming origin if it fails
         out = {n: np.asarray(feeds[n]) for n in tensors if n in inputs}
         out.update(zip(exposed, values))
         yield out
