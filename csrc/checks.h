@@ -23,9 +23,20 @@ constexpr std::int64_t kMaxGridBins = 1 << 24;    // grid bins per sign (2 x 128
 constexpr std::int64_t kMaxAxis = 64;             // |axis| < NumPy's largest ndim
 constexpr std::int64_t kMaxThreads = 4096;        // 0 means "every core"
 constexpr std::int64_t kMinNumBits = 2, kMaxNumBits = 16;
+// A histogram bin holds fewer than 2^63 values: the statistics format stores a count c as the
+// varint token c << 1, so a larger one could be held but never written.
+constexpr std::uint64_t kMaxBinCount = (std::uint64_t{1} << 63) - 1;
 
 inline void check(bool ok, const std::string& message) {
   if (!ok) throw StatsError(message);
+}
+
+// a + b for counters; StatsError naming `what` instead of wrapping round.
+inline std::uint64_t checked_add(std::uint64_t a, std::uint64_t b, const char* what) {
+  std::uint64_t sum;
+  if (__builtin_add_overflow(a, b, &sum))
+    throw StatsError(std::string(what) + " would pass 2^64 - 1 and wrap round");
+  return sum;
 }
 
 // Arrays handed in from outside must be aligned to their element type (vectorised loops).

@@ -123,7 +123,10 @@ class TensorStats {
 
  private:
   State fresh_state(std::size_t channels) const;
-  void absorb(State& into, State& from) const;  // from is regridded in place
+  // Adds from to into (from is regridded in place); refuses, changing nothing, when a counter
+  // would wrap or a bin reach kMaxBinCount.
+  void absorb(State& into, State& from) const;
+  void match_channels(State& s, std::size_t channels) const;
   void process(State& s, const float* data, std::int64_t n, std::int64_t channel) const;
   void process_view(State& s, const TensorView& view, std::int64_t first_segment,
                     std::int64_t end_segment, std::int64_t segment_len,
