@@ -80,9 +80,18 @@ inline void check_entropy_args(std::int64_t nb, std::int64_t nq, std::int64_t st
   check(stride >= 1, "stride must be >= 1, got " + std::to_string(stride));
 }
 
+// The mse search costs (candidates x bins) error terms: about a second at this many. A statistics
+// file chooses num_bins (up to 2^20, 2^40 terms: an hour), so the work is held to a stated limit.
+constexpr std::int64_t kMaxMseWork = std::int64_t{1} << 28;
+
 inline void check_mse_args(std::int64_t nb, std::int64_t num_bits, std::int64_t start_bin) {
   check_num_bits(num_bits);
   check_int(start_bin, 0, nb - 1, "start_bin");
+  if ((nb - start_bin) * nb > kMaxMseWork)
+    throw StatsError("mse over " + std::to_string(nb) + " bins from start_bin " +
+                     std::to_string(start_bin) + " takes " + std::to_string(nb - start_bin) + " x " +
+                     std::to_string(nb) + " steps, more than the limit of 2^28 (num_bins <= 16384 "
+                     "searches in full)");
 }
 
 }  // namespace ptq
