@@ -20,7 +20,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ptqengine import TensorStats
-from ptqengine import _core
 from ptqengine.algorithms import compute_amax
 from ptqengine.errors import FormatError
 from ptqengine.statsfile import MAGIC, VERSION, StatsBundle, memory_limit_for
@@ -70,8 +69,8 @@ def stats_blob(num_bins=16, grid_bins=32, axis=NO_AXIS, exponent=EMPTY, count=0,
 
 
 def ptqs(blobs: dict, metadata=None) -> bytes:
-    head = json.dumps({"metadata": metadata or {}, "tensors": [{"name": n, "nbytes": len(b)} for n, b in blobs.items()]},
-                      sort_keys=True, separators=(",", ":")).encode()
+    tensors = [{"name": n, "nbytes": len(b)} for n, b in blobs.items()]
+    head = json.dumps({"metadata": metadata or {}, "tensors": tensors}, sort_keys=True, separators=(",", ":")).encode()
     return MAGIC + struct.pack("<II", VERSION, len(head)) + head + b"".join(blobs.values())
 
 
@@ -142,7 +141,6 @@ def test_the_file_limit_is_checked_before_any_tensor_loads():
 
 CHILD = """
 import resource, sys
-from ptqengine import _core
 blob = bytes.fromhex(sys.argv[1])
 size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + (64 << 20),) * 2)  # far below the 256 MiB grid
