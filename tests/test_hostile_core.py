@@ -141,6 +141,7 @@ def test_the_file_limit_is_checked_before_any_tensor_loads():
 
 CHILD = """
 import resource, sys
+from ptqengine import _core
 blob = bytes.fromhex(sys.argv[1])
 size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + (64 << 20),) * 2)  # far below the 256 MiB grid
