@@ -175,6 +175,15 @@ def test_mse_over_a_huge_search_histogram_is_refused_quickly():
     assert compute_amax(TensorStats.from_bytes(ones_blob(7, grid_bins=1 << 15, num_bins=1 << 14)), "mse") > 0
 
 
+def test_export_names_the_tensor_whose_search_is_refused(tmp_path):
+    path = tmp_path / "wide.ptqs"
+    path.write_bytes(ptqs({"ok": ones_blob(3, grid_bins=1 << 16, num_bins=2048), "wide": ones_blob(7, grid_bins=1 << 21, num_bins=1 << 20)}))
+    out = tmp_path / "o.cache"
+    rc, text, seconds = run_limited(["export", path, "-o", out, "--algo", "mse"], memory=GIB)
+    assert_one_line_error(rc, text, seconds, "tensor 'wide'", "2^28")
+    assert not out.exists()
+
+
 # --- 4. counters that would wrap ---------------------------------------------------------------
 def part_file(path: Path, shard: int, count: int) -> Path:
     meta = {"samples": 1, "shards": {"ids": [shard], "count": 4, "size": 1}}
