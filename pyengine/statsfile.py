@@ -71,7 +71,7 @@ class StatsBundle:
         limit = memory_limit_for(len(blobs)) if memory_limit is None else int(memory_limit)
         if sum(needs) > limit:
             why = ("" if memory_limit is not None else
-                   f" (1 MiB per tensor + {_mib(MEMORY_ALLOWANCE)}; load_stats(..., memory_limit=) sets another)")
+                   f" ({_mib(MEMORY_PER_TENSOR)} per tensor + {_mib(MEMORY_ALLOWANCE)}; load_stats(..., memory_limit=) sets another)")
             raise FormatError(f"{source}: its {len(blobs)} tensors declare {_mib(sum(needs))} of histograms, "
                               f"more than the limit of {_mib(limit)}{why}")
         tensors = {name: _checked(source, name, TensorStats.from_bytes, blob, need)
