@@ -70,8 +70,8 @@ class StatsBundle:
         needs = [_checked(source, name, TensorStats.memory_needed, blob) for name, blob in blobs]
         limit = memory_limit_for(len(blobs)) if memory_limit is None else int(memory_limit)
         if sum(needs) > limit:
-            why = ("" if memory_limit is not None else
-                   f" ({_mib(MEMORY_PER_TENSOR)} per tensor + {_mib(MEMORY_ALLOWANCE)}; load_stats(..., memory_limit=) sets another)")
+            why = ("" if memory_limit is not None else f" ({_mib(MEMORY_PER_TENSOR)} per tensor + "
+                   f"{_mib(MEMORY_ALLOWANCE)}; load_stats(..., memory_limit=) sets another)")
             raise FormatError(f"{source}: its {len(blobs)} tensors declare {_mib(sum(needs))} of histograms, "
                               f"more than the limit of {_mib(limit)}{why}")
         tensors = {name: _checked(source, name, TensorStats.from_bytes, blob, need)
