@@ -165,13 +165,22 @@ PYBIND11_MODULE(_core, m) {
              return py::bytes(reinterpret_cast<const char*>(b.data()), b.size());
            })
       .def_static("from_bytes",
-                  [](const py::bytes& b) {
+                  [](const py::bytes& b, std::uint64_t memory_limit) {
                     const std::string_view sv = b;  // b stays alive (and immutable) for the call
                     return without_gil([&] {
                       return TensorStats::from_bytes(reinterpret_cast<const std::uint8_t*>(sv.data()),
-                                                     sv.size());
+                                                     sv.size(), memory_limit);
                     });
-                  })
+                  },
+                  py::arg("data"), py::arg("memory_limit") = UINT64_MAX)
+      .def_static("memory_needed",
+                  [](const py::bytes& b) {
+                    const std::string_view sv = b;
+                    return TensorStats::memory_needed(reinterpret_cast<const std::uint8_t*>(sv.data()),
+                                                      sv.size());
+                  },
+                  py::arg("data"))
+      .def_property_readonly("memory_bytes", &TensorStats::memory_bytes)
       .def("search_histogram",
            [](const TensorStats& s, i64 num_bins) {
              return to_numpy(without_gil([&] { return ptq::search_histogram(s, num_bins); }));

@@ -61,6 +61,19 @@ PTQ_HD inline uint32_t float_bits(float f) {
 #endif
 }
 
+// Order keys. A float's bits as an int32 that orders like the float (finite values and +-Inf):
+// a non-negative float keeps its bits, a negative one has the bits below the sign flipped, which
+// is its own inverse. Integer min/max then give float min/max: vectorisable compares on the CPU
+// (grid.cpp), integer atomics on the GPU (immune to flush-to-zero). -0.0 has key -1; callers that
+// count it as +0.0 clear its bits first. The one definition for host and device code;
+// pyengine/gpu/layout.py is its NumPy twin.
+PTQ_HD inline uint32_t flip_negative(uint32_t bits) {
+  return bits ^ (static_cast<uint32_t>(static_cast<int>(bits) >> 31) >> 1);
+}
+PTQ_HD inline int order_key(uint32_t bits) { return static_cast<int>(flip_negative(bits)); }
+PTQ_HD inline uint32_t key_bits(int key) { return flip_negative(static_cast<uint32_t>(key)); }
+PTQ_HD inline float key_float(int key) { return bits_float(key_bits(key)); }
+
 PTQ_HD inline bool is_finite(float x) {
   // NaN and +-Inf fail this; written without std::isfinite so it also compiles for the device.
   return (x - x) == 0.0f;

@@ -23,9 +23,20 @@ constexpr std::int64_t kMaxGridBins = 1 << 24;    // grid bins per sign (2 x 128
 constexpr std::int64_t kMaxAxis = 64;             // |axis| < NumPy's largest ndim
 constexpr std::int64_t kMaxThreads = 4096;        // 0 means "every core"
 constexpr std::int64_t kMinNumBits = 2, kMaxNumBits = 16;
+// A histogram bin holds fewer than 2^63 values: the statistics format stores a count c as the
+// varint token c << 1, so a larger one could be held but never written.
+constexpr std::uint64_t kMaxBinCount = (std::uint64_t{1} << 63) - 1;
 
 inline void check(bool ok, const std::string& message) {
   if (!ok) throw StatsError(message);
+}
+
+// a + b for counters; StatsError naming `what` instead of wrapping round.
+inline std::uint64_t checked_add(std::uint64_t a, std::uint64_t b, const char* what) {
+  std::uint64_t sum;
+  if (__builtin_add_overflow(a, b, &sum))
+    throw StatsError(std::string(what) + " would pass 2^64 - 1 and wrap round");
+  return sum;
 }
 
 // Arrays handed in from outside must be aligned to their element type (vectorised loops).
@@ -69,9 +80,18 @@ inline void check_entropy_args(std::int64_t nb, std::int64_t nq, std::int64_t st
   check(stride >= 1, "stride must be >= 1, got " + std::to_string(stride));
 }
 
+// The mse search costs (candidates x bins) error terms: about a second at this many. A statistics
+// file chooses num_bins (up to 2^20, 2^40 terms: an hour), so the work is held to a stated limit.
+constexpr std::int64_t kMaxMseWork = std::int64_t{1} << 28;
+
 inline void check_mse_args(std::int64_t nb, std::int64_t num_bits, std::int64_t start_bin) {
   check_num_bits(num_bits);
   check_int(start_bin, 0, nb - 1, "start_bin");
+  if ((nb - start_bin) * nb > kMaxMseWork)
+    throw StatsError("mse over " + std::to_string(nb) + " bins from start_bin " +
+                     std::to_string(start_bin) + " takes " + std::to_string(nb - start_bin) + " x " +
+                     std::to_string(nb) + " steps, more than the limit of 2^28 (num_bins <= 16384 "
+                     "searches in full)");
 }
 
 }  // namespace ptq

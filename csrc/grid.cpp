@@ -18,17 +18,9 @@
 namespace ptq {
 namespace {
 
-// Finite floats map to order-preserving int32 keys: non-negative bits stay, negative ones get
-// all but the sign bit flipped. This inverts the mapping.
-inline float key_float(std::int32_t key) {
-  const std::uint32_t bits = static_cast<std::uint32_t>(key) ^ (static_cast<std::uint32_t>(key >> 31) >> 1);
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 // Integer arithmetic on the bit patterns so the loop vectorises without -ffast-math:
-// |x| bits below 0x7f800000 are finite, above it NaN, and finite keys order like the floats.
+// |x| bits below 0x7f800000 are finite, above it NaN, and order keys (binning.h) order like the
+// floats.
 PTQ_HOT_LOOP void summarize_bits(const std::uint32_t* q, std::int32_t m,
                                   std::uint32_t* counts /* OUT: amax bits, nan, nonfinite */,
                                   std::int32_t* keys /* OUT: min key, max key */) {
@@ -45,8 +37,7 @@ PTQ_HOT_LOOP void summarize_bits(const std::uint32_t* q, std::int32_t m,
     nonfinite += (abits >= kInfBits);
     const std::uint32_t a = abits & finmask;
     amax = amax > a ? amax : a;
-    const std::uint32_t key =
-        bits ^ (static_cast<std::uint32_t>(static_cast<std::int32_t>(bits) >> 31) >> 1);
+    const std::uint32_t key = flip_negative(bits);
     const std::int32_t kmin = static_cast<std::int32_t>((key & finmask) | (0x7fffffffu & ~finmask));
     const std::int32_t kmax = static_cast<std::int32_t>((key & finmask) | (0x80000000u & ~finmask));
     mn = mn < kmin ? mn : kmin;

@@ -192,6 +192,52 @@ void test_absorb_counts() {
   EXPECT(absorbed.to_bytes() == before);
 }
 
+void test_counter_limits() {
+  // Self-merges double the count: the one that would pass 2^64 - 1 is refused and changes nothing.
+  TensorStats s = stats_of(values(1024, 13, 4.0f));
+  int merges = 0;
+  bool refused = false;
+  while (!refused && merges < 80) {
+    const Bytes before = s.to_bytes();
+    try {
+      s.merge(s);
+      ++merges;
+    } catch (const ptq::StatsError&) {
+      refused = true;
+      EXPECT(s.to_bytes() == before);
+    }
+  }
+  EXPECT(refused && merges == 53 && s.count() == (count_t{1} << 63));
+  const Bytes b = s.to_bytes();
+  EXPECT(TensorStats::from_bytes(b.data(), b.size()).to_bytes() == b);
+  // A counted part may not bring a bin to 2^63 (the format's limit), nor end on a grid larger
+  // than the values need (its bytes would not load).
+  TensorStats t(16, 32, TensorStats::kNoAxis);
+  std::vector<count_t> counts(64, 0);
+  counts[16] = ptq::kMaxBinCount;  // 1.0 on the grid of exponent 1
+  t.absorb_counts(1, counts.data(), ptq::kMaxBinCount, 0, 0, 1.0f, 1.0f);
+  const Bytes full = t.to_bytes();
+  counts[16] = 1;
+  EXPECT_THROWS(t.absorb_counts(1, counts.data(), 1, 0, 0, 1.0f, 1.0f));
+  EXPECT(t.to_bytes() == full);
+  TensorStats fresh(16, 32, TensorStats::kNoAxis);
+  counts.assign(64, 0);
+  counts[1] = 1;  // 1.0 on the grid of exponent 5
+  EXPECT_THROWS(fresh.absorb_counts(5, counts.data(), 1, 0, 0, 1.0f, 1.0f));
+  EXPECT(fresh.count() == 0);
+}
+
+void test_memory_limit() {
+  // The largest grid declared by an empty object: 256 MiB held, a few dozen bytes written.
+  const TensorStats big(16, ptq::kMaxGridBins, TensorStats::kNoAxis);
+  const Bytes b = big.to_bytes();
+  const std::uint64_t need = 2 * static_cast<std::uint64_t>(ptq::kMaxGridBins) * sizeof(count_t);
+  EXPECT(b.size() < 100 && big.memory_bytes() == need);
+  EXPECT(TensorStats::memory_needed(b.data(), b.size()) == need);
+  EXPECT_THROWS(TensorStats::from_bytes(b.data(), b.size(), need - 1));
+  EXPECT(TensorStats::from_bytes(b.data(), b.size(), need).to_bytes() == b);
+}
+
 void test_argument_checks() {
   const auto no_axis = TensorStats::kNoAxis;
   EXPECT_THROWS(TensorStats(15, 64, no_axis));
@@ -276,6 +322,8 @@ int main() {
   test_merge_in_any_order();
   test_serialisation();
   test_absorb_counts();
+  test_counter_limits();
+  test_memory_limit();
   test_argument_checks();
   test_threads_share_one_object();
   if (failures) {

@@ -9,7 +9,10 @@
 //
 // Statistics bytes are untrusted input (files, other processes): from_bytes checks every field
 // and every invariant an update or merge maintains, and throws StatsError for anything else.
-// No size read from the bytes is allocated before the bytes are known to hold that much.
+// No size read from the bytes is allocated before the bytes are known to hold that much, except
+// the grid, which the bytes only declare (a 60-byte blob may declare 2 x 2^24 counts, 256 MiB):
+// it is held to the caller's memory limit first (memory_needed() reads it from the header alone).
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -169,8 +172,17 @@ std::vector<std::uint8_t> TensorStats::to_bytes() const {
   return w.out;
 }
 
-TensorStats TensorStats::from_bytes(const std::uint8_t* data, std::size_t size) {
-  Reader r{data, size};
+namespace {
+
+// The fields before the channel ranges, and what an object of them holds in memory.
+struct Header {
+  std::int32_t num_bins, grid_bins, axis, exponent;
+  count_t count, nan_count, inf_count;
+  float min, max;
+  std::uint32_t channels;
+};
+
+Header read_header(Reader& r, const std::uint8_t* data) {
   r.need(4);
   if (std::memcmp(data, "PTQS", 4) != 0) throw StatsError("not ptqengine statistics (bad magic)");
   r.p += 4;
@@ -178,15 +190,53 @@ TensorStats TensorStats::from_bytes(const std::uint8_t* data, std::size_t size) 
   const std::uint32_t version = r.u32();
   if (version != kFormatVersion)
     throw StatsError("unsupported statistics format version " + std::to_string(version));
-  const std::int32_t num_bins = r.i32(), grid_bins = r.i32(), axis = r.i32();
-  const std::int32_t exponent = r.i32();
-  // Everything before the histogram is read and checked before the grid is allocated.
-  if (!valid_exponent(exponent)) corrupt("grid exponent out of range");
-  const count_t count = r.u64(), nan_count = r.u64(), inf_count = r.u64();
-  const float min = r.f32(), max = r.f32();
-  const std::uint32_t channels = r.u32();
-  r.need(static_cast<std::size_t>(channels) * 8);
-  std::vector<float> channel_min(channels), channel_max(channels);
+  Header h;
+  h.num_bins = r.i32();
+  h.grid_bins = r.i32();
+  h.axis = r.i32();
+  h.exponent = r.i32();
+  if (!valid_exponent(h.exponent)) corrupt("grid exponent out of range");
+  h.count = r.u64();
+  h.nan_count = r.u64();
+  h.inf_count = r.u64();
+  h.min = r.f32();
+  h.max = r.f32();
+  h.channels = r.u32();
+  r.need(static_cast<std::size_t>(h.channels) * 8);  // the ranges are there: C is bounded by the bytes
+  return h;
+}
+
+// A grid_bins the constructor will refuse (negative, not a power of two) counts as it reads.
+std::uint64_t memory_of(const Header& h) {
+  return 2 * static_cast<std::uint64_t>(std::max<std::int32_t>(h.grid_bins, 0)) * sizeof(count_t) +
+         2 * static_cast<std::uint64_t>(h.channels) * sizeof(float);
+}
+
+}  // namespace
+
+std::uint64_t TensorStats::memory_bytes() const {
+  return 2 * static_cast<std::uint64_t>(grid_bins_) * sizeof(count_t) +
+         read([](const State& s) { return 2 * s.channel_min.size() * sizeof(float); });
+}
+
+std::uint64_t TensorStats::memory_needed(const std::uint8_t* data, std::size_t size) {
+  Reader r{data, size};
+  return memory_of(read_header(r, data));
+}
+
+TensorStats TensorStats::from_bytes(const std::uint8_t* data, std::size_t size,
+                                    std::uint64_t memory_limit) {
+  Reader r{data, size};
+  const Header h = read_header(r, data);
+  // Everything before the histogram is read and checked before anything is allocated: the
+  // channel ranges are in the bytes, the grid only declared, so it is held to memory_limit.
+  const std::uint64_t memory = memory_of(h);
+  if (memory > memory_limit)
+    throw StatsError("statistics need " + std::to_string(memory >> 20) + " MiB of memory (a grid of " +
+                     std::to_string(h.grid_bins) + " bins), more than the limit of " +
+                     std::to_string(memory_limit >> 20) + " MiB");
+  const std::int32_t num_bins = h.num_bins, grid_bins = h.grid_bins, axis = h.axis;
+  std::vector<float> channel_min(h.channels), channel_max(h.channels);
   for (auto& v : channel_min) v = r.f32();
   for (auto& v : channel_max) v = r.f32();
   TensorStats t = [&] {
@@ -197,12 +247,12 @@ TensorStats TensorStats::from_bytes(const std::uint8_t* data, std::size_t size) 
     }
   }();
   State& s = t.s_;
-  s.exponent = exponent;
-  s.count = count;
-  s.nan_count = nan_count;
-  s.inf_count = inf_count;
-  s.min = min;
-  s.max = max;
+  s.exponent = h.exponent;
+  s.count = h.count;
+  s.nan_count = h.nan_count;
+  s.inf_count = h.inf_count;
+  s.min = h.min;
+  s.max = h.max;
   s.channel_min = std::move(channel_min);
   s.channel_max = std::move(channel_max);
   for (int side = 0; side < 2; ++side)

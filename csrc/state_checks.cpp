@@ -29,8 +29,15 @@ void TensorStats::check_state(const State& s, bool minimal_grid) const {
   check(s.nan_count <= s.count && s.inf_count <= s.count - s.nan_count,
         "NaN and Inf counts exceed the count");
   count_t binned = 0;
-  for (count_t c : s.counts)
-    check(!__builtin_add_overflow(binned, c, &binned), "histogram counts overflow");
+  // One pass over up to 2^25 counts: plain branches (check() would build its message string for
+  // every bin, which made loading a large empty grid take seconds).
+  bool overflow = false, too_large = false;
+  for (count_t c : s.counts) {
+    too_large |= c > kMaxBinCount;
+    overflow |= __builtin_add_overflow(binned, c, &binned);
+  }
+  check(!too_large, "a histogram bin holds 2^63 values or more");
+  check(!overflow, "histogram counts overflow");
   check(binned == s.finite_count(), "histogram counts do not sum to the finite count");
   check(axis_ != kNoAxis || s.channel_min.empty(), "channel ranges without an axis");
   const bool any = s.finite_count() > 0;

@@ -125,23 +125,60 @@ std::vector<count_t> TensorStats::abs_counts() const {
   return out;
 }
 
-// from is brought onto into's grid in place (callers own it).
+namespace {
+
+// The scalar counters of into + from, checked: every counter stays below 2^64 (StatsError
+// otherwise, before anything changes).
+void add_counters(TensorStats::State& into, const TensorStats::State& from) {
+  const count_t count = checked_add(into.count, from.count, "the value count");
+  into.nan_count = checked_add(into.nan_count, from.nan_count, "the NaN count");
+  into.inf_count = checked_add(into.inf_count, from.inf_count, "the Inf count");
+  into.count = count;
+}
+
+}  // namespace
+
+// from is brought onto into's grid in place (callers own it). Throws StatsError, leaving into
+// unchanged, when a counter would wrap or a bin would reach 2^63 (kMaxBinCount).
 void TensorStats::absorb(State& into, State& from) const {
-  const int target = std::max(into.exponent, from.exponent);
-  grow_grid(log2_grid_, into.exponent, target, into.counts.data());
-  into.exponent = target;
+  checked_add(into.count, from.count, "the value count");  // NaN/Inf/finite counts are below it
+  // A grown bin holds at most its side's finite values, so below 2^63 finite values together no
+  // bin can pass the limit: the common case adds in place.
+  const bool bins_may_pass = into.finite_count() + from.finite_count() > kMaxBinCount;
+  State checked;
+  State& out = bins_may_pass ? (checked = into) : into;
+  const int target = std::max(out.exponent, from.exponent);
+  grow_grid(log2_grid_, out.exponent, target, out.counts.data());
+  out.exponent = target;
   grow_grid(log2_grid_, from.exponent, target, from.counts.data());
   from.exponent = target;
-  for (std::size_t b = 0; b < into.counts.size(); ++b) into.counts[b] += from.counts[b];
-  into.count += from.count;
-  into.nan_count += from.nan_count;
-  into.inf_count += from.inf_count;
-  into.min = std::min(into.min, from.min);
-  into.max = std::max(into.max, from.max);
-  for (std::size_t c = 0; c < into.channel_min.size(); ++c) {
-    into.channel_min[c] = std::min(into.channel_min[c], from.channel_min[c]);
-    into.channel_max[c] = std::max(into.channel_max[c], from.channel_max[c]);
+  for (std::size_t b = 0; b < out.counts.size(); ++b) {
+    out.counts[b] += from.counts[b];
+    if (bins_may_pass && (out.counts[b] < from.counts[b] || out.counts[b] > kMaxBinCount))
+      throw StatsError("a histogram bin would hold 2^63 values or more");
   }
+  add_counters(out, from);
+  out.min = std::min(out.min, from.min);
+  out.max = std::max(out.max, from.max);
+  for (std::size_t c = 0; c < out.channel_min.size(); ++c) {
+    out.channel_min[c] = std::min(out.channel_min[c], from.channel_min[c]);
+    out.channel_max[c] = std::max(out.channel_max[c], from.channel_max[c]);
+  }
+  if (bins_may_pass) into = std::move(checked);
+}
+
+// Per-channel data of `channels` channels (0: none) against s's channel ranges: s takes that many
+// empty channels when it has none yet; a different count is an error.
+void TensorStats::match_channels(State& s, std::size_t channels) const {
+  if (channels == 0) return;
+  if (s.channel_min.empty()) {
+    s.channel_min.assign(channels, std::numeric_limits<float>::infinity());
+    s.channel_max.assign(channels, -std::numeric_limits<float>::infinity());
+    return;
+  }
+  if (s.channel_min.size() != channels)
+    throw StatsError("axis " + std::to_string(axis_) + " has " + std::to_string(channels) +
+                     " channels, earlier updates had " + std::to_string(s.channel_min.size()));
 }
 
 void TensorStats::process(State& s, const float* data, std::int64_t n,
@@ -200,6 +237,11 @@ void TensorStats::update(const TensorView& view, std::int64_t threads_requested)
   if (threads == 0) threads = default_threads();
   const std::int64_t n = view.size();
   std::lock_guard<std::mutex> lock(mutex_);
+  // Checked once here rather than per block: with count + n below 2^64 no counter of this update
+  // wraps, and with fewer than 2^63 finite values no bin can reach kMaxBinCount.
+  checked_add(s_.count, static_cast<count_t>(n), "the value count");
+  check(s_.finite_count() <= kMaxBinCount - static_cast<count_t>(n),
+        "the finite count would reach 2^63: a histogram bin could pass its limit");
 
   std::int64_t channels = 0, inner = 1;
   if (axis_ != kNoAxis) {
@@ -210,13 +252,7 @@ void TensorStats::update(const TensorView& view, std::int64_t threads_requested)
                        std::to_string(ndim) + " dimensions");
     channels = view.shape[ax];
     for (int d = ax + 1; d < ndim; ++d) inner *= view.shape[d];
-    if (!s_.channel_min.empty() && static_cast<std::int64_t>(s_.channel_min.size()) != channels)
-      throw StatsError("axis " + std::to_string(axis_) + " has " + std::to_string(channels) +
-                       " channels, earlier updates had " + std::to_string(s_.channel_min.size()));
-    if (s_.channel_min.empty()) {
-      s_.channel_min.assign(channels, std::numeric_limits<float>::infinity());
-      s_.channel_max.assign(channels, -std::numeric_limits<float>::infinity());
-    }
+    match_channels(s_, static_cast<std::size_t>(channels));
   }
   // Segments are the units threads share: runs of one channel when those runs are long enough
   // to amortise a block's bookkeeping, otherwise slices of the flat range (channel min/max then
@@ -298,13 +334,15 @@ void TensorStats::absorb_counts(const Counts& c) {
     throw StatsError(std::string("counted statistics are inconsistent (") + e.what() + ")");
   }
   std::lock_guard<std::mutex> lock(mutex_);
-  if (channels > 0 && !s_.channel_min.empty() && s_.channel_min.size() != channels)
-    throw StatsError("axis " + std::to_string(axis_) + " has " + std::to_string(channels) +
-                     " channels, earlier updates had " + std::to_string(s_.channel_min.size()));
-  if (channels > 0 && s_.channel_min.empty()) {
-    s_.channel_min.assign(channels, std::numeric_limits<float>::infinity());
-    s_.channel_max.assign(channels, -std::numeric_limits<float>::infinity());
-  }
+  // The part may be counted on a larger grid than its own values need (the current grid of this
+  // object, say), but the sum must end on the smallest grid that holds its range, as every update
+  // and merge does: otherwise its own bytes would not load (from_bytes checks exactly that).
+  const float absmax = std::max(s_.absmax(), part.absmax());
+  const int needed = absmax > 0.0f ? exponent_above(absmax) : kEmptyExponent;
+  check(std::max(s_.exponent, part.exponent) == needed,
+        "counted statistics are inconsistent (grid exponent " + std::to_string(part.exponent) +
+            " is larger than the values need, " + std::to_string(needed) + ")");
+  match_channels(s_, channels);  // every check above comes first: a bad part changes nothing
   absorb(s_, part);
 }
 
@@ -313,18 +351,15 @@ void TensorStats::merge(const TensorStats& other) {
     throw StatsError("cannot merge statistics with different num_bins, grid_bins or axis");
   State from = other.snapshot();  // other's lock only, released before ours is taken
   std::lock_guard<std::mutex> lock(mutex_);
-  if (!s_.channel_min.empty() && !from.channel_min.empty() &&
-      s_.channel_min.size() != from.channel_min.size())
-    throw StatsError("cannot merge statistics with different channel counts");
-  if (s_.channel_min.empty() && !from.channel_min.empty()) {
-    s_.channel_min.assign(from.channel_min.size(), std::numeric_limits<float>::infinity());
-    s_.channel_max.assign(from.channel_min.size(), -std::numeric_limits<float>::infinity());
+  const bool adopts_channels = s_.channel_min.empty() && !from.channel_min.empty();
+  match_channels(s_, from.channel_min.size());
+  match_channels(from, s_.channel_min.size());
+  try {
+    absorb(s_, from);
+  } catch (const StatsError&) {  // a counter limit: leave s_ as it was
+    if (adopts_channels) s_.channel_min.clear(), s_.channel_max.clear();
+    throw;
   }
-  if (from.channel_min.empty()) {
-    from.channel_min.assign(s_.channel_min.size(), std::numeric_limits<float>::infinity());
-    from.channel_max.assign(s_.channel_min.size(), -std::numeric_limits<float>::infinity());
-  }
-  absorb(s_, from);
 }
 
 }  // namespace ptq

@@ -117,13 +117,22 @@ class TensorStats {
                      const float* channel_max = nullptr, std::size_t channels = 0);
 
   // Serialisation (serialize.cpp). from_bytes checks every field and invariant and throws
-  // StatsError for anything a valid object cannot produce.
+  // StatsError for anything a valid object cannot produce, or when the object would hold more
+  // than memory_limit bytes (checked before allocating: the grid is declared, not stored).
   std::vector<std::uint8_t> to_bytes() const;
-  static TensorStats from_bytes(const std::uint8_t* data, std::size_t size);
+  static TensorStats from_bytes(const std::uint8_t* data, std::size_t size,
+                                std::uint64_t memory_limit = UINT64_MAX);
+  // Bytes of histogram and channel ranges the object holds, and what from_bytes would allocate
+  // for these bytes (from their header only; StatsError when the header is bad).
+  std::uint64_t memory_bytes() const;
+  static std::uint64_t memory_needed(const std::uint8_t* data, std::size_t size);
 
  private:
   State fresh_state(std::size_t channels) const;
-  void absorb(State& into, State& from) const;  // from is regridded in place
+  // Adds from to into (from is regridded in place); refuses, changing nothing, when a counter
+  // would wrap or a bin reach kMaxBinCount.
+  void absorb(State& into, State& from) const;
+  void match_channels(State& s, std::size_t channels) const;
   void process(State& s, const float* data, std::int64_t n, std::int64_t channel) const;
   void process_view(State& s, const TensorView& view, std::int64_t first_segment,
                     std::int64_t end_segment, std::int64_t segment_len,

@@ -122,15 +122,26 @@ def compute_amax(stats: "TensorStats", method: str, **options: Any):
 
 
 def compute_amax_many(stats: Sequence["TensorStats"], method: str, threads: Optional[int] = None,
-                      **options: Any) -> list:
-    """compute_amax over many tensors; the native searches release the GIL, so threads overlap."""
+                      names: Optional[Sequence[str]] = None, **options: Any) -> list:
+    """compute_amax over many tensors; the native searches release the GIL, so threads overlap.
+
+    names: the tensors' names, for a ValueError that says which one failed."""
     opts = resolve_options(method, options)
     algo = get_algorithm(method)
     workers = max(1, threads or 1)
+
+    def run(k: int) -> Any:
+        try:
+            return algo.run(stats[k]._native, **opts)
+        except ValueError as exc:
+            if names is None:
+                raise
+            raise ValueError(f"tensor {names[k]!r}: {exc}") from None
+
     if workers == 1 or len(stats) < 2:
-        return [algo.run(s._native, **opts) for s in stats]
+        return [run(k) for k in range(len(stats))]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda s: algo.run(s._native, **opts), stats))
+        return list(pool.map(run, range(len(stats))))
 
 
 def symmetric_scale(amax: float, num_bits: int = 8) -> float:

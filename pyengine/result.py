@@ -89,7 +89,7 @@ def amax_for(bundle: StatsBundle, algo: str, options: Mapping[str, Any],
     names = list(bundle.tensors)
     try:
         values = compute_amax_many([bundle.tensors[n] for n in names], algo,
-                                   threads=threads or os.cpu_count(), **resolved)
+                                   threads=threads or os.cpu_count(), names=names, **resolved)
     except ValueError as exc:  # e.g. per_channel on per-tensor statistics
         raise OptionError(f"{algo}: {exc}") from None
     return algo, resolved, {n: float(v) for n, v in zip(names, values)}

@@ -117,8 +117,22 @@ class TensorStats:
         return self._native.to_bytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "TensorStats":
-        return cls._wrap(_core.TensorStats.from_bytes(bytes(data)))
+    def from_bytes(cls, data: bytes, memory_limit: Optional[int] = None) -> "TensorStats":
+        """Statistics from to_bytes() output (ValueError when malformed, or when they would hold
+        more than memory_limit bytes: checked before allocating)."""
+        if memory_limit is None:
+            return cls._wrap(_core.TensorStats.from_bytes(bytes(data)))
+        return cls._wrap(_core.TensorStats.from_bytes(bytes(data), max(int(memory_limit), 0)))
+
+    @staticmethod
+    def memory_needed(data: bytes) -> int:
+        """Bytes from_bytes(data) would allocate, read from the header alone (ValueError if bad)."""
+        return _core.TensorStats.memory_needed(bytes(data))
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of histogram and channel ranges this object holds."""
+        return self._native.memory_bytes
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TensorStats) and self.to_bytes() == other.to_bytes()

@@ -4,10 +4,18 @@ Layout: b"PTQSTATS" | u32 version (1) | u32 header length | header JSON (UTF-8, 
 the tensors' TensorStats bytes back to back, in the order the header lists them. The header holds
 {"metadata": {...}, "tensors": [{"name": str, "nbytes": int}, ...]}. Equal statistics and metadata
 give identical files; `export`, Q/DQ, Horizon and analysis features read everything from here.
+
+Memory. A tensor's bytes store only its non-empty bins but declare the whole grid, which loading
+allocates: up to 2 x 2^24 counts (256 MiB) for a blob of 60 bytes. So a file may declare at most
+MEMORY_PER_TENSOR per tensor (the default grid, 2048 search bins, needs exactly that) plus
+MEMORY_ALLOWANCE in all: larger grids fit, forty of the largest do not. The whole file's need is
+read from the tensors' headers and checked before anything is allocated; `memory_limit` replaces
+the limit.
 """
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +27,14 @@ from .stats import TensorStats
 
 MAGIC = b"PTQSTATS"
 VERSION = 1
+MIB = 1 << 20
+MEMORY_PER_TENSOR = 1 * MIB   # 2 x 65536 counts of 8 bytes: the default grid
+MEMORY_ALLOWANCE = 1024 * MIB
+
+
+def memory_limit_for(tensors: int) -> int:
+    """The default memory limit of a statistics file holding this many tensors (see above)."""
+    return MEMORY_ALLOWANCE + MEMORY_PER_TENSOR * tensors
 
 
 CONSTANTS_KEY = "constant_amax"
@@ -45,32 +61,44 @@ class StatsBundle:
         return MAGIC + struct.pack("<II", VERSION, len(head)) + head + b"".join(b for _, b in blobs)
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> "StatsBundle":
-        """Parse a statistics file; anything malformed raises FormatError naming `source`."""
+    def from_bytes(cls, data: bytes, source: str = "<bytes>",
+                   memory_limit: Optional[int] = None) -> "StatsBundle":
+        """Parse a statistics file; anything malformed raises FormatError naming `source`.
+
+        memory_limit: bytes the loaded statistics may hold (default: memory_limit_for(tensors)).
+        """
         entries, metadata, pos = _read_header(data, source)
-        tensors: Dict[str, TensorStats] = {}
+        blobs: List[Tuple[str, bytes]] = []
         for name, nbytes in entries:
             blob = data[pos:pos + nbytes]
             if len(blob) != nbytes:
                 raise FormatError(f"{source}: statistics file is truncated at tensor {name!r}")
-            try:
-                tensors[name] = TensorStats.from_bytes(blob)
-            except ValueError as exc:
-                raise FormatError(f"{source}: tensor {name!r}: {exc}") from None
+            blobs.append((name, blob))
             pos += nbytes
         if pos != len(data):
             raise FormatError(f"{source}: statistics file has trailing bytes")
-        _check_constants(metadata.get(CONSTANTS_KEY, []), source)
+        needs = [_checked(source, name, TensorStats.memory_needed, blob) for name, blob in blobs]
+        limit = memory_limit_for(len(blobs)) if memory_limit is None else int(memory_limit)
+        if sum(needs) > limit:
+            why = ("" if memory_limit is not None else f" ({_mib(MEMORY_PER_TENSOR)} per tensor + "
+                   f"{_mib(MEMORY_ALLOWANCE)}; load_stats(..., memory_limit=) sets another)")
+            raise FormatError(f"{source}: its {len(blobs)} tensors declare {_mib(sum(needs))} of histograms, "
+                              f"more than the limit of {_mib(limit)}{why}")
+        tensors = {name: _checked(source, name, TensorStats.from_bytes, blob, need)
+                   for (name, blob), need in zip(blobs, needs)}
         return cls(tensors, metadata)
 
 
-def _check_constants(found: Any, source: str) -> None:
-    """[name, amax] pairs (a list, so that graph order survives sorted JSON keys), each amax finite and > 0."""
-    if not isinstance(found, list) or not all(
-            isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)
-            and isinstance(pair[1], (int, float)) and not isinstance(pair[1], bool)
-            and 0 < pair[1] < float("inf") for pair in found):
-        raise FormatError(f"{source}: metadata '{CONSTANTS_KEY}' must be [tensor name, positive finite amax] pairs")
+def _checked(source: str, name: str, fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except ValueError as exc:
+        raise FormatError(f"{source}: tensor {name!r}: {exc}") from None
+
+
+def _mib(n: int) -> str:
+    return f"{n / MIB:,.0f} MiB"
+
 
 
 def _read_header(data: bytes, source: str) -> Tuple[List[Tuple[str, int]], Dict[str, Any], int]:
@@ -143,6 +171,11 @@ def _is_shards(v: Any) -> bool:
             and _is_list_of(v.get("notes", []), _is_str) and _is_list_of(v.get("grayscale_files", []), _is_str))
 
 
+def _is_constant(pair: Any) -> bool:
+    return (isinstance(pair, list) and len(pair) == 2 and _is_str(pair[0]) and type(pair[1]) in (int, float)
+            and 0 < pair[1] < math.inf)
+
+
 _METADATA_TYPES = {  # key -> (check, what it must be); a key that is absent is not checked
     "tool": (_is_str, "a string"), "tool_version": (_is_str, "a string"), "model_file": (_is_str, "a string"),
     "model_sha256": (_is_str, "a string"), "data_kind": (_is_str, "a string"),
@@ -156,6 +189,8 @@ _METADATA_TYPES = {  # key -> (check, what it must be); a key that is absent is 
                    "an object of objects"),
     "shards": (_is_shards, "an object with ids (integers), count and size (integers >= 1)"),
     "convergence": (lambda v: isinstance(v, dict), "an object"),
+    # a list of pairs, so that graph order survives the sorted JSON keys
+    CONSTANTS_KEY: (lambda v: _is_list_of(v, _is_constant), "a list of [tensor name, positive finite amax] pairs"),
 }
 
 
@@ -174,7 +209,8 @@ def save_stats(path: Union[str, Path], tensors: Union[StatsBundle, Mapping[str, 
     write_bytes_atomic(path, bundle.to_bytes())
 
 
-def load_stats(path: Union[str, Path]) -> StatsBundle:
+def load_stats(path: Union[str, Path], memory_limit: Optional[int] = None) -> StatsBundle:
+    """Read a statistics file (FormatError when malformed; memory_limit: see StatsBundle.from_bytes)."""
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -182,4 +218,4 @@ def load_stats(path: Union[str, Path]) -> StatsBundle:
         raise PtqError(f"{p}: statistics file not found") from None
     except OSError as exc:
         raise PtqError(f"{p}: cannot read ({exc.strerror})") from None
-    return StatsBundle.from_bytes(data, str(p))
+    return StatsBundle.from_bytes(data, str(p), memory_limit)

@@ -195,5 +195,5 @@ def test_statistics_with_bad_constant_entries_are_refused_in_one_line(tmp_path, 
     stats = TensorStats(128).update(np.linspace(-1, 1, 100, dtype=np.float32))
     save_stats(tmp_path / "s.ptqs", {"x": stats}, metadata={"constant_amax": bad})
     out = cli("export", tmp_path / "s.ptqs", "-o", tmp_path / "c.cache")
-    assert out.exit_code == 2 and "s.ptqs" in out.output and "constant_amax" in out.output, out.output
+    assert out.exit_code == 2 and "s.ptqs" in out.output and "constant_amax" in out.output, out.output  # the key named
     assert len(out.output.strip().splitlines()) == 1 and not (tmp_path / "c.cache").exists()

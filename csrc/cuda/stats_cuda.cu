@@ -45,7 +45,7 @@ __device__ __forceinline__ float load(const void* data, std::int64_t i, bool is_
 __device__ __forceinline__ int float_key(float x) {
   unsigned int bits = __float_as_uint(x);
   if ((bits & 0x7fffffffu) == 0) bits = 0;  // -0.0 counts as +0.0, as on the CPU
-  return static_cast<int>(bits ^ (static_cast<unsigned int>(static_cast<int>(bits) >> 31) >> 1));
+  return order_key(bits);
 }
 
 __global__ void summary_kernel(const void* data, std::int64_t n, bool is_half, Summary* out) {
@@ -207,13 +207,6 @@ void update_from_device(TensorStats& stats, const void* data, std::int64_t n, bo
   std::memcpy(&amax, &host.amax_bits, 4);
   const bool any_finite = host.nonfinite < static_cast<unsigned long long>(n);
   if (any_finite) {
-    auto key_float = [](int key) {
-      const unsigned int bits =
-          static_cast<unsigned int>(key) ^ (static_cast<unsigned int>(key >> 31) >> 1);
-      float f;
-      std::memcpy(&f, &bits, 4);
-      return f;
-    };
     mn = key_float(host.min_key);
     mx = key_float(host.max_key);
   }

@@ -22,13 +22,10 @@ namespace gpu {
 
 using u64 = unsigned long long;
 
-// Min/max travel as order-preserving int keys (integer atomics, flush-to-zero immune): the bits
-// of a non-negative float stay, a negative one's bits below the sign are flipped. -0.0 has key -1
-// and is read back as +0.0 (the CPU counts -0.0 as +0.0 too).
-PTQ_HD inline int order_key(uint32_t bits) {
-  return static_cast<int>(bits ^ (static_cast<uint32_t>(static_cast<int>(bits) >> 31) >> 1));
-}
-PTQ_HD inline uint32_t key_bits(int key) { return order_key(static_cast<uint32_t>(key)); }
+// Min/max travel as order keys (binning.h). -0.0 has key -1 and is read back as +0.0 (the CPU
+// counts -0.0 as +0.0 too).
+using ptq::key_bits;
+using ptq::order_key;
 constexpr int kKeyPlusInf = 0x7f800000;                    // order_key(+inf): "no minimum yet"
 constexpr int kKeyMinusInf = static_cast<int>(0x807fffffu);  // order_key(-inf): "no maximum yet"
 constexpr uint32_t kNoRecount = 0xffffffffu;

@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import DataError, FormatError, OptionError
 from ..images import find_images, manifest_sha256, sample_files
+from ..stats import TensorStats
 from ..statsfile import StatsBundle
 
 SHARDS_KEY = "shards"  # metadata entry of a part bundle; absent from a complete one
@@ -173,7 +174,7 @@ def merge_parts(a: StatsBundle, b: StatsBundle, a_name: str = "first part", b_na
     _check_same_run(a.metadata, b.metadata, a_name, b_name)
     if list(a.tensors) != list(b.tensors):
         raise FormatError(f"{b_name}: holds other tensors than {a_name}")
-    tensors = {name: (stats if in_place else stats.copy()).merge(b.tensors[name])
+    tensors = {name: _merged(stats if in_place else stats.copy(), b.tensors[name], f"{b_name}: tensor {name!r}")
                for name, stats in a.tensors.items()}
     meta = copy.deepcopy(a.metadata)
     for key in _SUMMED:
@@ -185,6 +186,13 @@ def merge_parts(a: StatsBundle, b: StatsBundle, a_name: str = "first part", b_na
         "notes": notes_a + [n for n in info_b.get("notes", []) if n not in notes_a],
         "grayscale_files": list(info_a.get("grayscale_files", [])) + list(info_b.get("grayscale_files", []))}
     return StatsBundle(tensors, meta)
+
+
+def _merged(stats: TensorStats, other: TensorStats, what: str) -> TensorStats:
+    try:
+        return stats.merge(other)
+    except ValueError as exc:  # a counter would pass its limit, or another configuration
+        raise FormatError(f"{what}: {exc}") from None
 
 
 def _check_same_run(a: Mapping[str, Any], b: Mapping[str, Any], a_name: str, b_name: str) -> None:

@@ -55,14 +55,16 @@ def total_counts(grid_bins: Sequence[int]) -> int:
     return int(2 * np.sum(np.asarray(grid_bins, dtype=np.int64)))
 
 
+def _flip_negative(bits: np.ndarray) -> np.ndarray:
+    """ptq::flip_negative (csrc/binning.h) on int32 bits: its own inverse."""
+    return bits ^ ((bits >> 31).view(np.uint32) >> np.uint32(1)).view(np.int32)
+
+
 def float_keys(values: np.ndarray) -> np.ndarray:
     """Order keys of float32 values (what the kernels compare with integer min/max)."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.int32)
-    return bits ^ ((bits >> 31).view(np.uint32) >> np.uint32(1)).view(np.int32)
+    return _flip_negative(np.ascontiguousarray(values, dtype=np.float32).view(np.int32))
 
 
 def keys_to_float(keys: np.ndarray) -> np.ndarray:
     """Inverse of float_keys, with -0.0 read as +0.0 (the CPU's convention)."""
-    k = np.ascontiguousarray(keys, dtype=np.int32)
-    bits = k ^ ((k >> 31).view(np.uint32) >> np.uint32(1)).view(np.int32)
-    return bits.view(np.float32) + np.float32(0.0)
+    return _flip_negative(np.ascontiguousarray(keys, dtype=np.int32)).view(np.float32) + np.float32(0.0)
