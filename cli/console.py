@@ -2,7 +2,8 @@
 
 Consoles are created per call so they follow the current sys.stdout / sys.stderr (test runners swap
 them) and the COLUMNS of the moment. Messages are printed with soft wrapping so that one message is
-always one line, whatever the terminal width.
+always one line, whatever the terminal width. Markup is off: tensor names, node names and paths come from
+users' files (a tensor named `x[/y]` is legal ONNX) and are printed as they are; styles go through Text.
 """
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ Outputs = List[Tuple[str, Path]]  # (what, where) for the summary
 
 
 def stdout_console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True, markup=False)
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def one_line(message: str) -> str:

@@ -10,6 +10,7 @@ import sys
 from typing import Annotated, Any, Callable, Optional, Sequence
 
 import typer
+from rich.markup import escape as rich_escape
 from typer.core import TyperCommand, TyperGroup
 
 from ptqengine import __version__
@@ -35,24 +36,41 @@ def _is_usage_error(exc: BaseException) -> bool:
     return getattr(exc, "exit_code", None) == EXIT_USAGE and callable(getattr(exc, "format_message", None))
 
 
-def _flags_take_no_value(params: list) -> list:
-    """Flags (--quiet, --help) take no value: show none (typer would print a <bool> placeholder)."""
+def literal(text: Optional[str]) -> Optional[str]:
+    """Help text as written: typer parses help as Rich markup, which would swallow `".[gpu]"`."""
+    return rich_escape(text) if text else text
+
+
+def _help_params(params: list) -> list:
+    """Flags (--quiet, --help) take no value: show none (typer would print a <bool> placeholder); every help
+    text is shown literally (escaped once: get_params runs on every help call)."""
     for param in params:
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""
+        if getattr(param, "help", None) and not getattr(param, "_ptq_literal", False):
+            param.help = literal(param.help)
+            param._ptq_literal = True
     return params
 
 
 class PtqCommand(TyperCommand):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help, self.short_help = literal(self.help), literal(self.short_help)
+
     def get_params(self, ctx: Any) -> list:
-        return _flags_take_no_value(super().get_params(ctx))
+        return _help_params(super().get_params(ctx))
 
 
 class PtqGroup(TyperGroup):
     """Runs click in non-standalone mode so every user error is reported the same single-line way."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = literal(self.help)
+
     def get_params(self, ctx: Any) -> list:
-        return _flags_take_no_value(super().get_params(ctx))
+        return _help_params(super().get_params(ctx))
 
     def main(self, args: Optional[Sequence[str]] = None, prog_name: Optional[str] = None,
              complete_var: Optional[str] = None, standalone_mode: bool = True, **extra: Any) -> Any:

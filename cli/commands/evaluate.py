@@ -7,6 +7,7 @@ from typing import Any, Annotated, Dict, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ptqengine.metrics import COSINE_TARGET
 
@@ -72,4 +73,4 @@ def _print(report) -> None:
         console.print(f"  {label}  {facts.size_bytes / 1e6:8.2f} MB  {facts.latency_ms:8.2f} ms/sample "
                       f"(onnxruntime CPU)  {facts.path}")
     style = "bold green" if report.passed else "bold yellow"
-    console.print(f"[{style}]{report.verdict}[/]")
+    console.print(Text(report.verdict, style=style))

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Annotated, Dict, List, Optional
 
 import typer
+from rich.text import Text
 
 from .. import options as opt
 from ..console import calibration_progress, print_warning, stdout_console
@@ -59,9 +60,9 @@ def horizon(
     console = stdout_console()
     choice = result.calibration
     pct = f", max_percentile {choice.max_percentile:g}" if choice.calibration_type == "max" else ""
-    console.print(f"[bold green]Horizon kit for {target.upper()} ({result.march}): {result.samples} samples, "
+    console.print(Text(f"Horizon kit for {target.upper()} ({result.march}): {result.samples} samples, "
                   f"calibration_type {choice.calibration_type}{pct}, per_channel {str(result.per_channel.value).lower()}, "
                   f"asymmetric {str(result.asymmetric.value).lower()}, {len(result.int16_nodes)} int16 / "
-                  f"{len(result.cpu_nodes)} CPU node(s)[/]")
+                  f"{len(result.cpu_nodes)} CPU node(s)", style="bold green"))
     for path in result.files:
         console.print(f"  {path}{'/' if path.is_dir() else ''}")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Annotated, Dict, List, Optional
 
 import typer
+from rich.text import Text
 
 from .. import options as opt
 from ..console import calibration_progress, print_report_warnings, print_warning, stage_progress, stdout_console
@@ -83,8 +84,8 @@ def _summary(model: Path, output: Path, report) -> None:
     source = model.stat().st_size
     what = (f"{report.activation_qdq} activation Q/DQ, {report.weight_dq} int8 weights"
             if report.mode == "static" else f"{report.weight_dq} int8 weight tensors, dynamic activations")
-    console.print(f"[bold green]Quantized ({report.mode}{', ' + report.algo if report.algo else ''}, "
-                  f"{'per-channel' if report.per_channel else 'per-tensor'} weights): {what}[/]")
+    console.print(Text(f"Quantized ({report.mode}{', ' + report.algo if report.algo else ''}, "
+                       f"{'per-channel' if report.per_channel else 'per-tensor'} weights): {what}", style="bold green"))
     done = report.accuracy
     if done.get("samples"):
         console.print(f"  on {done['samples']} calibration samples: {done.get('ranges_changed', 0)} range(s) chosen "
