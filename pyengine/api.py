@@ -7,6 +7,7 @@ rendering of the result.
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
@@ -18,6 +19,8 @@ from .collect.convergence import ConvergenceOptions
 from .errors import OptionError
 from .result import CalibrationResult, result_from_stats
 from .statsfile import load_stats
+
+log = logging.getLogger(__name__)
 
 AUTO = "auto"
 PathLike = Union[str, Path]
@@ -55,6 +58,7 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
     else:
         result = calibration.calibrate(model, data, algo=base, algo_options=algo_options, progress=progress,
                                        convergence=convergence, **run_options)
+    _warn_raw_pixels(result)
     if not auto:
         return result
     from .analyze.auto_algo import auto_result
@@ -63,6 +67,16 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
     chosen = auto_result(model, result, data, progress=stage_progress, **keep)
     chosen.report.seconds = time.perf_counter() - start  # the whole call, the auto runs included
     return chosen
+
+
+def _warn_raw_pixels(result: CalibrationResult) -> None:
+    """Images without mean/std: a warning Python callers see too (a note in the report alone is silent
+    there); moved out of the notes so the command line, which prints both, says it once."""
+    from .preprocess import RAW_PIXELS_NOTE
+
+    if RAW_PIXELS_NOTE in result.report.notes:
+        result.report.notes.remove(RAW_PIXELS_NOTE)
+        log.warning(RAW_PIXELS_NOTE)
 
 
 def _check_convergence(auto: bool, scale_out: Optional[Mapping[str, Any]]) -> None:

@@ -31,7 +31,7 @@ from .datasource import open_source
 from .errors import DataError, ModelError, OptionError
 from .metrics import AGREEMENT_TARGET, COSINE_TARGET, OutputComparison, worst
 from .model import info_from_model, load_model
-from .preprocess import PreprocessConfig, config_for, plan_for
+from .preprocess import RAW_PIXELS_NOTE, PreprocessConfig, config_for, plan_for, raw_pixels
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,9 @@ def evaluate(fp32_model: PathLike, int8_model: PathLike, data: Any, *, limit: Op
         keys += batch_keys
     if samples == 0:
         raise DataError(f"{data}: no usable samples")
+    configs = [config_for(preprocess, s.name) for s in info.inputs]
+    if source is not None and source.kind == "images" and raw_pixels(configs):
+        log.warning(RAW_PIXELS_NOTE)  # cosine 0.7 from a forgotten --mean/--std would look like bad INT8
     label_array = _label_array(label_map, keys, labels) if label_map is not None else None
     outputs = [_metrics(acc, label_array, target_cosine) for acc in compared["int8"]]
     if label_array is not None and not any(m.accuracy_fp32 is not None for m in outputs):

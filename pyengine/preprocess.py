@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -128,6 +128,15 @@ def load_preprocess_config(path: Union[str, Path]) -> Dict[str, PreprocessConfig
             raise OptionError(f"{p}: inputs.{name} must be a mapping")
         result[str(name)] = config_from_mapping(values, common, source=f"{p}: inputs.{name}")
     return result
+
+
+# Said whenever images are fed without mean/std: often a forgotten option, and then every range is wrong.
+RAW_PIXELS_NOTE = "no mean/std given: images fed as raw 0-255 pixel values"
+
+
+def raw_pixels(configs: "Sequence[PreprocessConfig]") -> bool:
+    """True when no input's preprocessing normalises (neither mean nor std given anywhere)."""
+    return bool(configs) and all(c.mean is None and c.std is None for c in configs)
 
 
 def config_for(preprocess: Union[PreprocessConfig, Mapping[str, PreprocessConfig], None],

@@ -219,3 +219,24 @@ def test_evaluate_says_when_agreement_is_not_meaningful(tmp_path, images):
     drifted = softmax_classifier(tmp_path / "d.onnx", logit_scale=3.0, noise=3.0)
     report = evaluate(confident, drifted, images, latency=False)
     assert report.outputs[0].undecided < 0.5 and not report.passed and "not meaningful" not in report.verdict
+
+
+def test_missing_mean_and_std_is_said_in_evaluate_and_the_python_api(tmp_path, images, caplog):
+    """A forgotten --mean/--std gives bad figures that look like bad INT8: evaluate and ptqengine.calibrate
+    warn through logging (the command line shows it as one warning line)."""
+    import ptqengine
+    from ptqengine.preprocess import RAW_PIXELS_NOTE, PreprocessConfig
+
+    path, _ = classifier(tmp_path / "a.onnx")
+    with caplog.at_level("WARNING", logger="ptqengine"):
+        evaluate(path, path, images, latency=False)
+        result = ptqengine.calibrate(path, images)
+    assert [r.getMessage() for r in caplog.records] == [RAW_PIXELS_NOTE] * 2
+    assert RAW_PIXELS_NOTE not in result.report.notes  # said once, not again by the CLI's notes
+    caplog.clear()
+    normalised = PreprocessConfig(mean=(127.5,) * 3, std=(64.0,) * 3)
+    with caplog.at_level("WARNING", logger="ptqengine"):
+        evaluate(path, path, images, latency=False, preprocess=normalised)
+        ptqengine.calibrate(path, images, preprocess=normalised)
+        evaluate(path, path, [{"x": batch(images)}], latency=False)  # arrays: nothing to normalise
+    assert caplog.records == []
