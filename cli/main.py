@@ -26,7 +26,7 @@ from .commands.inspect import inspect
 from .commands.merge import merge
 from .commands.quantize import quantize
 from .commands.select import select
-from .console import print_error, print_warning
+from .console import LOGGED_WARNINGS, one_line, print_error, print_warning, stop_writing_stdout
 
 EXIT_USAGE = 2
 
@@ -101,6 +101,7 @@ class WarningLines(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         message = self.format(record)
         if record.levelno >= logging.WARNING:
+            LOGGED_WARNINGS.add(one_line(message))
             print_warning(message)
         else:
             print(message, file=sys.stderr)
@@ -109,6 +110,7 @@ class WarningLines(logging.Handler):
 def setup_logging(verbose: bool) -> Callable[[], None]:
     """Route library logs to one-line messages; returns the undo (for in-process callers)."""
     logger = logging.getLogger("ptqengine")
+    LOGGED_WARNINGS.clear()  # per command (tests and notebooks run several in one process)
     saved = (list(logger.handlers), logger.level, logger.propagate)
     for handler in [h for h in logger.handlers if isinstance(h, WarningLines)]:
         logger.removeHandler(handler)
@@ -158,7 +160,10 @@ for name, command in (("calibrate", calibrate), ("export", export), ("quantize",
 
 def main() -> None:
     """Console-script entry point (`ptqengine`)."""
-    app(prog_name="ptqengine")
+    try:
+        app(prog_name="ptqengine")
+    except BrokenPipeError:  # a plain print() to a closed pipe, e.g. `ptqengine demo | head -1`
+        stop_writing_stdout()
 
 
 if __name__ == "__main__":  # pragma: no cover

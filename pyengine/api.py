@@ -71,11 +71,10 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
 
 def _warn_raw_pixels(result: CalibrationResult) -> None:
     """Images without mean/std: a warning Python callers see too (a note in the report alone is silent
-    there); moved out of the notes so the command line, which prints both, says it once."""
+    there). The note stays in the report; the command line prints a note it has just logged only once."""
     from .preprocess import RAW_PIXELS_NOTE
 
     if RAW_PIXELS_NOTE in result.report.notes:
-        result.report.notes.remove(RAW_PIXELS_NOTE)
         log.warning(RAW_PIXELS_NOTE)
 
 
