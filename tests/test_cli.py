@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import shlex
 import shutil
 import subprocess
 import sys
@@ -360,3 +362,83 @@ def test_inspect_prints_tensor_names_with_markup_literally(tmp_path):
     assert result.exit_code == 0, result.output
     assert "[red]only b" in result.stdout and "[b]y.cache" in result.stdout
     assert_one_line_error(run("inspect", tmp_path / "[red]missing.cache"), "[red]missing.cache")
+
+
+# --- the first hour's small things (issue 23, item 7) ---------------------------------------------------------
+
+def _bad_data(tmp_path, small_images):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(3):
+        (bad / f"img_{i}.jpg").write_bytes(b"not a jpeg")
+    strict = tmp_path / "strict"
+    shutil.copytree(small_images, strict)
+    (strict / "zzz_broken.jpg").write_bytes(b"not a jpeg")
+    arrays = tmp_path / "arrays"
+    arrays.mkdir()
+    import numpy as np
+
+    np.save(arrays / "wrong.npy", np.zeros((2, 2), np.float32))
+    return {"all images bad": [bad], "--strict": [strict, "--strict"], "wrong .npy shape": [arrays]}
+
+
+def test_errors_after_the_progress_bar_started_are_still_one_line(tmp_path, tiny_model, small_images):
+    """The bar's clean-up once printed an empty line before the error where stderr is not a terminal."""
+    for case, args in _bad_data(tmp_path, small_images).items():
+        result = run("calibrate", tiny_model, "--data", *args, "-o", tmp_path / "out.cache")
+        assert result.exit_code == 2, (case, result.output)
+        assert result.stderr.startswith("ptqengine: error: ") and result.stderr.count("\n") == 1, (case, result.stderr)
+
+
+def test_percentile_range_is_what_is_accepted(tmp_path, tiny_model, small_images):
+    help_text = runner.invoke(app, ["export", "--help"], env={"COLUMNS": "300"}).stdout
+    assert "(0, 100]" in help_text and "0.0<=x" not in help_text
+    for bad in ("0", "-1", "100.5", "nan"):
+        line = assert_one_line_error(run("calibrate", tiny_model, "--data", small_images, "--algo", "percentile",
+                                         "--percentile", bad, "-o", tmp_path / "p.cache"), "--percentile")
+        assert "(0, 100]" in line
+    assert run("calibrate", tiny_model, "--data", small_images, "--algo", "percentile", "--percentile", "100",
+               "-o", tmp_path / "p.cache", "-q").exit_code == 0
+
+
+def test_a_directory_given_as_the_model_is_named_so(tmp_path, small_images):
+    line = assert_one_line_error(run("calibrate", tmp_path, "--data", small_images, "-o", tmp_path / "c.cache"))
+    assert "is a directory" in line and "not found" not in line
+
+
+def test_dynamic_quantize_says_only_what_is_true(tmp_path, tiny_model):
+    """onnxruntime's advice to run its pre-processing script stays out; a size that hardly changed is not
+    '1.0x smaller'."""
+    proc = subprocess.run([sys.executable, "-m", "ptqengine.cli.main", "quantize", str(tiny_model), "--mode", "dynamic",
+                           "-o", str(tmp_path / "dyn.onnx")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "250"})
+    assert proc.returncode == 0, proc.stderr
+    assert "pre-processing" not in proc.stderr and proc.stderr.strip() == ""
+    assert "1.0x smaller" not in proc.stdout and "about the size of the" in proc.stdout
+
+
+def test_inspect_into_head_exits_zero(tmp_path):
+    write_trt_cache(tmp_path / "a.cache", {f"tensor_{i}": 1.0 + i for i in range(5000)})
+    write_trt_cache(tmp_path / "b.cache", {f"tensor_{i}": 2.0 + i for i in range(5000)})
+    command = (f"set -o pipefail; {shlex.quote(sys.executable)} -m ptqengine.cli.main inspect a.cache b.cache "
+               "| head -n 3 > /dev/null")
+    proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_a_failed_horizon_run_leaves_no_output_directory(tmp_path, tiny_model):
+    (tmp_path / "no_images").mkdir()
+    (tmp_path / "no_images" / "notes.md").write_text("no images here\n")
+    out = tmp_path / "kit"
+    assert_one_line_error(run("horizon", tiny_model, "--data", tmp_path / "no_images", "--target", "J5", "-o", out))
+    assert not out.exists()
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    assert_one_line_error(run("horizon", tiny_model, "--data", tmp_path / "no_images", "--target", "J5", "-o", existing))
+    assert existing.is_dir()  # not ours to remove
+
+
+def test_evaluate_warns_once_without_mean_and_std(tmp_path, tiny_model, small_images):
+    result = run("evaluate", tiny_model, tiny_model, "--data", small_images)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("no mean/std given") == 1

@@ -1,6 +1,7 @@
 """ptqengine horizon MODEL --data DIR --target J5: a Horizon PTQ kit (config, quant_config, calibration data)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Annotated, Dict, List, Optional
 
@@ -49,10 +50,16 @@ def horizon(
     from ptqengine.horizon import march_for, write_horizon_config
 
     march_for(target)  # a typo fails before any work
-    with calibration_progress(quiet or stats is not None) as progress:
-        result = write_horizon_config(model, data, target, output, preprocess=preprocess, stats=stats,
-                                      samples=samples, int16=int16 or (), cpu=cpu or (),
-                                      input_type_rt=input_type_rt, force=force, progress=progress, **run)
+    created = not output.exists()
+    try:
+        with calibration_progress(quiet or stats is not None) as progress:
+            result = write_horizon_config(model, data, target, output, preprocess=preprocess, stats=stats,
+                                          samples=samples, int16=int16 or (), cpu=cpu or (),
+                                          input_type_rt=input_type_rt, force=force, progress=progress, **run)
+    except BaseException:  # Ctrl-C or an error: no empty or half-written kit left behind
+        if created and output.is_dir():
+            shutil.rmtree(output, ignore_errors=True)  # made by this run: everything in it is ours
+        raise
     for note in result.notes:
         print_warning(note)
     if quiet:
