@@ -239,6 +239,8 @@ def _verdict(comparisons: Sequence[OutputComparison], target_cosine: float) -> T
     caveat = ""
     if score.top1_agreement is not None and score.agreement_meaningful:
         line += f", lowest agreement {score.top1_agreement:.1%}"
+        if score.undecided:  # a hint where agreement is low: some flips may be FP32's own indecision
+            line += f" (FP32 itself undecided on {score.undecided:.0%} of samples)"
     elif score.top1_agreement is not None:
         # Most samples sit where FP32 itself barely prefers a class: a flip there is noise, not drift.
         caveat = (f"; top-1 agreement ({score.top1_agreement:.1%}) is not meaningful on these samples: FP32's own "

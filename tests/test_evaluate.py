@@ -240,3 +240,17 @@ def test_missing_mean_and_std_is_said_in_evaluate_and_the_python_api(tmp_path, i
         ptqengine.calibrate(path, images, preprocess=normalised)
         evaluate(path, path, [{"x": batch(images)}], latency=False)  # arrays: nothing to normalise
     assert caplog.records == []
+
+
+def test_verdict_hints_at_undecided_samples_below_most():
+    from ptqengine.evaluate import _verdict
+    from ptqengine.metrics import OutputComparison
+
+    rng = np.random.default_rng(1)
+    sure = np.eye(CLASSES)[rng.integers(0, CLASSES, 70)] * 0.9 + 0.02
+    unsure = np.full((30, CLASSES), 0.2) + 0.001 * rng.standard_normal((30, CLASSES))
+    ref = np.concatenate([sure, unsure])
+    acc = OutputComparison("prob")
+    acc.add(ref, np.concatenate([sure, unsure[:, ::-1]]))  # only the undecided ones flip
+    passed, verdict = _verdict([acc], 0.99)
+    assert not passed and "lowest agreement 70.0% (FP32 itself undecided on 30% of samples)" in verdict
