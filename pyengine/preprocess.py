@@ -134,7 +134,7 @@ def load_preprocess_config(path: Union[str, Path]) -> Dict[str, PreprocessConfig
 RAW_PIXELS_NOTE = "no mean/std given: images fed as raw 0-255 pixel values"
 
 
-def raw_pixels(configs: "Sequence[PreprocessConfig]") -> bool:
+def raw_pixels(configs: Sequence[PreprocessConfig]) -> bool:
     """True when no input's preprocessing normalises (neither mean nor std given anywhere)."""
     return bool(configs) and all(c.mean is None and c.std is None for c in configs)
 

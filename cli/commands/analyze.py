@@ -69,7 +69,8 @@ def analyze(
 def _print(result, output: Path, json_out: Optional[Path]) -> None:
     console = stdout_console()
     scores = "  ".join(f"{name} {s.cosine:.4f}" for name, s in result.algorithm_scores.items())
-    console.print(Text.assemble(("Output cosine, everything INT8:", "bold"), f" {scores}  (best single: {result.best_single})"))
+    console.print(Text.assemble(("Output cosine, everything INT8:", "bold"),
+                                f" {scores}  (best single: {result.best_single})"))
     overall = result.overall
     if overall.top1_agreement is not None and not overall.agreement_meaningful:
         console.print(Text(f"Top-1 agreement is not meaningful on these samples: FP32's own top-1 margin is below the "

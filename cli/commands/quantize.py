@@ -101,7 +101,8 @@ def _summary(model: Path, output: Path, report) -> None:
         console.print(f"  FP16 fallback: {', '.join(report.fp16_nodes)}")
     if report.skipped:
         console.print(f"  no Q/DQ (no usable range): {len(report.skipped)} tensor(s)")
-    console.print(f"  {output}  {report.output_bytes / 1e6:.2f} MB ({size_change(source, report.output_bytes, report.mode)})")
+    size = size_change(source, report.output_bytes, report.mode)
+    console.print(f"  {output}  {report.output_bytes / 1e6:.2f} MB ({size})")
 
 
 def size_change(source: int, output: int, mode: str) -> str:
