@@ -122,6 +122,9 @@ def test_readme_blocks_run_as_pasted(tmp_path):
         assert proc.returncode == 0, (f"README block under '{block.heading}' failed (exit {proc.returncode}):\n"
                                       f"{block.text}\n--- stderr ---\n{proc.stderr[-3000:]}")
         ran.append((block, proc))
+        if block.heading == "Usage" and block.language == "bash":  # before later blocks rewrite the files
+            for name in ("calibration.cache", "stats.ptqs"):  # the README's command reproduces the demo
+                assert (work / name).read_bytes() == (work / "ptq_demo" / name).read_bytes(), name
     assert len(ran) >= 3
     # What the runnable blocks say they do, they did.
     usage = next(proc for block, proc in ran if block.heading == "Usage" and block.language == "bash")
