@@ -202,6 +202,11 @@ def test_agreement_on_undecided_samples_is_not_a_verdict():
     score = acc.score()
     assert score.cosine > 0.99 and score.top1_agreement < 0.95
     assert score.undecided > UNDECIDED_LIMIT and not score.agreement_meaningful and score.meets()
+    # analyze scores through compare_outputs with its --target-cosine: a stricter target tolerates less error
+    from ptqengine.metrics import compare_outputs
+
+    assert compare_outputs([[ref]], [[test]], target_cosine=0.99).undecided == score.undecided
+    assert compare_outputs([[ref]], [[test]], target_cosine=1.0).undecided == 0.0
     confident = np.eye(CLASSES)[rng.integers(0, CLASSES, 200)] * 0.9 + 0.02
     sure = OutputComparison("prob")
     sure.add(confident, confident[::-1])  # a model that is wrong with confidence is still caught
