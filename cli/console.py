@@ -2,13 +2,16 @@
 
 Consoles are created per call so they follow the current sys.stdout / sys.stderr (test runners swap
 them) and the COLUMNS of the moment. Messages are printed with soft wrapping so that one message is
-always one line, whatever the terminal width.
+always one line, whatever the terminal width. Markup is off: tensor names, node names and paths come from
+users' files (a tensor named `x[/y]` is legal ONNX) and are printed as they are; styles go through Text.
 """
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
@@ -22,12 +25,26 @@ ProgressCallback = Callable[[int, Optional[int]], None]
 Outputs = List[Tuple[str, Path]]  # (what, where) for the summary
 
 
+class StdoutConsole(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader stopped reading (`ptqengine inspect ... | head`): what it asked for, not a failure of
+        ours, so exit 0 (Rich exits 1, which fails `set -o pipefail` scripts)."""
+        stop_writing_stdout()
+
+
+def stop_writing_stdout() -> None:
+    """Point stdout at /dev/null (so the interpreter's last flush cannot fail too) and exit 0."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise SystemExit(0)
+
+
 def stdout_console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    return StdoutConsole(highlight=False, soft_wrap=True, markup=False)
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def one_line(message: str) -> str:
@@ -36,6 +53,11 @@ def one_line(message: str) -> str:
 
 def print_error(message: str) -> None:
     stderr_console().print(Text(f"ptqengine: error: {one_line(message)}", style="bold red"))
+
+
+# Warnings the library logged during this command (main.WarningLines adds them): a report note that says
+# the same thing is not printed again.
+LOGGED_WARNINGS: Set[str] = set()
 
 
 def print_warning(message: str) -> None:
@@ -76,9 +98,13 @@ class LazyProgressBar:
 
     def stop(self, keep: bool) -> None:
         """Leave the final bar on screen (and in logs) after success; remove it after a failure."""
-        if self.progress is not None:
-            self.progress.live.transient = not keep
+        if self.progress is None:
+            return
+        self.progress.live.transient = not keep
+        if keep:
             self.progress.stop()
+        else:  # Progress.stop adds an empty line where stderr is not a terminal: the error must stay one line
+            self.progress.live.stop()
 
 
 @contextlib.contextmanager
@@ -193,4 +219,5 @@ def print_report_warnings(result: "CalibrationResult", extra: Sequence[str] = ()
         more = f" and {len(report.skipped) - 3} more" if len(report.skipped) > 3 else ""
         print_warning(f"skipped {len(report.skipped)} input(s): {shown}{more}")
     for note in list(report.notes) + list(extra):
-        print_warning(note)
+        if one_line(note) not in LOGGED_WARNINGS:
+            print_warning(note)

@@ -11,6 +11,7 @@ import warnings
 from typing import Annotated, Any, Callable, Optional, Sequence
 
 import typer
+from rich.markup import escape as rich_escape
 from typer.core import TyperCommand, TyperGroup
 
 from ptqengine import __version__
@@ -26,7 +27,7 @@ from .commands.inspect import inspect
 from .commands.merge import merge
 from .commands.quantize import quantize
 from .commands.select import select
-from .console import print_error, print_warning
+from .console import LOGGED_WARNINGS, one_line, print_error, print_warning, stop_writing_stdout
 
 EXIT_USAGE = 2
 
@@ -36,24 +37,41 @@ def _is_usage_error(exc: BaseException) -> bool:
     return getattr(exc, "exit_code", None) == EXIT_USAGE and callable(getattr(exc, "format_message", None))
 
 
-def _flags_take_no_value(params: list) -> list:
-    """Flags (--quiet, --help) take no value: show none (typer would print a <bool> placeholder)."""
+def literal(text: Optional[str]) -> Optional[str]:
+    """Help text as written: typer parses help as Rich markup, which would swallow `".[gpu]"`."""
+    return rich_escape(text) if text else text
+
+
+def _help_params(params: list) -> list:
+    """Flags (--quiet, --help) take no value: show none (typer would print a <bool> placeholder); every help
+    text is shown literally (escaped once: get_params runs on every help call)."""
     for param in params:
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""
+        if getattr(param, "help", None) and not getattr(param, "_ptq_literal", False):
+            param.help = literal(param.help)
+            param._ptq_literal = True
     return params
 
 
 class PtqCommand(TyperCommand):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help, self.short_help = literal(self.help), literal(self.short_help)
+
     def get_params(self, ctx: Any) -> list:
-        return _flags_take_no_value(super().get_params(ctx))
+        return _help_params(super().get_params(ctx))
 
 
 class PtqGroup(TyperGroup):
     """Runs click in non-standalone mode so every user error is reported the same single-line way."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = literal(self.help)
+
     def get_params(self, ctx: Any) -> list:
-        return _flags_take_no_value(super().get_params(ctx))
+        return _help_params(super().get_params(ctx))
 
     def main(self, args: Optional[Sequence[str]] = None, prog_name: Optional[str] = None,
              complete_var: Optional[str] = None, standalone_mode: bool = True, **extra: Any) -> Any:
@@ -89,6 +107,7 @@ class WarningLines(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         message = self.format(record)
         if record.levelno >= logging.WARNING:
+            LOGGED_WARNINGS.add(one_line(message))
             print_warning(message)
         else:
             print(message, file=sys.stderr)
@@ -97,6 +116,7 @@ class WarningLines(logging.Handler):
 def setup_logging(verbose: bool) -> Callable[[], None]:
     """Route library logs to one-line messages; returns the undo (for in-process callers)."""
     logger = logging.getLogger("ptqengine")
+    LOGGED_WARNINGS.clear()  # per command (tests and notebooks run several in one process)
     saved = (list(logger.handlers), logger.level, logger.propagate)
     for handler in [h for h in logger.handlers if isinstance(h, WarningLines)]:
         logger.removeHandler(handler)
@@ -155,7 +175,10 @@ for name, command in (("calibrate", calibrate), ("export", export), ("quantize",
 
 def main() -> None:
     """Console-script entry point (`ptqengine`)."""
-    app(prog_name="ptqengine")
+    try:
+        app(prog_name="ptqengine")
+    except BrokenPipeError:  # a plain print() to a closed pipe, e.g. `ptqengine demo | head -1`
+        stop_writing_stdout()
 
 
 if __name__ == "__main__":  # pragma: no cover

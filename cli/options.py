@@ -211,8 +211,9 @@ DefaultAlgoOpt = Annotated[Optional[Algo], typer.Option(
          "EntropyCalibration2.")]
 SavedStatsAlgoOpt = Annotated[SavedStatsAlgo, typer.Option(
     "--algo", case_sensitive=False, rich_help_panel=ALGORITHM, help=_ALGO_HELP + ".")]
+# No min/max here: click shows them as [0.0<=x<=100.0], but 0 is no percentile; algorithm_options checks.
 PercentileOpt = Annotated[Optional[float], typer.Option(
-    "--percentile", min=0.0, max=100.0, rich_help_panel=ALGORITHM,
+    "--percentile", metavar="(0, 100]", rich_help_panel=ALGORITHM,
     help="Percentile for --algo percentile (default: 99.99).")]
 
 
@@ -229,6 +230,8 @@ def algorithm_options(algo: Optional[Enum], percentile: Optional[float]) -> Tupl
             raise OptionError("--percentile is only used by --algo percentile")
         return None, {}
     if algo.value == "percentile":
+        if percentile is not None and not 0.0 < percentile <= 100.0:  # NaN fails too
+            raise OptionError(f"--percentile must be in (0, 100], got {percentile:g}")
         return algo.value, ({} if percentile is None else {"percentile": percentile})
     if percentile is not None:
         raise OptionError(f"--percentile is only used by --algo percentile (got --algo {algo.value})")

@@ -7,6 +7,7 @@ rendering of the result.
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
@@ -18,6 +19,8 @@ from .collect.convergence import ConvergenceOptions
 from .errors import OptionError
 from .loader_script import LoaderScript
 from .result import CalibrationResult, result_from_stats
+
+log = logging.getLogger(__name__)
 
 AUTO = "auto"
 CHOICE = "choice"  # per tensor, the range its reading layers reproduce best (the CLI's default for a cache)
@@ -62,6 +65,7 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
         result = calibration.calibrate(model, data, algo=base, algo_options=None if choice else algo_options,
                                        progress=progress, convergence=convergence, chosen_later=choice,
                                        **run_options)
+    _warn_raw_pixels(result)
     if not (auto or choice):
         return result
     keep = {k: run_options[k] for k in SAMPLE_OPTIONS if k in run_options}
@@ -104,6 +108,15 @@ def _choose_for_cache(model: PathLike, result: CalibrationResult, data: Any, run
     facts = {"candidates": [*CANDIDATE_ALGOS, "bound"], "criterion": "reading layers' output error",
              "weights": "per-channel max|w|/127 (TensorRT's)", **summary}
     return CalibrationResult(result.stats, CHOICE, facts, amax, result.report)
+
+
+def _warn_raw_pixels(result: CalibrationResult) -> None:
+    """Images without mean/std: a warning Python callers see too (a note in the report alone is silent
+    there). The note stays in the report; the command line prints a note it has just logged only once."""
+    from .preprocess import RAW_PIXELS_NOTE
+
+    if RAW_PIXELS_NOTE in result.report.notes:
+        log.warning(RAW_PIXELS_NOTE)
 
 
 def _check_convergence(auto: bool, scale_out: Optional[Mapping[str, Any]]) -> None:

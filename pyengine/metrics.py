@@ -8,6 +8,15 @@ Nothing but running sums is kept, unless top-1 classes are asked for (accuracy a
 "Good enough" is one rule for `analyze` (its advice's target) and `evaluate` (its verdict): the worst
 output's cosine reaches the target (0.99 by default: the rule of thumb Horizon's toolchain documents for
 its users) and, where outputs have classes, the worst agreement reaches AGREEMENT_TARGET.
+
+Agreement only means something where FP32 itself has decided. A classifier [N, C] sample is *undecided*
+when FP32's top-1 margin (largest minus second largest output) is below the error the cosine target
+tolerates: noise uncorrelated with the signal lowers the cosine to 1 / sqrt(1 + noise / signal power), so
+a target t allows an RMS error of signal_rms * sqrt(1 / t^2 - 1) (0.14 of the output's RMS at 0.99). An
+INT8 model that passes on cosine may flip such a sample. When most samples are undecided (out-of-
+distribution images: a classifier's outputs near uniform), top-1 agreement measures noise; the rule then
+judges by cosine alone and says so. Sequence outputs [N, T, C] are not checked: one undecided position
+among many (blank frames of a CTC recogniser) is ordinary there.
 """
 from __future__ import annotations
 
@@ -21,6 +30,8 @@ from .errors import DataError, ModelError
 
 COSINE_TARGET = 0.99
 AGREEMENT_TARGET = 0.95
+# Agreement is not meaningful when more than this share of samples is undecided ("most of them").
+UNDECIDED_LIMIT = 0.5
 METRICS = {"cosine": True, "sqnr": True, "mse": False}  # the figures a search can rank by -> higher is better
 
 
@@ -32,13 +43,20 @@ class Score:
     sqnr_db: float
     mse: float
     top1_agreement: Optional[float] = None  # classifier [N, C] / sequence [N, T, C] outputs
+    # share of [N, C] samples FP32 itself has not decided (module docstring); above UNDECIDED_LIMIT
+    # `meets` judges by cosine alone
+    undecided: Optional[float] = None
+
+    @property
+    def agreement_meaningful(self) -> bool:
+        return self.undecided is None or self.undecided <= UNDECIDED_LIMIT
 
     def value(self, metric: str) -> float:
         return {"cosine": self.cosine, "sqnr": self.sqnr_db, "mse": self.mse}[metric]
 
     def meets(self, target_cosine: float = COSINE_TARGET) -> bool:
         """The rule in the module docstring."""
-        return self.cosine >= target_cosine and (self.top1_agreement is None
+        return self.cosine >= target_cosine and (self.top1_agreement is None or not self.agreement_meaningful
                                                  or self.top1_agreement >= AGREEMENT_TARGET)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -46,9 +64,20 @@ class Score:
 
 
 def worst(scores: Sequence[Score]) -> Score:
-    agreements = [s.top1_agreement for s in scores if s.top1_agreement is not None]
+    """Each figure its own worst. Agreement: the lowest among outputs where it is meaningful; when it is
+    meaningful on none, the lowest of all with the largest undecided share (so `meets` leaves it out)."""
+    classed = [s for s in scores if s.top1_agreement is not None]
+    pool = [s for s in classed if s.agreement_meaningful] or classed
+    undecided = [s.undecided for s in pool if s.undecided is not None]
     return Score(min(s.cosine for s in scores), min(s.sqnr_db for s in scores), max(s.mse for s in scores),
-                 min(agreements) if agreements else None)
+                 min(s.top1_agreement for s in pool) if pool else None, max(undecided) if undecided else None)
+
+
+def tolerated_error(signal_rms: float, target_cosine: float) -> float:
+    """The RMS error (uncorrelated with the signal) at which the cosine falls to target_cosine."""
+    if target_cosine <= 0:
+        return math.inf
+    return signal_rms * math.sqrt(max(1.0 / (target_cosine * target_cosine) - 1.0, 0.0))
 
 
 class OutputComparison:
@@ -64,6 +93,7 @@ class OutputComparison:
         self.keep_top1 = keep_top1
         self.ref_top1: List[np.ndarray] = []  # [N, C] outputs only, with keep_top1
         self.test_top1: List[np.ndarray] = []
+        self.margins: List[np.ndarray] = []  # FP32's top-1 margin per sample, [N, C] outputs (4 bytes a sample)
 
     def add(self, ref: Any, test: Any) -> None:
         ref, test = np.asarray(ref), np.asarray(test)
@@ -85,6 +115,9 @@ class OutputComparison:
             same = (ref_cls == test_cls).reshape(ref.shape[0], -1).all(axis=1)
             self.agree += int(same.sum())
             self.rows += int(same.size)
+            if ref.ndim == 2:
+                top2 = np.partition(ref, -2, axis=-1)[:, -2:].astype(np.float64)
+                self.margins.append((top2[:, 1] - top2[:, 0]).astype(np.float32))
             if self.keep_top1 and ref.ndim == 2:
                 self.ref_top1.append(ref_cls)
                 self.test_top1.append(test_cls)
@@ -112,11 +145,20 @@ class OutputComparison:
     def agreement(self) -> Optional[float]:
         return self.agree / self.rows if self.rows else None
 
-    def score(self) -> Score:
-        return Score(self.cosine, self.sqnr_db, self.mse, self.agreement)
+    def undecided(self, target_cosine: float = COSINE_TARGET) -> Optional[float]:
+        """Share of [N, C] samples whose FP32 top-1 margin is below the error target_cosine tolerates."""
+        if not self.margins or not self.count:
+            return None
+        margins = np.concatenate(self.margins)
+        limit = tolerated_error(math.sqrt(self.ref_sq / self.count), target_cosine)
+        return float(np.mean(margins < limit))
+
+    def score(self, target_cosine: float = COSINE_TARGET) -> Score:
+        return Score(self.cosine, self.sqnr_db, self.mse, self.agreement, self.undecided(target_cosine))
 
 
-def compare_outputs(reference: Sequence[Sequence[Any]], outputs: Sequence[Sequence[Any]]) -> Score:
+def compare_outputs(reference: Sequence[Sequence[Any]], outputs: Sequence[Sequence[Any]],
+                    target_cosine: float = COSINE_TARGET) -> Score:
     """The worst score of outputs (per batch, per model output) against the reference of the same shape."""
     sums: List[OutputComparison] = []
     for ref_batch, test_batch in zip(reference, outputs):
@@ -126,4 +168,4 @@ def compare_outputs(reference: Sequence[Sequence[Any]], outputs: Sequence[Sequen
             acc.add(ref, test)
     if not sums:
         raise DataError("no samples to compare")
-    return worst([s.score() for s in sums])
+    return worst([s.score(target_cosine) for s in sums])

@@ -80,6 +80,8 @@ def load_model(path: PathLike, load_external_data: bool = True) -> onnx.ModelPro
     file outside its folder or a device such as /dev/zero.
     """
     p = Path(path)
+    if p.is_dir():
+        raise ModelError(f"{p}: is a directory, expected an ONNX model file")
     if not p.is_file():
         raise ModelError(f"{p}: model file not found")
     try:

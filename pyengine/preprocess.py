@@ -178,6 +178,15 @@ def load_preprocess_config(path: Union[str, Path]) -> Dict[str, PreprocessConfig
     return result
 
 
+# Said whenever images are fed without mean/std: often a forgotten option, and then every range is wrong.
+RAW_PIXELS_NOTE = "no mean/std given: images fed as raw 0-255 pixel values"
+
+
+def raw_pixels(configs: Sequence[PreprocessConfig]) -> bool:
+    """True when no input's preprocessing normalises (neither mean nor std given anywhere)."""
+    return bool(configs) and all(c.mean is None and c.std is None for c in configs)
+
+
 def config_for(preprocess: Union[PreprocessConfig, Mapping[str, PreprocessConfig], None],
                input_name: str) -> PreprocessConfig:
     if preprocess is None:

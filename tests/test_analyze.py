@@ -458,3 +458,23 @@ def test_library_calibrate_algo_auto(planted, planted_choice_all):
     one_shot = iter([np.zeros((3, 40, 48), np.float32)])
     with pytest.raises(OptionError, match="reads the data twice"):
         calibrate(path, one_shot, algo="auto")
+
+
+def test_analyze_says_when_agreement_is_not_meaningful(planted_result, tmp_path, capsys):
+    """Most samples undecided by FP32: the report and the command's summary say agreement means nothing
+    there, and the rule judges by cosine (ptqengine.metrics)."""
+    import dataclasses
+
+    from ptqengine.cli.commands.analyze import _print
+    from ptqengine.metrics import Score
+
+    undecided = dataclasses.replace(planted_result, overall=Score(0.999, 40.0, 1e-6, 0.6, undecided=0.8))
+    assert undecided.overall.meets(0.99)
+    undecided.write_html(tmp_path / "r.html")
+    assert "not meaningful on these samples" in (tmp_path / "r.html").read_text()
+    _print(undecided, tmp_path / "r.html", None)
+    assert "Top-1 agreement is not meaningful on these samples" in capsys.readouterr().out
+    decided = dataclasses.replace(planted_result, overall=Score(0.999, 40.0, 1e-6, 0.6, undecided=0.1))
+    assert not decided.overall.meets(0.99)
+    decided.write_html(tmp_path / "d.html")
+    assert "not meaningful" not in (tmp_path / "d.html").read_text()

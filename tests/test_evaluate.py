@@ -161,3 +161,102 @@ def test_evaluate_and_analyze_share_one_rule_for_good_enough():
     assert not Score(0.995, 30.0, 0.0, AGREEMENT_TARGET - 0.01).meets(0.99)  # the case analyze used to pass
     assert not Score(0.985, 30.0, 0.0, 1.0).meets(0.99)
     assert Score(0.985, 30.0, 0.0, 1.0).meets(0.98)
+
+
+def softmax_classifier(path, logit_scale: float, noise: float = 0.0):
+    """x [N,3,8,8] -> GlobalAveragePool -> Flatten -> MatMul -> Softmax: probabilities [N, 5]; a small
+    logit_scale makes them near uniform (what a classifier gives images unlike its training data)."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, CLASSES)).astype(np.float32) * logit_scale
+    w += noise * np.random.default_rng(1).standard_normal(w.shape).astype(np.float32)
+    nodes = [helper.make_node("Sub", ["x", "mid"], ["c"]), helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["prob"], axis=-1)]
+    graph = helper.make_graph(nodes, "clf", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", CLASSES])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(127.5), "mid")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_tolerated_error_follows_from_the_cosine_target():
+    from ptqengine.metrics import tolerated_error
+
+    # noise uncorrelated with the signal: cosine = 1 / sqrt(1 + (e / s)^2)
+    e = tolerated_error(2.0, 0.99)
+    assert 1 / math.sqrt(1 + (e / 2.0) ** 2) == pytest.approx(0.99)
+    assert tolerated_error(2.0, 1.0) == 0.0
+
+
+def test_agreement_on_undecided_samples_is_not_a_verdict():
+    """Near-uniform FP32 outputs: top-1 flips are noise; the score says so and judges by cosine alone."""
+    from ptqengine.metrics import OutputComparison, UNDECIDED_LIMIT
+
+    rng = np.random.default_rng(0)
+    ref = 0.2 + 0.004 * rng.standard_normal((200, CLASSES))  # margins ~0.005, RMS 0.2: tolerated 0.028
+    test = ref + 0.004 * rng.standard_normal(ref.shape)
+    acc = OutputComparison("prob")
+    acc.add(ref, test)
+    score = acc.score()
+    assert score.cosine > 0.99 and score.top1_agreement < 0.95
+    assert score.undecided > UNDECIDED_LIMIT and not score.agreement_meaningful and score.meets()
+    # analyze scores through compare_outputs with its --target-cosine: a stricter target tolerates less error
+    from ptqengine.metrics import compare_outputs
+
+    assert compare_outputs([[ref]], [[test]], target_cosine=0.99).undecided == score.undecided
+    assert compare_outputs([[ref]], [[test]], target_cosine=1.0).undecided == 0.0
+    confident = np.eye(CLASSES)[rng.integers(0, CLASSES, 200)] * 0.9 + 0.02
+    sure = OutputComparison("prob")
+    sure.add(confident, confident[::-1])  # a model that is wrong with confidence is still caught
+    assert sure.score().undecided == 0.0 and not sure.score().meets()
+
+
+def test_evaluate_says_when_agreement_is_not_meaningful(tmp_path, images):
+    near_uniform = softmax_classifier(tmp_path / "a.onnx", logit_scale=0.01)
+    drifted = softmax_classifier(tmp_path / "b.onnx", logit_scale=0.01, noise=0.01)
+    report = evaluate(near_uniform, drifted, images, latency=False)
+    (m,) = report.outputs
+    assert m.undecided > 0.5 and m.cosine > 0.99
+    assert report.passed and "not meaningful on these samples" in report.verdict
+    confident = softmax_classifier(tmp_path / "c.onnx", logit_scale=3.0)
+    drifted = softmax_classifier(tmp_path / "d.onnx", logit_scale=3.0, noise=3.0)
+    report = evaluate(confident, drifted, images, latency=False)
+    assert report.outputs[0].undecided < 0.5 and not report.passed and "not meaningful" not in report.verdict
+
+
+def test_missing_mean_and_std_is_said_in_evaluate_and_the_python_api(tmp_path, images, caplog):
+    """A forgotten --mean/--std gives bad figures that look like bad INT8: evaluate and ptqengine.calibrate
+    warn through logging (the command line shows it as one warning line)."""
+    import ptqengine
+    from ptqengine.preprocess import RAW_PIXELS_NOTE, PreprocessConfig
+
+    path, _ = classifier(tmp_path / "a.onnx")
+    with caplog.at_level("WARNING", logger="ptqengine"):
+        evaluate(path, path, images, latency=False)
+        result = ptqengine.calibrate(path, images)
+    assert [r.getMessage() for r in caplog.records] == [RAW_PIXELS_NOTE] * 2
+    assert RAW_PIXELS_NOTE in result.report.notes  # the report keeps it; the CLI prints it once
+    caplog.clear()
+    normalised = PreprocessConfig(mean=(127.5,) * 3, std=(64.0,) * 3)
+    with caplog.at_level("WARNING", logger="ptqengine"):
+        evaluate(path, path, images, latency=False, preprocess=normalised)
+        ptqengine.calibrate(path, images, preprocess=normalised)
+        evaluate(path, path, [{"x": batch(images)}], latency=False)  # arrays: nothing to normalise
+    assert caplog.records == []
+
+
+def test_verdict_hints_at_undecided_samples_below_most():
+    from ptqengine.evaluate import _verdict
+    from ptqengine.metrics import OutputComparison
+
+    rng = np.random.default_rng(1)
+    sure = np.eye(CLASSES)[rng.integers(0, CLASSES, 70)] * 0.9 + 0.02
+    unsure = np.full((30, CLASSES), 0.2) + 0.001 * rng.standard_normal((30, CLASSES))
+    ref = np.concatenate([sure, unsure])
+    acc = OutputComparison("prob")
+    acc.add(ref, np.concatenate([sure, unsure[:, ::-1]]))  # only the undecided ones flip
+    passed, verdict = _verdict([acc], 0.99)
+    assert not passed and "% (FP32 itself undecided on 30% of samples)" in verdict
+    assert acc.agreement < 0.95

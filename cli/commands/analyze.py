@@ -6,6 +6,7 @@ from typing import Any, Annotated, Dict, List, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ptqengine.atomic import atomic_group
 from ptqengine.metrics import COSINE_TARGET
@@ -71,7 +72,13 @@ def analyze(
 def _print(result, output: Path, json_out: Optional[Path]) -> None:
     console = stdout_console()
     scores = "  ".join(f"{name} {s.cosine:.4f}" for name, s in result.algorithm_scores.items())
-    console.print(f"[bold]Output cosine, everything INT8:[/] {scores}  (best single: {result.best_single})")
+    console.print(Text.assemble(("Output cosine, everything INT8:", "bold"),
+                                f" {scores}  (best single: {result.best_single})"))
+    overall = result.overall
+    if overall.top1_agreement is not None and not overall.agreement_meaningful:
+        console.print(Text(f"Top-1 agreement is not meaningful on these samples: FP32's own top-1 margin is below the "
+                           f"error the target cosine tolerates on {overall.undecided:.0%} of them (images unlike the "
+                           "model's data?); the advice aims at cosine alone.", style="yellow"))
     table = Table(title=f"Most sensitive nodes ({len(result.sensitivity)} analysed)", title_justify="left")
     for column in ("rank", "node", "type", "cosine alone", "cosine all but"):
         table.add_column(column, justify="left" if column in ("node", "type") else "right")
@@ -80,12 +87,13 @@ def _print(result, output: Path, json_out: Optional[Path]) -> None:
     console.print(table)
     advice = result.advice
     if not advice.nodes:
-        console.print(f"[bold green]All INT8 reaches cosine {advice.cosine_int8:.4f} >= {advice.target_cosine}: "
-                      "nothing to keep in float.[/]")
+        console.print(Text(f"All INT8 reaches cosine {advice.cosine_int8:.4f} >= {advice.target_cosine}: "
+                           "nothing to keep in float.", style="bold green"))
     else:
         style, verdict = ("bold green", "reached") if advice.reached else ("bold yellow", "NOT reached")
-        console.print(f"[{style}]Keep {len(advice.nodes)} node(s) in higher precision: cosine "
-                      f"{advice.cosine_int8:.4f} -> {advice.cosine:.4f} (target {advice.target_cosine} {verdict})[/]")
+        console.print(Text(f"Keep {len(advice.nodes)} node(s) in higher precision: cosine "
+                           f"{advice.cosine_int8:.4f} -> {advice.cosine:.4f} (target {advice.target_cosine} {verdict})",
+                           style=style))
         console.print(f"  quantize: {' '.join(advice.exclude_args)}")
         if advice.trt_layer_precisions:
             console.print(f"  trtexec:  {advice.trt_layer_precisions}")

@@ -86,4 +86,4 @@ def _print(report) -> None:
         console.print(Text(f"  {label}  {facts.size_bytes / 1e6:8.2f} MB  {facts.latency_ms:8.2f} ms/sample "
                            f"(onnxruntime CPU)  {facts.path}"))
     style = "bold green" if report.passed else "bold yellow"
-    console.print(f"[{style}]{report.verdict}[/]")
+    console.print(Text(report.verdict, style=style))

@@ -1,10 +1,12 @@
 """ptqengine horizon MODEL --data DIR --target J5: a Horizon PTQ kit (config, quant_config, calibration data)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Annotated, Dict, List, Optional
 
 import typer
+from rich.text import Text
 
 from .. import options as opt
 from ..console import calibration_progress, print_warning, stdout_console
@@ -49,10 +51,16 @@ def horizon(
     from ptqengine.horizon import march_for, write_horizon_config
 
     march_for(target)  # a typo fails before any work
-    with calibration_progress(quiet or stats is not None) as progress:
-        result = write_horizon_config(model, data, target, output, preprocess=preprocess, stats=stats,
-                                      samples=samples, int16=int16 or (), cpu=cpu or (),
-                                      input_type_rt=input_type_rt, force=force, progress=progress, **run)
+    created = not output.exists()
+    try:
+        with calibration_progress(quiet or stats is not None) as progress:
+            result = write_horizon_config(model, data, target, output, preprocess=preprocess, stats=stats,
+                                          samples=samples, int16=int16 or (), cpu=cpu or (),
+                                          input_type_rt=input_type_rt, force=force, progress=progress, **run)
+    except BaseException:  # Ctrl-C or an error: no empty or half-written kit left behind
+        if created and output.is_dir():
+            shutil.rmtree(output, ignore_errors=True)  # made by this run: everything in it is ours
+        raise
     for note in result.notes:
         print_warning(note)
     if quiet:
@@ -60,9 +68,9 @@ def horizon(
     console = stdout_console()
     choice = result.calibration
     pct = f", max_percentile {choice.max_percentile:g}" if choice.calibration_type == "max" else ""
-    console.print(f"[bold green]Horizon kit for {target.upper()} ({result.march}): {result.samples} samples, "
+    console.print(Text(f"Horizon kit for {target.upper()} ({result.march}): {result.samples} samples, "
                   f"calibration_type {choice.calibration_type}{pct}, per_channel {str(result.per_channel.value).lower()}, "
                   f"asymmetric {str(result.asymmetric.value).lower()}, {len(result.int16_nodes)} int16 / "
-                  f"{len(result.cpu_nodes)} CPU node(s)[/]")
+                  f"{len(result.cpu_nodes)} CPU node(s)", style="bold green"))
     for path in result.files:
         console.print(f"  {path}{'/' if path.is_dir() else ''}")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Annotated, Dict
 
 import typer
+from rich.text import Text
 
 from ptqengine.select import SIGNATURE_TENSORS
 
@@ -67,7 +68,7 @@ def select(
     if quiet:
         return
     random = statistics.median(chosen.random_distance)
-    stdout_console().print(
-        f"[bold green]Chose {count} of {chosen.candidates:,} images ({choice}) in {chosen.seconds:.1f} s[/]: "
-        f"distance of their pooled activation tails to the whole set's {chosen.distance:.4g}, "
-        f"random {count}: {random:.4g} (median of {len(chosen.random_distance)} seeded draws)\n  list  {output}")
+    stdout_console().print(Text.assemble(
+        (f"Chose {count} of {chosen.candidates:,} images ({choice}) in {chosen.seconds:.1f} s", "bold green"),
+        f": distance of their pooled activation tails to the whole set's {chosen.distance:.4g}, "
+        f"random {count}: {random:.4g} (median of {len(chosen.random_distance)} seeded draws)\n  list  {output}"))

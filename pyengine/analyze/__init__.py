@@ -170,6 +170,7 @@ def analyze(model: PathLike, data: Any, *, stats: Union[PathLike, StatsBundle, N
     positions = select_nodes(simulator.nodes, nodes)
     workers = max(1, threads or os.cpu_count() or 1)
     bench = Bench(simulator, sample_batches(info, data, samples, seed, preprocess, batch_size, threads), workers)
+    bench.target_cosine = target_cosine
 
     scores = score_algorithms(bench, candidates, progress)
     best = max(candidates, key=lambda a: (goodness(scores[a], metric), -list(candidates).index(a)))

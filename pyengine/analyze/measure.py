@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from ..errors import OptionError
-from ..metrics import METRICS, Score, compare_outputs
+from ..metrics import COSINE_TARGET, METRICS, Score, compare_outputs
 from .simulate import Feeds, QuantSimulator
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class Bench:
         self._runs = 0  # configurations scored (for the report's cost line)
         self._counter = counter  # a parent bench whose count this one adds to
         self._lock = threading.Lock()
+        # which samples FP32 leaves undecided depends on the target (ptqengine.metrics); halves share it
+        self.target_cosine = counter.target_cosine if counter is not None else COSINE_TARGET
 
     @property
     def runs(self) -> int:
@@ -78,12 +80,14 @@ class Bench:
 
     def score(self, nodes_on: Collection[int], amax: Mapping[str, float]) -> Score:
         self._count()
-        return compare_outputs(self.reference, list(self.simulator.run(self.batches, nodes_on, amax)))
+        return compare_outputs(self.reference, list(self.simulator.run(self.batches, nodes_on, amax)),
+                               self.target_cosine)
 
     def score_model(self, model: "onnx.ModelProto") -> Score:
         """Score a whole model (e.g. the real Q/DQ export) whose inputs and outputs are the prepared model's."""
         self._count()
-        return compare_outputs(self.reference, list(self.simulator.run_model(model, self.batches)))
+        return compare_outputs(self.reference, list(self.simulator.run_model(model, self.batches)),
+                               self.target_cosine)
 
     def score_many(self, configs: Sequence[Config], progress: Optional[RunProgress] = None,
                    until: Optional[Callable[[Score], bool]] = None) -> List[Score]:

@@ -93,7 +93,11 @@ def _summary(r: "AnalysisResult") -> str:
         ("Algorithm", _e(algo)),
         ("Output cosine (all INT8)", f'<span class="{"good" if verdict else "bad"}">{_num(o.cosine)}</span> '
                                      f"(target {r.target_cosine})"),
-        ("Top-1 / sequence agreement", _pct(o.top1_agreement)),
+        ("Top-1 / sequence agreement", _pct(o.top1_agreement) + (
+            "" if o.agreement_meaningful else
+            f" <span class=bad>not meaningful on these samples: FP32's own top-1 margin is below the error the target "
+            f"cosine tolerates on {o.undecided:.0%} of them (images unlike the model's data?); judged by cosine alone"
+            f"</span>")),
         ("SQNR", f"{_num(o.sqnr_db, 2)} dB"),
         ("Size", f"FP32 {_mb(r.fp32_bytes)} → INT8 Q/DQ {_mb(r.int8_bytes)} "
                  f"({r.fp32_bytes / max(r.int8_bytes, 1):.1f}× smaller)"),

@@ -24,7 +24,7 @@ from ..datasource import DataSource, first_samples, open_source
 from ..errors import DataError, OptionError
 from ..formats.convergence import RECORD_KEY
 from ..model import ModelInfo, constant_ranges, file_sha256, info_from_model, load_model
-from ..preprocess import ImagePlan, plans_for
+from ..preprocess import RAW_PIXELS_NOTE, ImagePlan, plans_for, raw_pixels
 from ..stats import TensorStats, update_many
 from ..statsfile import CONSTANTS_KEY, StatsBundle, load_stats
 from .convergence import HalfFold, SplitHalfTracker, half_of
@@ -210,8 +210,8 @@ class StatisticsCollector:
         timings["data_wait"] = stream.data_wait
         timings["collect"] = time.perf_counter() - start
         plans = self.used_image_plans
-        if plans and all(p.config.mean is None and p.config.std is None for p in plans):
-            notes.insert(0, "no mean/std given: images fed as raw 0-255 pixel values")
+        if plans and raw_pixels([p.config for p in plans]):
+            notes.insert(0, RAW_PIXELS_NOTE)
         if tracker is not None:
             timings["convergence"], timings["convergence_wait"] = tracker.seconds, tracker.waited
         return Collected(stats, samples, source, stream.notes, timings, nbytes)

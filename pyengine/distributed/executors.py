@@ -9,14 +9,17 @@ engine is one more class with the same method.
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections import deque
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence
 
 from ..collect.device import Device
 from ..errors import DataError, OptionError, PtqError
@@ -67,6 +70,41 @@ class Executor(abc.ABC):
 
 
 # --- local processes ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def workers_ignore_ctrl_c() -> Iterator[None]:
+    """Processes started inside never see SIGINT: Ctrl-C reaches the whole foreground process group, and
+    each worker (still importing, at start-up) would print its own KeyboardInterrupt traceback.
+
+    SIGINT is blocked in this thread meanwhile: a blocked signal stays blocked in a child across fork and
+    exec (Python does not unblock it). Here it is held back, not lost, and not raised half-way through a
+    start either (a worker half sent its start-up data dies with a traceback of its own): a Ctrl-C that
+    arrives meanwhile is remembered and raised as KeyboardInterrupt on the way out. The driver, which
+    handles Ctrl-C, stops the workers itself (LocalExecutor.run)."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: Ctrl-C is not a signal to a process group
+        yield
+        return
+    interrupted: List[int] = []
+    handler = None
+    if threading.current_thread() is threading.main_thread():  # Python runs signal handlers there only
+        handler = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+        if interrupted:
+            raise KeyboardInterrupt
+
+
+def stop_processes(pool: ProcessPoolExecutor) -> None:
+    """Terminate a pool's worker processes now (they ignore Ctrl-C, and a shard may run for minutes)."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            process.terminate()
+
+
 class LocalExecutor(Executor):
     """K worker processes on this host ('spawn' context: no forked onnxruntime or thread state).
 
@@ -101,7 +139,8 @@ class LocalExecutor(Executor):
                 broken = False
                 while todo and len(running) < workers and not broken:
                     try:
-                        running[pool.submit(run_in_process, todo[0])] = todo[0]
+                        with workers_ignore_ctrl_c():  # the pool starts its processes in submit
+                            running[pool.submit(run_in_process, todo[0])] = todo[0]
                         todo.popleft()
                     except BrokenProcessPool:  # a process died since the last wait
                         broken = True
@@ -114,6 +153,9 @@ class LocalExecutor(Executor):
                     pool.shutdown(wait=True, cancel_futures=True)
                     todo.extendleft(sorted(failed, reverse=True))
                     pool = self._pool(job, workers)
+        except KeyboardInterrupt:
+            stop_processes(pool)
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -165,6 +207,16 @@ class ShardActor:
         return self.worker.run(shard_id)
 
 
+def ray_init_error(address: Optional[str], exc: BaseException) -> str:
+    """One line for a failed ray.init, in our options' terms: Ray's own message for "auto" with no cluster
+    tells the user to set its `--address` flag, which ptqengine does not have."""
+    if address == "auto" and isinstance(exc, ConnectionError):
+        return ("--ray-address auto: no running Ray cluster found on this machine (start one with "
+                "'ray start --head', give its HOST:PORT, or leave out --ray-address to start a local Ray for this run)")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"--ray-address {address or '(local)'}: cannot start or join Ray: {first}"
+
+
 class RayExecutor(Executor):
     """Ray Core actors, one per worker, each running one shard at a time.
 
@@ -195,8 +247,7 @@ class RayExecutor(Executor):
         try:
             ray.init(**kwargs)
         except Exception as exc:  # unreachable address, no running cluster for "auto"
-            raise OptionError(f"--ray-address {self.address or '(local)'}: cannot start or join Ray: "
-                              f"{str(exc).splitlines()[0]}") from None
+            raise OptionError(ray_init_error(self.address, exc)) from None
         return True
 
     def run(self, job: ShardJob, shard_ids: Sequence[int], on_result: OnResult) -> None:

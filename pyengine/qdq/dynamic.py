@@ -19,10 +19,11 @@ targets onnxruntime, not TensorRT (TensorRT takes the static Q/DQ model).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, Iterator, List, Sequence
 
 import onnx
 
@@ -58,10 +59,11 @@ def quantize_dynamic_model(model: onnx.ModelProto, *, per_channel: bool = True,
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(prepared, str(src))
         try:
-            quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(op_types), per_channel=per_channel,
-                             reduce_range=True, weight_type=QuantType.QInt8,
-                             nodes_to_exclude=list(exclude_nodes) or None,
-                             extra_options={"EnableSubgraph": True, "MatMulConstBOnly": True})
+            with _onnxruntime_root_logs(origin):
+                quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(op_types), per_channel=per_channel,
+                                 reduce_range=True, weight_type=QuantType.QInt8,
+                                 nodes_to_exclude=list(exclude_nodes) or None,
+                                 extra_options={"EnableSubgraph": True, "MatMulConstBOnly": True})
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{origin}: onnxruntime's dynamic quantisation failed: {first}") from None
@@ -69,6 +71,38 @@ def quantize_dynamic_model(model: onnx.ModelProto, *, per_channel: bool = True,
     topological_sort(result.graph)  # onnxruntime's subgraph pass can leave an If after its readers
     _declare_domains(result)
     return result
+
+
+# onnxruntime's quantize_dynamic advises its own pre-processing script on every call; the graph is
+# prepared here instead (prepare_dynamic), so the advice does not apply.
+_ORT_ADVICE = "Please consider to run pre-processing before quantization"
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: List[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _onnxruntime_root_logs(origin: str) -> Iterator[None]:
+    """onnxruntime.quantization logs on the root logger (logging.warning), which would also install a
+    stderr handler on the caller's root logger for good: hold its records meanwhile and pass on, through
+    our logger, those that say something about this model."""
+    root = logging.getLogger()
+    collect = _Collect()
+    root.addHandler(collect)  # a handler present: logging.warning does not call basicConfig
+    try:
+        yield
+    finally:
+        root.removeHandler(collect)
+        for record in collect.records:
+            message = record.getMessage()
+            if record.levelno >= logging.WARNING and _ORT_ADVICE not in message:
+                log.warning("%s: onnxruntime: %s", origin, message.strip())
 
 
 def _declare_domains(model: onnx.ModelProto) -> None:
