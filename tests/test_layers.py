@@ -17,7 +17,8 @@ LAYERS = [  # (layer, top-level modules or packages of ptqengine)
     ("kernels", {"_core", "_dtypes", "_version", "errors", "atomic"}),
     ("statistics", {"stats", "statsfile", "gpu"}),
     ("algorithms, formats, model and data I/O",
-     {"algorithms", "result", "metrics", "formats", "model", "preprocess", "images", "datasource", "qdq"}),
+     {"algorithms", "result", "metrics", "formats", "model", "preprocess", "images", "datasource", "loader_script",
+      "qdq"}),
     ("collection", {"collect"}),
     ("commands", {"calibration", "evaluate", "analyze", "horizon", "distributed", "select"}),
     ("front door", {"api", "demo", ""}),  # "": the package's own __init__ (lazy re-exports)
