@@ -159,6 +159,11 @@ def test_modelopt_reads_our_cache(tmp_path):
     ("TRT-100300-EntropyCalibration2\nx: 3c0102041\n", 2),
     ("TRT-100300-EntropyCalibration2\nx: 3c010204\nx: 3c010204\n", 3),
     ("TRT-100300-EntropyCalibration2\n: 3c010204\n", 2),
+    # Scales that quantise nothing (IEEE-754 bits of NaN, +inf, 0 and -1.0)
+    ("TRT-100300-EntropyCalibration2\nx: 3c010204\ny: 7fc00000\n", 3),
+    ("TRT-100300-EntropyCalibration2\nx: 7f800000\n", 2),
+    ("TRT-100300-EntropyCalibration2\nx: 0\n", 2),
+    ("TRT-100300-EntropyCalibration2\nx: bf800000\n", 2),
 ])
 def test_garbage_gives_file_and_line(tmp_path, content, line):
     path = tmp_path / "bad.cache"

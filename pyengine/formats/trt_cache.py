@@ -174,7 +174,13 @@ def parse_trt_cache(text: str, source: str = "<text>") -> TrtCache:
             raise FormatError(f"{source}:{number}: expected '<tensor name>: <hex scale>', got {line[:80]!r}")
         if name in cache.amax:
             raise FormatError(f"{source}:{number}: tensor {name!r} appears twice")
-        cache.amax[name] = hex_scale(digits) * 127.0
+        scale = hex_scale(digits)
+        if not (math.isfinite(scale) and scale > 0):
+            # A scale that is not a positive finite number quantises nothing; refusing it here keeps
+            # `evaluate` from blaming the model for a bad cache.
+            raise FormatError(f"{source}:{number}: tensor {name!r}: scale {scale!r} ({digits}) is not a positive "
+                              f"finite number")
+        cache.amax[name] = scale * 127.0
     return cache
 
 
