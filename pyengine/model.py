@@ -93,7 +93,7 @@ def load_model(path: PathLike, load_external_data: bool = True) -> onnx.ModelPro
         from onnx.external_data_helper import load_external_data_for_model
 
         try:
-            load_external_data_for_model(model, str(p.parent))
+            load_external_data_for_model(model, str(p.resolve().parent))  # the folder the check used
         except Exception as exc:
             raise ModelError(f"{p}: cannot read its external data ({str(exc).splitlines()[0]})") from None
     return model

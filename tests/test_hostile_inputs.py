@@ -12,11 +12,11 @@ from typing import List, Optional
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 import ptqengine
 from ptqengine.errors import ModelError, PtqError
-from ptqengine.model import inspect_model
+from ptqengine.model import inspect_model, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,6 +91,17 @@ def test_constant_attribute_with_external_data_is_read_from_the_model_folder(fol
                       helper.make_node("Constant", [], ["c"], value=external_tensor("cv", "w.bin")))
     result = ptqengine.calibrate(model, "x.npy", algo="max")
     assert result.amax["y"] == pytest.approx(1.0)  # 100 if w.bin were read from the current directory
+
+
+def test_symlinked_model_reads_external_data_beside_the_file_it_names(folders):
+    """The location check resolves the link; reading must use the same folder, not the link's."""
+    model_dir, cwd = folders
+    model = add_model(model_dir / "m.onnx",
+                      helper.make_node("Constant", [], ["c"], value=external_tensor("cv", "w.bin")))
+    (cwd / "link.onnx").symlink_to(model)
+    constant = next(a.t for n in load_model("link.onnx").graph.node for a in n.attribute if a.name == "value")
+    assert numpy_helper.to_array(constant).tolist() == [1.0] * 4  # 100s if w.bin were read beside the link
+    assert ptqengine.calibrate("link.onnx", "x.npy", algo="max").amax["y"] == pytest.approx(1.0)
 
 
 def test_subgraph_initializer_with_external_data_is_read_from_the_model_folder(folders):
@@ -495,7 +506,7 @@ def saved_stats(calibrated, tmp_path):
 ])
 @pytest.mark.parametrize("command", ["export", "inspect", "merge"])
 def test_ptqs_metadata_of_the_wrong_json_type_is_one_line(saved_stats, cli, tmp_path, key, value, command):
-    from ptqengine.statsfile import StatsBundle, load_stats, save_stats
+    from ptqengine.statsfile import StatsBundle, load_stats
 
     bundle = load_stats(saved_stats)
     bundle.metadata[key] = value

@@ -116,7 +116,7 @@ class StatisticsCollector:
         session = create_session(expose(proto, self.observation), str(self.path), purpose=Purpose.OBSERVE,
                                  device=options.device, threads=options.threads,
                                  external_data_dir=self.path.resolve().parent)
-        self.constants = constant_ranges(proto, self.path.parent)  # a TensorRT cache lists them too
+        self.constants = constant_ranges(proto, self.path.resolve().parent)  # a TensorRT cache lists them too
         del proto  # the session holds its own copy of the weights
         self.runner = Runner(session, self.observation.exposed, options.device,
                              keep_on_device=options.device.is_cuda, origin=str(self.path))
