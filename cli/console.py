@@ -18,6 +18,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
 
+from ptqengine.algorithms import AUTO, CHOICE
+
 if TYPE_CHECKING:  # pragma: no cover
     from ptqengine.result import CalibrationResult
 
@@ -136,8 +138,8 @@ class StageBar(LazyProgressBar):
         self.progress.update(self.task, completed=done, total=total)
 
 
-STAGE_LABELS = {"calibrating": "calibrating", "algorithms": "algorithms", "auto": "auto (per tensor)",
-                "choice": "per-tensor choice (layer output error)",
+STAGE_LABELS = {"calibrating": "calibrating", "algorithms": "algorithms", AUTO: "auto (per tensor)",
+                CHOICE: "per-tensor choice (layer output error)",
                 "sensitivity": "per-node runs", "advice": "advice"}
 
 
@@ -182,11 +184,11 @@ def print_summary(result: "CalibrationResult", outputs: Outputs, verb: str = "Ca
     convergence = convergence_line(result)
     if convergence:
         console.print(Text(f"  {convergence}"))  # plain text: "[stopped: ...]" is not markup
-    if result.algo == "auto":
+    if result.algo == AUTO:
         from ptqengine.analyze.auto_algo import describe_choice
 
         console.print(f"  auto: {describe_choice(result.algo_options)}")
-    elif result.algo == "choice":
+    elif result.algo == CHOICE:
         facts = result.algo_options
         winners = ", ".join(f"{name} {count}" for name, count in facts.get("winners", {}).items())
         console.print(Text(f"  choice: {facts.get('chosen_by_layer_error', 0)} tensors by their reading layers' "

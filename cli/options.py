@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Dict, List, Mapping,
 
 import typer
 
-from ptqengine.algorithms import ALGORITHMS, SYMMETRIC_METHODS
+from ptqengine.algorithms import ALGORITHMS, AUTO, SYMMETRIC_METHODS
 from ptqengine.atomic import atomic_group, output_kind
 from ptqengine.errors import OptionError, PtqError
 from ptqengine.formats.trt_cache import DEFAULT_VERSION, calibrator_class, trt_version_code
@@ -190,7 +190,6 @@ def with_data_loader_script(command):
 
 
 # --- calibration algorithm -------------------------------------------------------------------------
-AUTO = "auto"
 Algo = choices("Algo", (*SYMMETRIC_METHODS, AUTO))
 SavedStatsAlgo = choices("SavedStatsAlgo", SYMMETRIC_METHODS)  # auto needs samples, not only statistics
 Metric = choices("Metric", METRICS)

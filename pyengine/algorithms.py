@@ -98,6 +98,11 @@ ALGORITHMS: Dict[str, Algorithm] = {
 
 SYMMETRIC_METHODS = tuple(n for n, a in ALGORITHMS.items() if a.symmetric)
 
+# Names that pick among the algorithms' ranges rather than being one (ptqengine.api): AUTO by the model's
+# output error, CHOICE per tensor by its reading layers' output error (the CLI's default for a cache).
+AUTO = "auto"
+CHOICE = "choice"
+
 
 def get_algorithm(method: str) -> Algorithm:
     try:

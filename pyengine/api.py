@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from . import calibration
+from .algorithms import AUTO, CHOICE
 from .collect.convergence import ConvergenceOptions
 from .errors import OptionError
 from .loader_script import LoaderScript
@@ -22,8 +23,6 @@ from .result import CalibrationResult, result_from_stats
 
 log = logging.getLogger(__name__)
 
-AUTO = "auto"
-CHOICE = "choice"  # per tensor, the range its reading layers reproduce best (the CLI's default for a cache)
 RERUNNABLE = (str, Path, list, tuple, np.ndarray, LoaderScript)  # data that can be read again for the samples
 PathLike = Union[str, Path]
 Progress = Callable[[int, Optional[int]], None]

@@ -121,7 +121,8 @@ def run_demo(out_dir: Union[str, Path], images: int = 64,
     """Calibrate the demo model on `images` page images as `calibrate` does by default (the per-tensor range
     choice); write cache, JSON and stats."""
     from .formats import write_scales_json
-    from .api import CHOICE, calibrate
+    from .algorithms import CHOICE
+    from .api import calibrate
 
     if images < 1:
         raise PtqError(f"--images must be at least 1, got {images}")

@@ -19,6 +19,11 @@ from ._dtypes import ACCEPTED_DTYPES
 DEFAULT_GRID_FACTOR = 32
 
 
+def default_grid_bins(num_bins: int) -> int:
+    """Grid bins per sign when none are given: the power of two at or above num_bins * DEFAULT_GRID_FACTOR."""
+    return 1 << max(int(num_bins) * DEFAULT_GRID_FACTOR - 1, 1).bit_length()
+
+
 def _as_input(array: Any) -> np.ndarray:
     a = np.asarray(array)
     if a.dtype not in ACCEPTED_DTYPES:
@@ -70,8 +75,8 @@ class TensorStats:
 
     def __init__(self, num_bins: int = 2048, axis: Optional[int] = None, *,
                  grid_bins: Optional[int] = None) -> None:
-        if grid_bins is None:  # the power of two at or above num_bins * DEFAULT_GRID_FACTOR
-            grid_bins = 1 << max(int(num_bins) * DEFAULT_GRID_FACTOR - 1, 1).bit_length()
+        if grid_bins is None:
+            grid_bins = default_grid_bins(num_bins)
         # Ranges are checked by the core (ValueError), whatever the caller passes.
         self._native = _core.TensorStats(int(num_bins), int(grid_bins),
                                          _core.NO_AXIS if axis is None else int(axis))

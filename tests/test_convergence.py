@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from ptqengine import calibrate, load_stats
-from ptqengine.algorithms import resolve_options
-from ptqengine.collect.convergence import (_VIEW_OPTIONS, DEFAULT_CHOICE, ERROR_FACTOR, SETTLING_VIEW,
+from ptqengine.algorithms import CHOICE, resolve_options
+from ptqengine.collect.convergence import (_VIEW_OPTIONS, ERROR_FACTOR, SETTLING_VIEW,
                                           ConvergenceOptions, SplitHalfTracker, half_of, tracked_algorithm,
                                           until_stable_notice)
 from ptqengine.collect.feed import batches
@@ -207,17 +207,17 @@ def test_the_rule_judges_half_the_disagreement():
 
 def test_which_ranges_are_judged():
     assert SETTLING_VIEW == "percentile" and resolve_options(SETTLING_VIEW, {}) == {"percentile": float(_VIEW_OPTIONS)}
-    assert tracked_algorithm(None, True) == tracked_algorithm(DEFAULT_CHOICE, False) == SETTLING_VIEW
+    assert tracked_algorithm(None, True) == tracked_algorithm(CHOICE, False) == SETTLING_VIEW
     assert tracked_algorithm("entropy", True) == SETTLING_VIEW and tracked_algorithm("entropy", False) == "entropy"
     for algo in ("percentile", "mse", "max"):
         assert tracked_algorithm(algo, True) == algo and until_stable_notice(algo) is None
     assert "known not to settle" in until_stable_notice("entropy") and "99.99" in until_stable_notice("entropy")
-    assert "chooses each tensor's range" in until_stable_notice(DEFAULT_CHOICE)
-    tracker = SplitHalfTracker(ConvergenceOptions(until_stable=True), DEFAULT_CHOICE, {"num_bits": 8})
+    assert "chooses each tensor's range" in until_stable_notice(CHOICE)
+    tracker = SplitHalfTracker(ConvergenceOptions(until_stable=True), CHOICE, {"num_bits": 8})
     assert tracker.algo == "percentile" and tracker.algo_options == {"percentile": 99.99}
     assert not tracker.ranges_are_the_runs
-    mse = SplitHalfTracker(ConvergenceOptions(until_stable=True), DEFAULT_CHOICE, {}, view="mse")  # the caller's view
-    assert mse.algo == "mse" and mse.record()["run_algorithm"] == DEFAULT_CHOICE
+    mse = SplitHalfTracker(ConvergenceOptions(until_stable=True), CHOICE, {}, view="mse")  # the caller's view
+    assert mse.algo == "mse" and mse.record()["run_algorithm"] == CHOICE
 
 
 def test_entropy_until_stable_judges_the_percentile_view(tiny_model, many_small_images, caplog):

@@ -17,6 +17,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import ptqengine.api as api
+from ptqengine.algorithms import CHOICE
 from ptqengine.errors import DataError
 from ptqengine.loader_script import DEFAULT_FUNCTION, LoaderScript, split_script_argument
 
@@ -135,7 +136,7 @@ def test_cli_cache_equals_a_calibration_on_polygraphys_feed_dicts(cli, model, sc
     """The oracle end to end: Polygraphy's loaded feeds as a plain list give the same cache bytes."""
     monkeypatch.chdir(script.parent)
     _, feeds = polygraphy_feeds(argument)
-    api.calibrate(model, feeds, algo=api.CHOICE).write_trt_cache(tmp_path / "oracle.cache")  # the CLI default
+    api.calibrate(model, feeds, algo=CHOICE).write_trt_cache(tmp_path / "oracle.cache")  # the CLI default
     result = cli("calibrate", model, "--data-loader-script", argument, "-o", tmp_path / "ours.cache", "-q")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ours.cache").read_bytes() == (tmp_path / "oracle.cache").read_bytes()

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..algorithms import AUTO
 from ..atomic import write_text_atomic
 from ..errors import OptionError
 from ..collect import CPU, Device, RunOptions, check_device
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 StageProgress = Callable[[str, int, Optional[int]], None]
-ALGO_CHOICES = CANDIDATES + ("auto",)
+ALGO_CHOICES = CANDIDATES + (AUTO,)
 DIGITS = 7  # significant digits written: onnxruntime's float sums may differ in the last bits between runs
 
 __all__ = ["ALGO_CHOICES", "AlgoChoice", "Advice", "AnalysisResult", "NodeSensitivity", "Score", "analyze",
@@ -140,7 +141,7 @@ def _real_export(model: Path, amax: Mapping[str, float], exclude: Sequence[str],
 
 
 def analyze(model: PathLike, data: Any, *, stats: Union[PathLike, StatsBundle, None] = None, samples: int = 32,
-            seed: int = 0, target_cosine: float = 0.99, metric: str = "cosine", algo: str = "auto",
+            seed: int = 0, target_cosine: float = 0.99, metric: str = "cosine", algo: str = AUTO,
             preprocess: Any = None, batch_size: int = 8, limit: Optional[int] = None,
             threads: Optional[int] = None, per_channel: bool = True, nodes: Optional[Sequence[str]] = None,
             device: Union[str, Device] = CPU, progress: Optional[StageProgress] = None) -> AnalysisResult:
@@ -176,7 +177,7 @@ def analyze(model: PathLike, data: Any, *, stats: Union[PathLike, StatsBundle, N
     best = max(candidates, key=lambda a: (goodness(scores[a], metric), -list(candidates).index(a)))
     changes: List[Tuple[str, str, str, float]] = []
     mode, held_out = "", {}
-    if algo == "auto":
+    if algo == AUTO:
         choice = refine_per_tensor(bench, candidates, scores, metric, progress)
         amax, per_tensor, overall, changes = choice.amax, choice.per_tensor, choice.score, choice.changes
         scores, mode, held_out = choice.scores, choice.mode, choice.held_out

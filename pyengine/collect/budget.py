@@ -19,7 +19,7 @@ import numpy as np
 from ..datasource import available_memory
 from ..errors import OptionError
 from ..model import Dim
-from ..stats import DEFAULT_GRID_FACTOR
+from ..stats import default_grid_bins
 from .observe import Observation
 
 GiB = float(1 << 30)
@@ -27,8 +27,7 @@ GiB = float(1 << 30)
 
 def stats_bytes(num_bins: int) -> int:
     """Host memory of one TensorStats' grid (see the module docstring)."""
-    grid_bins = 1 << max(int(num_bins) * DEFAULT_GRID_FACTOR - 1, 1).bit_length()
-    return 2 * grid_bins * 8
+    return 2 * default_grid_bins(num_bins) * 8
 
 
 def tensor_bytes(shape: Optional[Sequence[Dim]], dtype: np.dtype, batch: int) -> int:

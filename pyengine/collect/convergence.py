@@ -21,7 +21,7 @@ Which ranges are judged (`tracked_algorithm`): the run's own algorithm's, except
 settle or there is no single algorithm. Entropy's are not judged when stopping: its threshold is the argmin of a
 KL curve that often has distant local minima, and more images move it as much as fewer (benchmarks/README.md,
 issue 14). With `until_stable` an entropy run (and the default per-tensor choice among the algorithms,
-DEFAULT_CHOICE) judges settling on SETTLING_VIEW, percentile (99.99) ranges of the same statistics, says so at
+CHOICE) judges settling on SETTLING_VIEW, percentile (99.99) ranges of the same statistics, says so at
 the start in one line (`until_stable_notice`), and computes its own ranges on the images read. Measuring
 alone (no `until_stable`) keeps tracking entropy's own ranges, so that the record shows how unsettled they are.
 
@@ -45,27 +45,25 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..algorithms import compute_amax, resolve_options
+from ..algorithms import CHOICE, compute_amax, resolve_options
 from ..errors import OptionError
 from ..stats import TensorStats
-from ..formats.convergence import RECORD_VERSION, Checkpoint, ConvergenceRecord
+from ..formats.convergence import ERROR_FACTOR, RECORD_VERSION, Checkpoint, ConvergenceRecord
 
 log = logging.getLogger(__name__)
 
 SPLIT = "sha256(key)[0] & 1"
 FIRST_CHECKPOINT = 32
-ERROR_FACTOR = 0.5  # estimate of the whole range's relative error = ERROR_FACTOR x |A - B| / whole (docstring)
 SETTLING_VIEW = "percentile"  # whose ranges settling is judged on where the run's own do not settle / are chosen
-DEFAULT_CHOICE = "choice"  # the per-tensor choice among the algorithms' ranges (ptqengine.api.CHOICE; issue 20)
 UNSETTLED = {"entropy": "the KL minimum jumps between distant candidates"}  # algorithms known not to settle
 Halves = Sequence[Optional[Sequence[TensorStats]]]
 
 
 def tracked_algorithm(algo: Optional[str], until_stable: bool) -> str:
-    """The algorithm whose ranges a convergence run of `algo` checkpoints and judges. None or DEFAULT_CHOICE
+    """The algorithm whose ranges a convergence run of `algo` checkpoints and judges. None or CHOICE
     (the per-tensor choice, which has no ranges of its own while reading): SETTLING_VIEW. An algorithm of
     UNSETTLED: SETTLING_VIEW when stopping on it (`until_stable`), itself when only measuring."""
-    if algo is None or algo == DEFAULT_CHOICE:
+    if algo is None or algo == CHOICE:
         return SETTLING_VIEW
     if algo in UNSETTLED and until_stable:
         return SETTLING_VIEW
@@ -76,7 +74,7 @@ def until_stable_notice(algo: Optional[str]) -> Optional[str]:
     """The one line `--until-stable` says at the start when it judges another algorithm's ranges than the run's
     (None when it judges the run's own)."""
     view = f"{SETTLING_VIEW} ({_VIEW_OPTIONS}) ranges of the same statistics"
-    if algo is None or algo == DEFAULT_CHOICE:
+    if algo is None or algo == CHOICE:
         return (f"--until-stable: the default run chooses each tensor's range among the algorithms after reading; "
                 f"settling is judged on the {view}")
     if algo in UNSETTLED:
@@ -149,11 +147,11 @@ class SplitHalfTracker:
 
     def __init__(self, options: ConvergenceOptions, algo: Optional[str], algo_options: Dict[str, Any],
                  threads: Optional[int] = None, seed: int = 0, view: Optional[str] = None) -> None:
-        """algo: the run's algorithm (None or DEFAULT_CHOICE: the per-tensor choice); the record tracks and
+        """algo: the run's algorithm (None or CHOICE: the per-tensor choice); the record tracks and
         judges `view`, by default `tracked_algorithm(algo, until_stable)`, with algo_options only when that is
         the run's own."""
         self.options = options
-        self.run_algo = DEFAULT_CHOICE if algo is None else algo
+        self.run_algo = CHOICE if algo is None else algo
         self.algo = view or tracked_algorithm(algo, options.until_stable)
         self.algo_options = resolve_options(self.algo, dict(algo_options) if self.algo == algo else {})
         notice = until_stable_notice(algo) if options.until_stable and view is None else None

@@ -33,6 +33,8 @@ from ..errors import FormatError
 RECORD_KEY = "convergence"  # the metadata / JSON entry
 RECORD_VERSION = 2  # 2: the rule judges the estimate of the whole's error (factor x disagreement); 1: the disagreement
 READABLE_VERSIONS = (1, 2)
+# The estimate of the whole range's relative error = ERROR_FACTOR x |A - B| / whole (ptqengine.collect.convergence)
+ERROR_FACTOR = 0.5
 HALF_DISAGREEMENT = "half the split-half disagreement, |A - B| / 2 / whole"  # the estimate of version 2
 DISAGREEMENT = "the split-half disagreement, |A - B| / whole"  # what version 1 judged
 SHOWN_MOVING = 3  # tensors named in the summary line
@@ -95,7 +97,7 @@ class ConvergenceRecord:
     share: float
     stopped: Dict[str, Any]  # {"samples": n, "reason": "..."}
     raw: Dict[str, Any]
-    factor: float = 0.5  # estimate of the whole's relative error = factor x the halves' disagreement
+    factor: float = ERROR_FACTOR  # estimate of the whole's relative error = factor x the halves' disagreement
     run_algorithm: Optional[str] = None  # the run's own algorithm where the record tracks another view of it
 
     # --- reading ---------------------------------------------------------------------------------
@@ -163,7 +165,7 @@ class ConvergenceRecord:
         """Which estimate of the whole's error the tolerance is compared with (said in the summary line)."""
         if self.factor == 1.0:
             return DISAGREEMENT
-        if self.factor == 0.5:
+        if self.factor == ERROR_FACTOR:
             return HALF_DISAGREEMENT
         return f"{self.factor:g} x the split-half disagreement, {self.factor:g} |A - B| / whole"
 

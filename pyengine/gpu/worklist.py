@@ -13,7 +13,7 @@ from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
 import numpy as np
 
 from .. import _core
-from ..stats import DEFAULT_GRID_FACTOR
+from ..stats import default_grid_bins
 from .layout import FLAG_HALF, WORK_DTYPE
 from .tensors import describe
 
@@ -41,7 +41,7 @@ def normalize_specs(specs: Sequence[Any]) -> List[StatsSpec]:
         except (TypeError, ValueError):
             raise ValueError(f"spec {i}: expected (num_bins, grid_bins, axis), got {spec!r}") from None
         if grid_bins is None:
-            grid_bins = 1 << math.ceil(math.log2(int(num_bins) * DEFAULT_GRID_FACTOR))
+            grid_bins = default_grid_bins(num_bins)
         try:  # the native constructor owns the rules (and their messages)
             _core.TensorStats(int(num_bins), int(grid_bins), _core.NO_AXIS if axis is None else int(axis))
         except ValueError as exc:
