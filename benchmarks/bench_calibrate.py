@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
@@ -334,7 +334,7 @@ def bench_model(args, bench: Bench, data: pathlib.Path) -> None:
         print(f"    against the exposed, unoptimised floor: {tput2:.2f} GB/s")
     else:
         print("    against the exposed, unoptimised floor: not measurable (that floor ran slower than (b))")
-    print(f"  calibrate() stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items()))
+    print("  calibrate() stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items()))
     if t.get("stats"):
         print(f"    update_many alone: {rep.activation_bytes / t['stats'] / 1e9:.2f} GB/s; "
               f"inference with every output exposed, optimisations off: {t['inference']:.2f} s "

@@ -127,10 +127,11 @@ def setup_logging(verbose: bool) -> Callable[[], None]:
     # the same one-line warnings instead of a source line dumped on stderr.
     saved_showwarning = warnings.showwarning
 
-    def one_line(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    def warning_as_one_line(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                            line: Any = None) -> None:
         logger.warning("%s: %s", category.__name__, str(message).splitlines()[0] if str(message) else "")
 
-    warnings.showwarning = one_line
+    warnings.showwarning = warning_as_one_line
 
     def restore() -> None:
         logger.handlers[:] = saved[0]

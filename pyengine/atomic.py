@@ -133,9 +133,10 @@ def _replace(tmp: str, target: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_group() -> Iterator[None]:
-    """Files written atomically inside replace their targets together when the block ends without an
-    error; after an error none does (their temporary files are removed). Groups do not nest: an inner
-    group joins the outer one."""
+    """Regular files written atomically inside replace their targets together when the block ends without
+    an error; after an error none does (their temporary files are removed). Devices and FIFOs, which are
+    written through and never replaced, take their bytes at once. Groups do not nest: an inner group joins
+    the outer one."""
     if getattr(_group, "pending", None) is not None:
         yield
         return

@@ -25,7 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"^```(bash|python)\n(.*?)^```", re.S | re.M)
-TIMEOUT_S = 600  # all blocks together; about 1.5 minutes on 2 cores
+TIMEOUT_S = 600  # per block; all blocks together take about 1.5 minutes on 2 cores
 
 # (marker found in the block, why it does not run here)
 SKIPS = (
