@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -106,13 +107,16 @@ def external_data_files(model: Optional[onnx.ModelProto], path: PathLike) -> Lis
     files = []
     for location in sorted(external_data_locations(model)):
         try:
-            target = (folder / location).resolve()
+            named = Path(os.path.normpath(folder / location))
+            target = named.resolve()
             inside = not Path(location).is_absolute() and (target == folder or folder in target.parents)
             exists, regular = (target.exists(), target.is_file()) if inside else (False, False)
         except (OSError, ValueError, RuntimeError):  # a NUL byte, a name too long, a symlink loop
             raise ModelError(f"{p}: external data location {location[:80]!r} cannot be a file name; refused") from None
         if not inside:
             raise ModelError(f"{p}: external data location {location!r} leaves the model's folder; refused")
+        if target != named:  # onnx 1.23 refuses to read these; refused up front, whatever the version
+            raise ModelError(f"{p}: external data location {location!r} is or passes through a symbolic link; refused")
         if not exists:
             raise ModelError(f"{p}: external data file missing ({location})")
         if not regular:
@@ -401,7 +405,10 @@ def constant_ranges(model: onnx.ModelProto, folder: PathLike = "") -> Dict[str, 
             if tensor is None or name in out or (slots is not None and slot not in slots) \
                     or tensor.data_type not in _CONSTANT_FLOAT_TYPES:
                 continue
-            array = numpy_helper.to_array(tensor, base_dir=str(folder)).astype(np.float64)
+            try:
+                array = numpy_helper.to_array(tensor, base_dir=str(folder)).astype(np.float64)
+            except Exception as exc:  # external data shorter than the tensor, or refused by onnx
+                raise ModelError(f"constant {name!r}: cannot read its data ({str(exc).splitlines()[0]})") from None
             finite = array[np.isfinite(array)]
             if finite.size == array.size and finite.size and np.abs(finite).max() > 0:
                 out[name] = float(np.abs(finite).max())

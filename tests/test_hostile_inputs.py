@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import ptqengine
 from ptqengine.errors import ModelError, PtqError
-from ptqengine.model import inspect_model, load_model
+from ptqengine.model import constant_ranges, inspect_model, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,6 +108,43 @@ def test_subgraph_initializer_with_external_data_is_read_from_the_model_folder(f
     model_dir, _ = folders
     result = ptqengine.calibrate(if_model(model_dir / "m.onnx", "w.bin"), "x.npy", algo="max")
     assert result.amax["y"] == pytest.approx(1.0)
+
+
+def assert_refused_in_one_line(result, words: str, output: Path) -> None:
+    assert result.exit_code == 2, result.output
+    assert words in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("link", ["file", "folder"])
+def test_external_data_through_a_symlink_inside_the_folder_is_refused_in_one_line(folders, cli, link):
+    """onnx 1.23 refuses to read such a file (calibrate's constant entries ended in its traceback): refused
+    up front, whatever the onnx version."""
+    model_dir, cwd = folders
+    (model_dir / "real").mkdir()
+    (model_dir / "w.bin").rename(model_dir / "real" / "w.bin")
+    if link == "file":
+        (model_dir / "w.bin").symlink_to(model_dir / "real" / "w.bin")
+    else:
+        (model_dir / "sub").symlink_to(model_dir / "real")
+    location = "w.bin" if link == "file" else "sub/w.bin"
+    constant = helper.make_node("Constant", [], ["c"], value=external_tensor("cv", location))
+    model = add_model(model_dir / "m.onnx", constant)
+    assert_refused_in_one_line(cli("calibrate", model, "--data", "x.npy", "-o", cwd / "o.cache"),
+                               f"location '{location}' is or passes through a symbolic link", cwd / "o.cache")
+
+
+def test_constant_whose_external_data_is_short_is_one_line(folders, cli):
+    """onnxruntime refuses it when the session is built; the cache's constant entries, read with onnx, say so
+    in one line too."""
+    model_dir, cwd = folders
+    constant = external_tensor("cv", "w.bin")
+    next(e for e in constant.external_data if e.key == "offset").value = "4096"  # past the end of w.bin
+    model = add_model(model_dir / "m.onnx", helper.make_node("Constant", [], ["c"], value=constant))
+    assert_refused_in_one_line(cli("calibrate", model, "--data", "x.npy", "-o", cwd / "o.cache"),
+                               "m.onnx: onnxruntime cannot load the model", cwd / "o.cache")
+    with pytest.raises(ModelError, match="constant 'c': cannot read its data"):
+        constant_ranges(load_model(model, load_external_data=False), model_dir)
 
 
 @pytest.mark.parametrize("location", ["../cwd/w.bin", "/dev/zero", "", "a\0b", "x" * 5000])
