@@ -70,10 +70,12 @@ def _cast(name: str, array: Any, spec: InputSpec, origin: str) -> np.ndarray:
     return a.astype(spec.dtype)
 
 
-def _check_sample_shape(spec: InputSpec, shape: Tuple[int, ...], origin: str) -> None:
+def _check_shape(spec: InputSpec, shape: Tuple[int, ...], origin: str) -> None:
+    """shape: a batch of spec's samples, or one sample without the batch dim."""
+    sample = shape if len(shape) == spec.rank - 1 and spec.rank > 0 else shape[1:]
     expected = spec.shape[1:]
-    ok = len(shape) == len(expected) and all(not isinstance(e, int) or e <= 0 or e == g
-                                             for e, g in zip(expected, shape))
+    ok = len(shape) in (spec.rank, spec.rank - 1) and len(sample) == len(expected) and \
+        all(not isinstance(e, int) or e <= 0 or e == g for e, g in zip(expected, sample))
     if not ok:
         raise DataError(f"{origin}: input {spec.name!r} expects shape {spec.shape_text()}, "
                         f"got [{','.join(str(d) for d in shape)}]")
@@ -92,12 +94,9 @@ def split_feed(feed: Mapping[str, Any], specs: Sequence[InputSpec], origin: str)
     count = None
     for spec in specs:
         a = _cast(spec.name, feed[spec.name], spec, origin)
+        _check_shape(spec, a.shape, origin)
         if a.ndim == spec.rank - 1 and spec.rank > 0:
             a = a[np.newaxis]
-        elif a.ndim != spec.rank:
-            raise DataError(f"{origin}: input {spec.name!r} expects shape {spec.shape_text()}, "
-                            f"got [{','.join(str(d) for d in a.shape)}]")
-        _check_sample_shape(spec, a.shape[1:], origin)
         if count is not None and a.shape[0] != count:
             raise DataError(f"{origin}: inputs have different batch sizes ({count} and {a.shape[0]} for {spec.name!r})")
         count = a.shape[0]
@@ -182,8 +181,9 @@ def _npy_header(f: Any) -> Tuple[Tuple[int, ...], np.dtype]:
     return tuple(shape), np.dtype(dtype)
 
 
-def check_npz(path: Path) -> None:
-    """Refuse a .npz whose arrays, as declared, would not fit in memory, before decompressing anything.
+def check_npz(path: Path) -> Dict[str, Tuple[int, ...]]:
+    """Refuse a .npz whose arrays, as declared, would not fit in memory, before decompressing anything;
+    the shape each array declares (by key).
 
     A .npz is a zip: 8 MB of compressed zeros can declare gigabytes. Each member's uncompressed size (zip
     header) is added up against the memory available, and each array's header (shape x dtype) must fit
@@ -191,6 +191,7 @@ def check_npz(path: Path) -> None:
     import zipfile
 
     total = 0
+    shapes: Dict[str, Tuple[int, ...]] = {}
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             with archive.open(info) as f:
@@ -202,10 +203,12 @@ def check_npz(path: Path) -> None:
                 raise DataError(f"{path}: {info.filename} declares shape {list(shape)} {dtype} "
                                 f"({declared} bytes) but holds {info.file_size}; refused")
             total += info.file_size
+            shapes[info.filename[:-4] if info.filename.endswith(".npy") else info.filename] = tuple(shape)
     budget = available_memory()
     if budget is not None and total > budget:
         raise DataError(f"{path}: its arrays take {total / 2**30:.1f} GiB uncompressed, more than the "
                         f"{budget / 2**30:.1f} GiB of memory available; split it into smaller files")
+    return shapes
 
 
 def _load_array_file(path: Path, specs: Sequence[InputSpec]) -> Mapping[str, Any]:
@@ -214,12 +217,15 @@ def _load_array_file(path: Path, specs: Sequence[InputSpec]) -> Mapping[str, Any
     try:
         if path.suffix.lower() == ".npy":
             return {_single_input(specs, f"{path}: a .npy file").name: np.load(path, mmap_mode="r")}
-        check_npz(path)
+        shapes = check_npz(path)
         with np.load(path) as npz:
             keys = list(npz.files)
-            if len(specs) == 1 and len(keys) == 1 and keys[0] != specs[0].name:
-                return {specs[0].name: npz[keys[0]]}  # arr_0 and friends for a one-input model
-            return {k: npz[k] for k in keys}
+            names = [specs[0].name] if len(specs) == 1 and len(keys) == 1 else keys  # arr_0 for a one-input model
+            by_name = {s.name: s for s in specs}
+            for name, key in zip(names, keys):  # shapes as declared, before decompressing a wrong one
+                if name in by_name and key in shapes:
+                    _check_shape(by_name[name], shapes[key], str(path))
+            return {name: npz[key] for name, key in zip(names, keys)}
     except PtqError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:

@@ -129,7 +129,8 @@ def read_labels(path: PathLike) -> Dict[str, int]:
     """Labels file: one `image-name label` per line (whitespace or comma separated; label = class index)."""
     p = Path(path)
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        # surrogateescape: names that are not UTF-8 match the image files' names as read from the folder
+        lines = p.read_bytes().decode("utf-8", "surrogateescape").splitlines()
     except OSError as exc:
         raise DataError(f"{p}: cannot read labels ({exc.strerror})") from None
     labels: Dict[str, int] = {}

@@ -141,7 +141,7 @@ def parse_yaml(text: str, origin: str) -> Any:
     loader = Loader(text)
     try:
         return loader.get_single_data()
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an integer of 4,300+ digits, a date like 2024-13-45
         raise OptionError(f"{origin}: cannot read preprocessing config ({str(exc).splitlines()[0]})") from None
     finally:
         loader.dispose()
@@ -246,6 +246,8 @@ def plan_for(spec: InputSpec, config: PreprocessConfig) -> ImagePlan:
     size = config.size or model_hw
     if size is None:
         raise OptionError(f"input {spec.name!r} {spec.shape_text()} has a dynamic height/width; give --size H,W")
+    if min(size) < 1:
+        raise OptionError(f"input {spec.name!r} {spec.shape_text()} ({layout}) has no pixels; images cannot feed it")
     channels = c_dim if isinstance(c_dim, int) else (1 if config.color == "GRAY" else 3)
     if channels not in (1, 3):
         raise OptionError(f"input {spec.name!r} has {channels} channels; images give 1 or 3")

@@ -352,6 +352,28 @@ def test_npz_member_declaring_more_than_it_holds_is_refused(tmp_path):
         check_npz(path)
 
 
+def test_npz_array_of_the_wrong_shape_is_refused_before_decompressing(tmp_path, cli, monkeypatch):
+    """The shape its header declares is checked first: a compressed 2 GB array of the wrong shape was
+    decompressed whole (12 s, 2 GB) before the same refusal."""
+    import zipfile
+
+    model = save(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])]), tmp_path / "m.onnx")
+    path = tmp_path / "wrong.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", io_header((1000,)) + bytes(1000))
+
+    def decompress(self, key):
+        raise AssertionError(f"{key} decompressed")
+
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", decompress)
+    result = cli("calibrate", model, "--data", path, "-o", tmp_path / "c.cache", "-q")
+    assert result.exit_code == 2, result.output
+    assert "input 'x' expects shape [N,4], got [1000]" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("content", [
     b"not a zip at all",
     b"PK\x03\x04" + bytes(40),
@@ -402,6 +424,8 @@ def test_hostile_yaml_config_is_one_line_within_seconds(tmp_path, text, words):
     (b"mean: [.nan, 1, 2]\n", "finite"),
     (b"size: [8, 8]\n" + b"#" * (2 << 20), "larger than"),
     (b"size: .inf\n", "expected H,W"),
+    (b"mean: [" + b"9" * 5000 + b", 1, 2]\n", "cannot read preprocessing config"),  # past int()'s digit limit
+    (b"mean: 2024-13-45\n", "cannot read preprocessing config"),  # a date that is not one
 ])
 def test_bad_yaml_config_values_are_refused(tmp_path, content, words):
     from ptqengine.errors import OptionError
@@ -471,9 +495,10 @@ def test_image_names_that_are_not_utf8_run_and_round_trip_through_select(tmp_pat
     rng = np.random.default_rng(0)
     for name in (b"a.png", b"b\xff\xfe.png"):
         Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(os.fsdecode(bytes(images) + b"/" + name))
-    model = save(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])]), tmp_path / "m.onnx")
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["y"])]  # a classifier's [N, C] output, for --labels
+    model = save(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])]), tmp_path / "m.onnx")
     result = cli("calibrate", model, "--data", images, "-o", tmp_path / "c.cache", "--scales-json",
                  tmp_path / "s.json", "--save-stats", tmp_path / "s.ptqs", "-q")
     assert result.exit_code == 0, result.output
@@ -483,13 +508,24 @@ def test_image_names_that_are_not_utf8_run_and_round_trip_through_select(tmp_pat
     assert b"b\xff\xfe.png" in listing.read_bytes()
     result = cli("calibrate", model, "--data", listing, "-o", tmp_path / "c2.cache", "-q")
     assert result.exit_code == 0, result.output
+    # the split into halves hashes each name, and a labels file names the images as their bytes
+    result = cli("calibrate", model, "--data", images, "-o", tmp_path / "c3.cache", "--convergence", "-q")
+    assert result.exit_code == 0, result.output
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes(b"a.png 0\nb\xff\xfe.png 2\n")
+    result = cli("evaluate", model, tmp_path / "c.cache", "--data", images, "--labels", labels)
+    assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize("kind, words", [("integer", "takes int64 values"), ("none", "has no inputs")])
+@pytest.mark.parametrize("kind, words", [("integer", "takes int64 values"), ("none", "has no inputs"),
+                                         ("no pixels", "[1,3,0,0] (NCHW) has no pixels")])
 def test_models_images_cannot_feed_are_one_line(tmp_path, small_images, cli, kind, words):
     if kind == "integer":
         nodes = [helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT), helper.make_node("Relu", ["f"], ["y"])]
         inputs = [helper.make_tensor_value_info("x", TensorProto.INT64, [1, 3, 8, 8])]
+    elif kind == "no pixels":  # PIL divided by zero scaling a JPEG to 0 x 0
+        nodes = [helper.make_node("Relu", ["x"], ["y"])]
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 0, 0])]
     else:
         nodes = [helper.make_node("Constant", [], ["k"], value=helper.make_tensor("c", TensorProto.FLOAT, [4], [1, 2, 3, 4])),
                  helper.make_node("Relu", ["k"], ["y"])]

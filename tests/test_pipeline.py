@@ -327,7 +327,7 @@ def test_data_directory_errors(make_conv_model, tmp_path):
 def test_input_shape_mismatch_names_input_expected_and_got(make_conv_model, tmp_path):
     model = make_conv_model()
     bad = np.zeros((2, 3, 20, 20), np.float32)
-    with pytest.raises(DataError, match=r"input 'x' expects shape \[N,3,40,48\], got \[3,20,20\]"):
+    with pytest.raises(DataError, match=r"input 'x' expects shape \[N,3,40,48\], got \[2,3,20,20\]"):
         calibrate(model, [bad])
     np.savez(tmp_path / "wrong.npz", y=np.zeros((1, 3, 40, 48), np.float32), z=np.zeros(1))
     with pytest.raises(DataError, match="wrong.npz: no data for input 'x'"):

@@ -88,7 +88,8 @@ _VIEW_OPTIONS = "99.99"  # what resolve_options gives SETTLING_VIEW by default (
 
 def half_of(key: str) -> int:
     """0 (half A) or 1 (half B) for a sample's key."""
-    return hashlib.sha256(key.encode("utf-8")).digest()[0] & 1
+    # surrogateescape: a file name that is not UTF-8 hashes as its bytes
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()[0] & 1
 
 
 @dataclass(frozen=True)
