@@ -348,6 +348,7 @@ def test_cli_writes_a_kit_and_reports_bad_targets_in_one_line(tmp_path, named_co
     ok = runner.invoke(app, ["horizon", str(named_conv_model), "--data", str(small_images), "--target", "j6p",
                              "--samples", "2", "-o", str(out), "--quiet"])
     assert ok.exit_code == 0, ok.output
+    assert ok.stderr.count("warning: no mean/std given") == 1, ok.stderr  # logged once, not printed again
     config, qc = read_kit(out)
     assert validate_config("nash-p", config) == [] and validate_quant_config("nash-p", qc) == []
     bad = runner.invoke(app, ["horizon", str(named_conv_model), "--data", str(small_images), "--target", "J9",

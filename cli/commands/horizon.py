@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from .. import options as opt
-from ..console import calibration_progress, print_warning, stdout_console
+from ..console import calibration_progress, stdout_console
 
 HORIZON = "Horizon"
 
@@ -61,9 +61,7 @@ def horizon(
         if created and output.is_dir():
             shutil.rmtree(output, ignore_errors=True)  # made by this run: everything in it is ours
         raise
-    for note in result.notes:
-        print_warning(note)
-    if quiet:
+    if quiet:  # the notes were logged by the library, as warning lines
         return
     console = stdout_console()
     choice = result.calibration
