@@ -98,6 +98,18 @@ def test_infinite_amax_saturates_with_a_warning():
     assert "'big'" in warnings[0]
 
 
+def test_one_warning_per_reason_however_many_tensors():
+    """An all-NaN input leaves every tensor without a range: one line, not one per tensor."""
+    amax = {**{f"t{i}": math.nan for i in range(100)}, "big": math.inf, "tiny": 1e-40, "ok": 1.0}
+    text, warnings = format_trt_cache(amax)
+    assert len(text.splitlines()) == 1 + len(amax)
+    assert len(warnings) == 3
+    assert warnings[0].startswith("100 tensor(s) with amax 0 or NaN") and warnings[0].endswith(
+        "('t0', 't1', 't2', 't3', 't4' and 95 more)")
+    assert "1 tensor(s) with a scale above float32's range" in warnings[1] and "('big')" in warnings[1]
+    assert "1 tensor(s) with a scale below float32's normal range" in warnings[2] and "('tiny')" in warnings[2]
+
+
 def test_negative_amax_and_unwritable_names_are_errors():
     with pytest.raises(PtqError, match="'neg'"):
         format_trt_cache({"neg": -1.0})

@@ -94,40 +94,52 @@ def hex_scale(digits: str) -> float:
     return struct.unpack("!f", int(digits, 16).to_bytes(4, "big"))[0]
 
 
+# Why a scale was not amax / 127, and what was written instead (one warning per reason).
+NO_RANGE = "amax 0 or NaN (no finite non-zero values seen): wrote the smallest positive scale"
+ABOVE_FLOAT32 = "a scale above float32's range: wrote the largest float32 scale"
+BELOW_NORMAL = "a scale below float32's normal range: rounded up to the smallest normal one"
+NAMES_SHOWN = 5  # an all-NaN input gives every tensor the same warning: one line names a few
+
+
 def cache_scale(name: str, amax: float) -> Tuple[float, str]:
-    """The scale to write for one tensor and a warning ('' when the value is used as is)."""
+    """The scale to write for one tensor and the reason it is not amax / 127 ('' when it is)."""
     value = float(amax)
     if value < 0:
         raise PtqError(f"tensor {name!r}: negative amax {value!r} cannot be a calibration range")
     if value == 0 or math.isnan(value):
-        return SMALLEST_SCALE, (f"tensor {name!r}: amax is {value!r} (no finite non-zero values seen); "
-                                f"wrote the smallest positive scale")
+        return SMALLEST_SCALE, NO_RANGE
     scale = value / 127.0
     if scale > LARGEST_SCALE:
-        return LARGEST_SCALE, f"tensor {name!r}: amax {value!r} exceeds float32; wrote the largest float32 scale"
+        return LARGEST_SCALE, ABOVE_FLOAT32
     if scale < SMALLEST_SCALE:
-        return SMALLEST_SCALE, f"tensor {name!r}: amax {value!r} is below float32's normal range; rounded up"
+        return SMALLEST_SCALE, BELOW_NORMAL
     return scale, ""
+
+
+def _named(names: List[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:NAMES_SHOWN])
+    return shown + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
 
 
 def format_trt_cache(amax: Mapping[str, float], version: str = DEFAULT_VERSION,
                      calibrator: str = DEFAULT_CALIBRATOR) -> Tuple[str, List[str]]:
     """The cache text (tensors in the mapping's order) and warnings, without touching the disk."""
     lines = [f"TRT-{trt_version_code(version)}-{calibrator_class(calibrator)}"]
-    warnings: List[str] = []
+    adjusted: Dict[str, List[str]] = {}
     colon_names: List[str] = []
     for name, value in amax.items():
         if not name or "\n" in name or "\r" in name:
             raise PtqError(f"tensor {name!r}: an empty name or a line break cannot be written to a TensorRT cache")
         if ":" in name:
             colon_names.append(name)
-        scale, warning = cache_scale(name, value)
-        if warning:
-            warnings.append(warning)
+        scale, reason = cache_scale(name, value)
+        if reason:
+            adjusted.setdefault(reason, []).append(name)
         lines.append(f"{name}: {scale_hex(scale)}")
+    warnings = [f"{len(names)} tensor(s) with {reason} ({_named(names)})" for reason, names in adjusted.items()]
     if colon_names:
         warnings.append(f"{len(colon_names)} tensor name(s) contain ':' which onnxruntime's TensorRT EP cannot "
-                        f"parse: {', '.join(repr(n) for n in colon_names)}")
+                        f"parse: {_named(colon_names)}")
     return "\n".join(lines) + "\n", warnings
 
 
