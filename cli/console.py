@@ -42,11 +42,11 @@ def stop_writing_stdout() -> None:
 
 
 def stdout_console() -> Console:
-    return StdoutConsole(highlight=False, soft_wrap=True, markup=False)
+    return StdoutConsole(highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 def one_line(message: str) -> str:

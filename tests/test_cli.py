@@ -360,13 +360,15 @@ def test_help_keeps_bracketed_words():
 
 
 def test_inspect_prints_tensor_names_with_markup_literally(tmp_path):
-    """Tensor names are the user's (any string is legal ONNX): '[/x]' once crashed Rich's markup parser."""
-    names = {"conv[/x]": 1.0, "[bold]relu[/bold]": 2.0, "plain": 3.0}
+    """Tensor names are the user's (any string is legal ONNX): '[/x]' once crashed Rich's markup parser, and
+    Rich's emoji codes turned 'conv:x:1' into 'conv' + a cross mark + '1'."""
+    names = {"conv[/x]": 1.0, "[bold]relu[/bold]": 2.0, "plain": 3.0, "conv:x:1": 4.0, "q:smile:q": 5.0}
     write_trt_cache(tmp_path / "a.cache", names)
     write_trt_cache(tmp_path / "[b]y.cache", {**names, "[red]only b": 4.0})
     result = run("inspect", tmp_path / "a.cache")
     assert result.exit_code == 0, result.output
     assert "conv[/x]" in result.stdout and "[bold]relu[/bold]" in result.stdout
+    assert "conv:x:1" in result.stdout and "q:smile:q" in result.stdout
     result = run("inspect", tmp_path / "a.cache", tmp_path / "[b]y.cache")
     assert result.exit_code == 0, result.output
     assert "[red]only b" in result.stdout and "[b]y.cache" in result.stdout
