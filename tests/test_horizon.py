@@ -259,6 +259,12 @@ def test_output_directory_policy(tmp_path, named_conv_model, small_images):
     write_horizon_config(named_conv_model, small_images, "X3", kit, samples=2)
     assert not (kit / "quant_config.json").exists()  # X3 takes none; the J5 one is gone
     assert not [p for p in kit.iterdir() if p.name.startswith(".")]  # no staging left behind
+    link = tmp_path / "link"
+    link.symlink_to(kit)  # to a previous output, which would otherwise be written into
+    before = sorted(p.name for p in kit.iterdir())
+    with pytest.raises(OptionError, match="is a symbolic link"):
+        write_horizon_config(named_conv_model, small_images, "J5", link, samples=2)
+    assert sorted(p.name for p in kit.iterdir()) == before and not (kit / "quant_config.json").exists()
 
 
 def test_stats_file_gives_the_same_calibration_choice(tmp_path, named_conv_model, small_images):

@@ -80,6 +80,8 @@ def _is_previous_output(out_dir: Path) -> bool:
 
 def prepare_output_dir(out_dir: PathLike, force: bool = False) -> Path:
     out = Path(out_dir)
+    if out.is_symlink():  # as for file outputs: whoever planted the link would choose where we write
+        raise OptionError(f"-o {out}: is a symbolic link; refused as an output directory (give the directory itself)")
     if out.exists() and not out.is_dir():
         raise OptionError(f"-o {out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not _is_previous_output(out) and not force:
