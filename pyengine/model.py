@@ -91,10 +91,17 @@ def load_model(path: PathLike, load_external_data: bool = True) -> onnx.ModelPro
         raise ModelError(f"{p}: not a valid ONNX model ({type(exc).__name__})") from None
     external_data_files(model, p)
     if load_external_data and external_data_locations(model):
-        from onnx.external_data_helper import load_external_data_for_model
+        from onnx.external_data_helper import load_external_data_for_tensor
 
+        folder = str(p.resolve().parent)  # the folder the check used
         try:
-            load_external_data_for_model(model, str(p.resolve().parent))  # the folder the check used
+            # every tensor the check covered: onnx's load_external_data_for_model leaves sparse ones
+            # external, and a session built from the loaded model has no folder to find them in
+            for tensor in model_tensors(model):
+                if tensor.data_location == TensorProto.EXTERNAL:
+                    load_external_data_for_tensor(tensor, folder)
+                    tensor.data_location = TensorProto.DEFAULT
+                    del tensor.external_data[:]
         except Exception as exc:
             raise ModelError(f"{p}: cannot read its external data ({str(exc).splitlines()[0]})") from None
     return model

@@ -16,7 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import ptqengine
 from ptqengine.errors import ModelError, PtqError
-from ptqengine.model import constant_ranges, inspect_model, load_model
+from ptqengine.formats import read_scales_json
+from ptqengine.model import constant_ranges, inspect_model, load_model, model_tensors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -163,6 +164,19 @@ def test_every_tensor_location_is_checked(folders, location, where):
         if_model(path, location)
     with pytest.raises(ModelError, match="external data location .* refused"):
         inspect_model(path)
+
+
+def test_sparse_constant_with_external_values_is_read_from_the_model_folder(folders, cli):
+    """onnx's load_external_data_for_model leaves sparse tensors external; the default per-tensor choice then
+    ran a copy of the model built in memory, with no folder to find them in, and refused a valid model."""
+    model_dir, cwd = folders
+    sparse = helper.make_sparse_tensor(external_tensor("sv", "w.bin"), helper.make_tensor("si", TensorProto.INT64,
+                                                                                           [4], [0, 1, 2, 3]), [4])
+    model = add_model(model_dir / "m.onnx", helper.make_node("Constant", [], ["c"], sparse_value=sparse))
+    assert all(t.data_location != TensorProto.EXTERNAL for t in model_tensors(load_model(model)))
+    result = cli("calibrate", model, "--data", "x.npy", "-o", cwd / "o.cache", "--scales-json", cwd / "s.json")
+    assert result.exit_code == 0, result.output
+    assert read_scales_json(cwd / "s.json")["y"] == pytest.approx(1.0, rel=0.01)  # 100 if w.bin were read from the cwd
 
 
 def test_session_from_bytes_reads_external_data_from_the_model_folder_only(folders):
