@@ -69,7 +69,8 @@ def atomic_open(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> Ite
     if mode not in ("w", "wb"):
         raise ValueError("atomic_open writes only: mode 'w' or 'wb'")
     target = Path(path)
-    text = {} if "b" in mode else {"encoding": encoding, "newline": "\n"}
+    # surrogateescape: a file name that is not UTF-8 (a model's path in a summary) is written as its bytes
+    text = {} if "b" in mode else {"encoding": encoding, "errors": "surrogateescape", "newline": "\n"}
     if output_kind(target) == "stream":
         yield from _write_through(target, mode, text)
         return

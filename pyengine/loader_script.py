@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import os
 import sys
 import traceback
 from collections.abc import Iterable, Mapping
@@ -152,7 +153,7 @@ def _load_function(path: Path, function: str, label: str) -> Callable[[], Any]:
 
 
 def _import(path: Path) -> Any:
-    name = "ptqengine_loader_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    name = "ptqengine_loader_" + hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:16]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has a loader
         raise DataError(f"--data-loader-script {path}: cannot import")

@@ -114,8 +114,8 @@ def external_data_files(model: Optional[onnx.ModelProto], path: PathLike) -> Lis
     files = []
     for location in sorted(external_data_locations(model)):
         try:
-            named = Path(os.path.normpath(folder / location))
-            target = named.resolve()
+            target = (folder / location).resolve()
+            named = Path(os.path.normpath(folder / location))  # the same path without following links
             inside = not Path(location).is_absolute() and (target == folder or folder in target.parents)
             exists, regular = (target.exists(), target.is_file()) if inside else (False, False)
         except (OSError, ValueError, RuntimeError):  # a NUL byte, a name too long, a symlink loop
@@ -149,16 +149,18 @@ def file_sha256(path: PathLike, model: Optional[onnx.ModelProto] = None) -> str:
 
 def model_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every tensor a model carries: initializers, sparse initializers, Constant / node attribute tensors
-    (dense and sparse), in the main graph and in every subgraph (If / Loop / Scan bodies) at any depth.
+    (dense and sparse), in the main graph, its model-local functions and every subgraph (If / Loop / Scan
+    bodies) at any depth.
     Each of them can name external data; checking only the top-level initializers let the others be read
     from wherever onnxruntime resolves them (the current directory, for a session built from bytes)."""
-    graphs = [model.graph]
+    graphs: list = [model.graph, *model.functions]  # a model-local function holds nodes only
     while graphs:  # a work list, not recursion: a hostile model may nest subgraphs thousands deep
         g = graphs.pop()
-        yield from g.initializer
-        for sparse in g.sparse_initializer:
-            yield sparse.values
-            yield sparse.indices
+        if isinstance(g, onnx.GraphProto):
+            yield from g.initializer
+            for sparse in g.sparse_initializer:
+                yield sparse.values
+                yield sparse.indices
         for node in g.node:
             for attr in node.attribute:
                 if attr.HasField("t"):

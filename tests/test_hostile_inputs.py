@@ -50,6 +50,22 @@ def add_model(path: Path, constant: onnx.NodeProto, shape: Optional[List] = None
     return save(graph, path)
 
 
+def function_model(path: Path, location: str) -> Path:
+    """y = Relu(x + c) where c comes out of a model-local function whose Constant holds external data."""
+    function = helper.make_function("local", "C", [], ["out"], [helper.make_node("Constant", [], ["out"],
+                                                                                 value=external_tensor("fv", location))],
+                                    [helper.make_opsetid("", 17)])
+    nodes = [helper.make_node("C", [], ["c"], domain="local"), helper.make_node("Add", ["x", "c"], ["s"]),
+             helper.make_node("Relu", ["s"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+                              functions=[function])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
 def if_model(path: Path, location: str) -> Path:
     """y = Relu(x + c) where c comes out of an If whose both branches hold an external initializer."""
     def branch(name: str) -> onnx.GraphProto:
@@ -117,6 +133,18 @@ def assert_refused_in_one_line(result, words: str, output: Path) -> None:
     assert not output.exists()
 
 
+def test_dot_dot_after_a_symlinked_folder_is_resolved_as_the_system_does(folders, cli):
+    """'a/../w.bin' where a links elsewhere opens the w.bin beside a's target (onnxruntime refuses it, as
+    escaping the folder): the check follows the link before removing '..'."""
+    model_dir, cwd = folders
+    (model_dir / "a").symlink_to(cwd / "sub", target_is_directory=True)
+    (cwd / "sub").mkdir()
+    model = add_model(model_dir / "m.onnx", helper.make_node("Constant", [], ["c"],
+                                                             value=external_tensor("cv", "a/../w.bin")))
+    assert_refused_in_one_line(cli("calibrate", model, "--data", "x.npy", "-o", cwd / "o.cache"),
+                               "external data location 'a/../w.bin' leaves the model's folder", cwd / "o.cache")
+
+
 @pytest.mark.parametrize("link", ["file", "folder"])
 def test_external_data_through_a_symlink_inside_the_folder_is_refused_in_one_line(folders, cli, link):
     """onnx 1.23 refuses to read such a file (calibrate's constant entries ended in its traceback): refused
@@ -149,7 +177,7 @@ def test_constant_whose_external_data_is_short_is_one_line(folders, cli):
 
 
 @pytest.mark.parametrize("location", ["../cwd/w.bin", "/dev/zero", "", "a\0b", "x" * 5000])
-@pytest.mark.parametrize("where", ["constant", "sparse", "subgraph"])
+@pytest.mark.parametrize("where", ["constant", "sparse", "subgraph", "function"])
 def test_every_tensor_location_is_checked(folders, location, where):
     model_dir, _ = folders
     path = model_dir / "m.onnx"
@@ -160,10 +188,21 @@ def test_every_tensor_location_is_checked(folders, location, where):
         indices = helper.make_tensor("si", TensorProto.INT64, [1], [0])
         sparse = helper.make_sparse_tensor(values, indices, [4])
         add_model(path, helper.make_node("Constant", [], ["c"], sparse_value=sparse))
+    elif where == "function":
+        function_model(path, location)
     else:
         if_model(path, location)
     with pytest.raises(ModelError, match="external data location .* refused"):
         inspect_model(path)
+
+
+def test_a_model_local_functions_external_data_is_read_from_the_model_folder(folders, cli):
+    """onnx's own loader reads it; a loader walking graphs only left it external for the in-memory copies."""
+    model_dir, cwd = folders
+    model = function_model(model_dir / "m.onnx", "w.bin")
+    assert all(t.data_location != TensorProto.EXTERNAL for t in model_tensors(load_model(model)))
+    result = cli("quantize", model, "--data", "x.npy", "-o", cwd / "q.onnx", "-q")
+    assert result.exit_code == 0, result.output
 
 
 def test_sparse_constant_with_external_values_is_read_from_the_model_folder(folders, cli):
@@ -529,6 +568,12 @@ def test_image_names_that_are_not_utf8_run_and_round_trip_through_select(tmp_pat
     labels.write_bytes(b"a.png 0\nb\xff\xfe.png 2\n")
     result = cli("evaluate", model, tmp_path / "c.cache", "--data", images, "--labels", labels)
     assert result.exit_code == 0, result.output
+    # a model whose name is not UTF-8: horizon's config and summary carry its path as its bytes
+    odd_model = Path(os.fsdecode(bytes(tmp_path) + b"/m\xff.onnx"))
+    odd_model.write_bytes(model.read_bytes())
+    result = cli("horizon", odd_model, "--data", images, "--target", "J5", "-o", tmp_path / "kit", "--samples", "2", "-q")
+    assert result.exit_code == 0, result.output
+    assert b"m\xff.onnx" in (tmp_path / "kit" / "ptq_summary.md").read_bytes()
 
 
 @pytest.mark.parametrize("kind, words", [("integer", "takes int64 values"), ("none", "has no inputs"),

@@ -177,6 +177,15 @@ def test_same_script_same_bytes(cli, model, script, tmp_path):
     assert outputs[0] == outputs[1]
 
 
+def test_a_script_whose_name_is_not_utf8_runs(cli, model, script, tmp_path):
+    import os
+
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/load\xff.py"))
+    odd.write_bytes(script.read_bytes())
+    result = cli("calibrate", model, "--data-loader-script", odd, "-o", tmp_path / "c.cache", "-q")
+    assert result.exit_code == 0, result.output
+
+
 # --- the five commands -------------------------------------------------------------------------------
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_takes_the_option(cli, command, model, script, tmp_path):
