@@ -104,8 +104,8 @@ def test_one_warning_per_reason_however_many_tensors():
     text, warnings = format_trt_cache(amax)
     assert len(text.splitlines()) == 1 + len(amax)
     assert len(warnings) == 3
-    assert warnings[0].startswith("100 tensor(s) with amax 0 or NaN") and warnings[0].endswith(
-        "('t0', 't1', 't2', 't3', 't4' and 95 more)")
+    assert warnings[0] == ("100 tensor(s) with amax 0 or NaN (no finite non-zero values seen) ('t0', 't1', 't2', "
+                           "'t3', 't4' and 95 more): wrote the smallest positive scale")
     assert "1 tensor(s) with a scale above float32's range" in warnings[1] and "('big')" in warnings[1]
     assert "1 tensor(s) with a scale below float32's normal range" in warnings[2] and "('tiny')" in warnings[2]
 

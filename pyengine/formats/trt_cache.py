@@ -95,14 +95,14 @@ def hex_scale(digits: str) -> float:
 
 
 # Why a scale was not amax / 127, and what was written instead (one warning per reason).
-NO_RANGE = "amax 0 or NaN (no finite non-zero values seen): wrote the smallest positive scale"
-ABOVE_FLOAT32 = "a scale above float32's range: wrote the largest float32 scale"
-BELOW_NORMAL = "a scale below float32's normal range: rounded up to the smallest normal one"
+NO_RANGE = ("amax 0 or NaN (no finite non-zero values seen)", "wrote the smallest positive scale")
+ABOVE_FLOAT32 = ("a scale above float32's range", "wrote the largest float32 scale")
+BELOW_NORMAL = ("a scale below float32's normal range", "rounded up to the smallest normal one")
 NAMES_SHOWN = 5  # an all-NaN input gives every tensor the same warning: one line names a few
 
 
-def cache_scale(name: str, amax: float) -> Tuple[float, str]:
-    """The scale to write for one tensor and the reason it is not amax / 127 ('' when it is)."""
+def cache_scale(name: str, amax: float) -> Tuple[float, Tuple[str, str]]:
+    """The scale to write for one tensor and the reason it is not amax / 127 (() when it is)."""
     value = float(amax)
     if value < 0:
         raise PtqError(f"tensor {name!r}: negative amax {value!r} cannot be a calibration range")
@@ -113,7 +113,7 @@ def cache_scale(name: str, amax: float) -> Tuple[float, str]:
         return LARGEST_SCALE, ABOVE_FLOAT32
     if scale < SMALLEST_SCALE:
         return SMALLEST_SCALE, BELOW_NORMAL
-    return scale, ""
+    return scale, ()
 
 
 def _named(names: List[str]) -> str:
@@ -125,7 +125,7 @@ def format_trt_cache(amax: Mapping[str, float], version: str = DEFAULT_VERSION,
                      calibrator: str = DEFAULT_CALIBRATOR) -> Tuple[str, List[str]]:
     """The cache text (tensors in the mapping's order) and warnings, without touching the disk."""
     lines = [f"TRT-{trt_version_code(version)}-{calibrator_class(calibrator)}"]
-    adjusted: Dict[str, List[str]] = {}
+    adjusted: Dict[Tuple[str, str], List[str]] = {}
     colon_names: List[str] = []
     for name, value in amax.items():
         if not name or "\n" in name or "\r" in name:
@@ -136,7 +136,8 @@ def format_trt_cache(amax: Mapping[str, float], version: str = DEFAULT_VERSION,
         if reason:
             adjusted.setdefault(reason, []).append(name)
         lines.append(f"{name}: {scale_hex(scale)}")
-    warnings = [f"{len(names)} tensor(s) with {reason} ({_named(names)})" for reason, names in adjusted.items()]
+    warnings = [f"{len(names)} tensor(s) with {why} ({_named(names)}): {what}"
+                for (why, what), names in adjusted.items()]
     if colon_names:
         warnings.append(f"{len(colon_names)} tensor name(s) contain ':' which onnxruntime's TensorRT EP cannot "
                         f"parse: {_named(colon_names)}")
