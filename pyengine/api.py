@@ -78,7 +78,7 @@ def calibrate(model: PathLike, data: Any, *, algo: str = "entropy", algo_options
     return chosen
 
 
-SAMPLE_OPTIONS = ("seed", "preprocess", "batch_size", "threads", "device")
+SAMPLE_OPTIONS = ("seed", "preprocess", "batch_size", "threads", "device", "limit")  # limit: taken within it
 
 
 def _samples(model: PathLike, data: Any, count: int, run_options: Mapping[str, Any]):
@@ -88,7 +88,8 @@ def _samples(model: PathLike, data: Any, count: int, run_options: Mapping[str, A
     from .model import inspect_model
 
     o = RunOptions(**{k: v for k, v in run_options.items() if k in SAMPLE_OPTIONS})
-    samples = sample_batches(inspect_model(model), data, count, o.seed, o.preprocess, o.batch_size, o.threads)
+    samples = sample_batches(inspect_model(model), data, count, o.seed, o.preprocess, o.batch_size, o.threads,
+                             within=o.limit)
     return samples, model_sessions(o.device, o.threads)
 
 

@@ -331,15 +331,22 @@ def _take(item: Tuple[str, Path, Any], source_log: SourceLog, strict: bool) -> I
 # --- choosing a source ---------------------------------------------------------------------------
 def open_source(data: Any, specs: Sequence[InputSpec], plans: Callable[[], Sequence[ImagePlan]], *,
                 limit: Optional[int], seed: int, strict: bool, workers: int, depth: int,
-                shuffle: bool = False) -> DataSource:
+                shuffle: bool = False, within: Optional[int] = None) -> DataSource:
     """Pick the source for `data`. plans() is called only for image data (it may raise OptionError).
 
     shuffle: images (a directory or a list file) are read in a seeded random order (ptqengine.images.shuffled);
-    array data keeps its own order, with a note."""
+    array data keeps its own order, with a note.
+    within: `limit` samples taken from among those a run with limit=within reads (a run's --limit, for the
+    few samples its data-driven steps look at again)."""
     if isinstance(data, (str, Path)):
         return _path_source(Path(data), specs, plans, limit=limit, seed=seed, strict=strict,
-                            workers=workers, depth=depth, shuffle=shuffle)
-    return _in_given_order(_memory_source(data, specs, limit), shuffle)
+                            workers=workers, depth=depth, shuffle=shuffle, within=within)
+    return _in_given_order(_memory_source(data, specs, _prefix(limit, within)), shuffle)
+
+
+def _prefix(limit: Optional[int], within: Optional[int]) -> Optional[int]:
+    """The first `limit` of the first `within` samples (array data is taken from the front)."""
+    return within if limit is None else limit if within is None else min(limit, within)
 
 
 def _memory_source(data: Any, specs: Sequence[InputSpec], limit: Optional[int]) -> DataSource:
@@ -384,22 +391,23 @@ def _peeked_iterable(it: Iterator[Any], specs: Sequence[InputSpec]) -> DataSourc
     return feeds_source(items(), specs, "feeds", "iterable")
 
 
-def _path_source(path: Path, specs, plans, *, limit, seed, strict, workers, depth, shuffle) -> DataSource:
+def _path_source(path: Path, specs, plans, *, limit, seed, strict, workers, depth, shuffle, within) -> DataSource:
     if path.is_file() and not is_image_list(path):
         if path.suffix.lower() in ARRAY_SUFFIXES:
-            return _in_given_order(first_samples(array_files_source([path], specs, str(path)), limit), shuffle)
+            return _in_given_order(first_samples(array_files_source([path], specs, str(path)), _prefix(limit, within)),
+                                   shuffle)
         if path.suffix.lower() in IMAGE_SUFFIXES:
             return image_source(path.parent, [path], plans(), strict=strict, workers=workers, depth=depth)
         raise DataError(f"{path}: not a data directory, image list (.txt/.lst), image or .npy/.npz file")
     base, images = image_files(path)  # raises DataError for a missing or empty directory, or a bad list
     if images:
-        chosen = sample_files(images, limit, seed)
+        chosen = sample_files(sample_files(images, within, seed), limit, seed)
         return image_source(base, shuffled(chosen, seed) if shuffle else chosen, plans(), strict=strict,
                             workers=workers, depth=depth)
     arrays = find_arrays(path)
     if arrays:
         source = array_files_source(arrays, specs, f"{len(arrays)} array files in {path}")
-        return _in_given_order(first_samples(source, limit), shuffle)
+        return _in_given_order(first_samples(source, _prefix(limit, within)), shuffle)
     raise DataError(f"{path}: no images ({', '.join(sorted(s[1:] for s in IMAGE_SUFFIXES))}) "
                     "or .npy/.npz files found")
 

@@ -422,3 +422,16 @@ def test_single_files_and_npz_key_rules(make_conv_model, small_images, tmp_path)
     with pytest.raises(DataError, match=r"notes.txt:1: x is not an image"):
         calibrate(model, tmp_path / "notes.txt")
     assert calibrate(model, [batch], limit=2).report.samples == 2  # arrays: the first `limit` samples
+
+
+def test_limit_bounds_the_samples_the_default_choice_reads(make_conv_model, small_images, tmp_path):
+    """--limit N: the per-tensor choice looks again at samples from among those N (it read up to 32 others):
+    the same as calibrating on a list of exactly the N images --limit picks."""
+    from ptqengine.images import image_files, sample_files
+
+    model = make_conv_model()
+    limited = calibrate(model, small_images, algo="choice", limit=4, seed=0)
+    assert limited.algo_options["samples"] == 4
+    listing = tmp_path / "four.txt"
+    listing.write_text("".join(f"{p}\n" for p in sample_files(image_files(small_images)[1], 4, seed=0)))
+    assert calibrate(model, listing, algo="choice", seed=0).amax == limited.amax

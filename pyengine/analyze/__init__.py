@@ -170,7 +170,8 @@ def analyze(model: PathLike, data: Any, *, stats: Union[PathLike, StatsBundle, N
     simulator = QuantSimulator(model_path, candidates["max"], per_channel=per_channel, device=options.device)
     positions = select_nodes(simulator.nodes, nodes)
     workers = max(1, threads or os.cpu_count() or 1)
-    bench = Bench(simulator, sample_batches(info, data, samples, seed, preprocess, batch_size, threads), workers)
+    bench = Bench(simulator, sample_batches(info, data, samples, seed, preprocess, batch_size, threads, within=limit),
+                  workers)
     bench.target_cosine = target_cosine
 
     scores = score_algorithms(bench, candidates, progress)

@@ -141,10 +141,11 @@ def refine_per_tensor(bench: Bench, candidates: Mapping[str, Mapping[str, float]
 def choose_algorithms(model: Union[str, Path], stats: StatsBundle, data: Any, *, samples: int = 32, seed: int = 0,
                       metric: str = "cosine", per_tensor: bool = True, preprocess: Any = None, batch_size: int = 8,
                       threads: Optional[int] = None, per_channel: bool = True, device: Union[str, Device] = CPU,
-                      progress: Optional[StageProgress] = None) -> AlgoChoice:
+                      progress: Optional[StageProgress] = None, limit: Optional[int] = None) -> AlgoChoice:
     """`--algo auto` for calibrate / quantize: amax for every tensor of `stats`, chosen on `samples` of `data`.
 
-    data: anything `calibrate` accepts (a directory is sampled with `seed`, like `--limit`).
+    data: anything `calibrate` accepts (a directory is sampled with `seed`, like `--limit`; with `limit`, from
+    among the samples a run with that --limit read).
     per_tensor=False stops after the best single algorithm. Returns the choice; `choice.amax` is what a
     CalibrationResult takes.
     """
@@ -156,8 +157,8 @@ def choose_algorithms(model: Union[str, Path], stats: StatsBundle, data: Any, *,
     check_metric(metric)
     candidates = candidate_amax(stats, threads=threads)
     simulator = QuantSimulator(model, candidates["max"], per_channel=per_channel, device=parse_device(device))
-    bench = Bench(simulator, sample_batches(inspect_model(model), data, samples, seed, preprocess, batch_size, threads),
-                  workers=_workers(threads))
+    bench = Bench(simulator, sample_batches(inspect_model(model), data, samples, seed, preprocess, batch_size, threads,
+                                            within=limit), workers=_workers(threads))
     scores = score_algorithms(bench, candidates, progress)
     if not per_tensor:
         best = max(candidates, key=lambda a: (goodness(scores[a], metric), -list(candidates).index(a)))
@@ -175,7 +176,7 @@ def _workers(threads: Optional[int]) -> int:
 def auto_result(model: Union[str, Path], result: CalibrationResult, data: Any, *, samples: int = 32, seed: int = 0,
                 metric: str = "cosine", preprocess: Any = None, batch_size: int = 8, threads: Optional[int] = None,
                 per_channel: bool = True, device: Union[str, Device] = CPU,
-                progress: Optional[StageProgress] = None) -> CalibrationResult:
+                progress: Optional[StageProgress] = None, limit: Optional[int] = None) -> CalibrationResult:
     """A CalibrationResult (any algorithm: statistics do not depend on it) turned into `--algo auto`'s.
 
     This is the one call `calibrate(algo="auto")` and the CLI's `--algo auto` need: algo becomes "auto",
@@ -183,7 +184,7 @@ def auto_result(model: Union[str, Path], result: CalibrationResult, data: Any, *
     """
     choice = choose_algorithms(model, result.stats, data, samples=samples, seed=seed, metric=metric,
                                preprocess=preprocess, batch_size=batch_size, threads=threads,
-                               per_channel=per_channel, device=device, progress=progress)
+                               per_channel=per_channel, device=device, progress=progress, limit=limit)
     options = {"metric": metric, "samples": samples, "mode": choice.mode, "best_single": choice.best_single,
                "per_tensor": dict(choice.per_tensor)}
     log.info("--algo auto: %s", describe_choice(options))

@@ -169,10 +169,11 @@ class BatchStream:
 
 
 def sample_batches(info: Any, data: Any, samples: int, seed: int, preprocess: Any = None, batch_size: int = 8,
-                   threads: Optional[int] = None) -> List[Feeds]:
+                   threads: Optional[int] = None, within: Optional[int] = None) -> List[Feeds]:
     """`samples` seeded samples from any data calibrate accepts (images: a seeded subset, as --limit takes
     one), preprocessed once and kept in batches: what analyze measures on and the Q/DQ export's data-driven
-    steps learn from. info: ptqengine.model.ModelInfo."""
+    steps learn from. info: ptqengine.model.ModelInfo. within: the run's --limit; the samples are taken
+    from among the ones it read."""
     import os
 
     from ..datasource import open_source
@@ -184,7 +185,7 @@ def sample_batches(info: Any, data: Any, samples: int, seed: int, preprocess: An
     workers = threads or os.cpu_count() or 1
     source = open_source(data, info.inputs,
                          lambda: plans_for(info.inputs, preprocess),
-                         limit=samples, seed=seed, strict=False, workers=workers, depth=2 * workers)
+                         limit=samples, seed=seed, strict=False, workers=workers, depth=2 * workers, within=within)
     out = [batch.feeds for batch in BatchStream(source, info.inputs, batch_size)]
     if not out:
         raise DataError(f"{data}: no usable samples")
