@@ -435,3 +435,21 @@ def test_limit_bounds_the_samples_the_default_choice_reads(make_conv_model, smal
     listing = tmp_path / "four.txt"
     listing.write_text("".join(f"{p}\n" for p in sample_files(image_files(small_images)[1], 4, seed=0)))
     assert calibrate(model, listing, algo="choice", seed=0).amax == limited.amax
+
+
+def test_quantize_names_the_ranges_it_wrote(small_images, tmp_path):
+    """Without --algo each tensor's range is chosen among the algorithms' (as calibrate --qdq, which says
+    "choice"); an explicit algorithm's ranges keep its name."""
+    import json
+
+    from ptqengine.api import quantize
+    from ptqengine.qdq import METADATA_KEY
+
+    graph = conv_graph(["N", 3, 40, 48])  # with an output shape, so onnx.checker passes on it
+    graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 1, 1]))
+    model = save_model(graph, tmp_path / "conv.onnx")
+    chosen, _ = quantize(model, tmp_path / "c.onnx", data=small_images)
+    explicit, _ = quantize(model, tmp_path / "e.onnx", data=small_images, algo="entropy")
+    assert (chosen.report.algo, explicit.report.algo) == ("choice", "entropy")
+    stamp = next(p.value for p in onnx.load(tmp_path / "c.onnx").metadata_props if p.key == METADATA_KEY)
+    assert json.loads(stamp)["algo"] == "choice"

@@ -30,6 +30,7 @@ import onnx
 
 from .._version import __version__
 from ..atomic import write_bytes_atomic
+from ..algorithms import CHOICE
 from ..errors import ModelError, OptionError
 from ..model import find_activations, load_model
 from .dynamic import DYNAMIC_OP_TYPES, quantize_dynamic_model
@@ -161,6 +162,8 @@ def _static(proto: onnx.ModelProto, origin: str, amax: Mapping[str, float], repo
     usable = {t: amax[t] for t in plan.activation_tensors}
     refined = refine(prepared, plan, usable, stats, samples, options, origin, sessions)
     report.accuracy = refined.summary
+    if options.choose_ranges and "ranges_changed" in refined.summary:
+        report.algo = CHOICE  # each tensor's range was chosen among the algorithms', whatever the base ranges
     counts = insert_qdq(prepared, plan, amax, qparams=refined.qparams, weights=refined.weights)
     report.activation_qdq, report.weight_dq = counts["activation_qdq"], counts["weight_dq"]
     report.excluded_nodes, report.skipped = plan.excluded_nodes, plan.skipped
