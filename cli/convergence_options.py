@@ -17,9 +17,9 @@ CONVERGENCE = "Convergence (how many images are enough)"
 ConvergenceOpt = Annotated[bool, typer.Option(
     "--convergence", rich_help_panel=CONVERGENCE,
     help="Measure how settled the ranges are: statistics of two halves of the data (split by a hash of each "
-         "image's path), ranges of each half and of the whole at 32, 64, 128, ... images; images are read in a "
-         "seeded random order. The statistics are the same bytes as without it; the record goes into "
-         "--save-stats and --scales-json, and the summary says it in one line.")]
+         "image's path), ranges of each half and of the whole once each half holds 16, 32, 64, ... images; "
+         "images are read in a seeded random order. The statistics are the same bytes as without it; the record "
+         "goes into --save-stats and --scales-json, and the summary says it in one line.")]
 UntilStableOpt = Annotated[Optional[str], typer.Option(
     "--until-stable", metavar="TOL", rich_help_panel=CONVERGENCE,
     help="Stop reading images once the ranges are estimated within TOL (e.g. 1% or 0.01) of what unlimited data "

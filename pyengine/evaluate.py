@@ -226,7 +226,8 @@ def evaluate(fp32_model: PathLike, int8_model: PathLike, data: Any, *, limit: Op
     if samples == 0:
         raise DataError(f"{data}: no usable samples")
     configs = [config_for(preprocess, s.name) for s in info.inputs]
-    if source is not None and source.kind == "images" and raw_pixels(configs):
+    raw = source is not None and source.kind == "images" and raw_pixels(configs)
+    if raw:
         log.warning(RAW_PIXELS_NOTE)  # cosine 0.7 from a forgotten --mean/--std would look like bad INT8
     label_array = _label_array(label_map, keys, labels) if label_map is not None else None
     outputs = [_metrics(acc, label_array, target_cosine) for acc in compared["int8"]]
@@ -240,7 +241,7 @@ def evaluate(fp32_model: PathLike, int8_model: PathLike, data: Any, *, limit: Op
         if timed and deployed is None:
             deployed = create_session(path, str(path), purpose=Purpose.DEPLOY, threads=threads)
         facts[kind] = ModelFacts(str(path), path.stat().st_size, _latency_ms(deployed, first, path) if timed else 0.0)
-    passed, verdict = _verdict(compared["int8"], target_cosine)
+    passed, verdict = _verdict(compared["int8"], target_cosine, raw)
     return EvaluationReport(samples, outputs, facts["fp32"], facts["int8"], verdict, passed,
                             list(source.log.skipped) if source is not None else [], target_cosine, cpu_outputs,
                             cache)
@@ -277,7 +278,8 @@ def simulated_cache(fp32_path: Path, int8_path: Path) -> Tuple[Union[Path, bytes
     return simulated.model.SerializeToString(), facts
 
 
-def _verdict(comparisons: Sequence[OutputComparison], target_cosine: float) -> Tuple[bool, str]:
+def _verdict(comparisons: Sequence[OutputComparison], target_cosine: float,
+             raw_pixels: bool = False) -> Tuple[bool, str]:
     score = worst([c.score(target_cosine) for c in comparisons])
     lowest = min(comparisons, key=lambda c: c.cosine)
     line = f"lowest output cosine {score.cosine:.4f} ({lowest.name})"
@@ -293,5 +295,8 @@ def _verdict(comparisons: Sequence[OutputComparison], target_cosine: float) -> T
                   f"(images unlike the model's data?), so the verdict rests on cosine alone")
     if score.meets(target_cosine):
         return True, f"PASS: INT8 tracks FP32 ({line}){caveat}"
+    # raw 0-255 pixels: a model trained on normalised inputs sees data unlike its own, which alone can do this
+    advice = ("give --mean/--std first (the images went in as raw 0-255 pixels), then judge the algorithm"
+              if raw_pixels else "try another --algo or exclude sensitive layers")
     return False, (f"REVIEW: INT8 drifts from FP32 ({line}; thresholds: cosine >= {target_cosine}, "
-                   f"agreement >= {AGREEMENT_TARGET:.0%}){caveat}; try another --algo or exclude sensitive layers")
+                   f"agreement >= {AGREEMENT_TARGET:.0%}){caveat}; {advice}")

@@ -71,10 +71,16 @@ def test_metrics_match_numpy(tmp_path, images):
 
 
 def test_drifting_model_gets_review_verdict(tmp_path, images):
+    """Its advice: another algorithm, unless the images went in as raw pixels (then --mean/--std first)."""
+    from ptqengine.preprocess import PreprocessConfig
+
     path_a, _ = classifier(tmp_path / "a.onnx")
     path_b, _ = classifier(tmp_path / "b.onnx", noise=3.0)
     report = evaluate(path_a, path_b, images, latency=False)
-    assert not report.passed and report.verdict.startswith("REVIEW")
+    assert not report.passed and report.verdict.startswith("REVIEW") and "give --mean/--std first" in report.verdict
+    normalised = evaluate(path_a, path_b, images, latency=False, preprocess=PreprocessConfig(mean=(127.5,) * 3))
+    assert normalised.verdict.startswith("REVIEW") and normalised.verdict.endswith("try another --algo or exclude "
+                                                                                   "sensitive layers")
 
 
 def test_labels_give_accuracy_and_json_holds_everything(tmp_path, images):
