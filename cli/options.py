@@ -25,6 +25,7 @@ from ptqengine.algorithms import ALGORITHMS, AUTO, SYMMETRIC_METHODS
 from ptqengine.atomic import atomic_group, output_kind
 from ptqengine.errors import OptionError, PtqError
 from ptqengine.formats.trt_cache import DEFAULT_VERSION, calibrator_class, trt_version_code
+from ptqengine.images import ARRAY_SUFFIXES
 from ptqengine.metrics import METRICS
 from ptqengine.preprocess import COLORS, LAYOUTS, RESIZE_MODES, parse_floats, parse_size
 
@@ -183,6 +184,9 @@ def with_data_loader_script(command):
             kwargs["data"] = LoaderScript.parse(data_loader_script)
         elif required and kwargs.get("data") is None:
             raise OptionError("give --data or --data-loader-script")
+        elif kwargs.get("preprocess") is not None and Path(str(kwargs.get("data"))).suffix.lower() in ARRAY_SUFFIXES:
+            raise OptionError(f"--data {kwargs['data']}: arrays are model input as is: --size/--resize/--mean/--std/"
+                              "--color/--layout/--config do not apply (normalise the arrays beforehand)")
         return command(*args, **kwargs)
 
     run.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]

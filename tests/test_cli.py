@@ -453,3 +453,16 @@ def test_evaluate_warns_once_without_mean_and_std(tmp_path, tiny_model, small_im
     result = run("evaluate", tiny_model, tiny_model, "--data", small_images)
     assert result.exit_code == 0, result.output
     assert result.stderr.count("no mean/std given") == 1
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_preprocessing_options_with_array_data_are_refused(tiny_model, tmp_path, suffix):
+    """Arrays are the model's input as is: --mean and friends were accepted and ignored without a word."""
+    data = tmp_path / f"x{suffix}"
+    x = np.zeros((2, 3, 40, 48), np.float32)
+    np.save(data, x) if suffix == ".npy" else np.savez(data, x=x)
+    out = tmp_path / "c.cache"
+    assert_one_line_error(run("calibrate", tiny_model, "--data", data, "--mean", "100,100,100", "-o", out),
+                          f"--data {data}: arrays are model input as is")
+    assert not out.exists()
+    assert run("calibrate", tiny_model, "--data", data, "-o", out, "-q").exit_code == 0
