@@ -202,9 +202,9 @@ _ALGO_HELP = "; ".join(f"{n}: {ALGORITHMS[n].summary}" for n in SYMMETRIC_METHOD
 AlgoOpt = Annotated[Algo, typer.Option(
     "--algo", case_sensitive=False, rich_help_panel=ALGORITHM,
     help=f"{_ALGO_HELP}; auto: per tensor, the one that minimises the model's output error on 32 --data samples.")]
-# calibrate and quantize: no --algo = for the Q/DQ model, per tensor the candidate range (these algorithms')
-# that its quantised layers reproduce best on --data samples (ptqengine.qdq.local); the TensorRT cache uses
-# entropy. An explicit --algo gives exactly that algorithm's ranges everywhere.
+# calibrate and quantize: no --algo = per tensor the candidate range (these algorithms') that its quantised
+# layers reproduce best on --data samples, for the Q/DQ model (ptqengine.qdq.local) and the TensorRT cache
+# (ptqengine.qdq.trt_implicit) alike. An explicit --algo gives exactly that algorithm's ranges everywhere.
 DefaultAlgoOpt = Annotated[Optional[Algo], typer.Option(
     "--algo", case_sensitive=False, rich_help_panel=ALGORITHM,
     help=f"{_ALGO_HELP}; auto: per tensor, the one that minimises the model's output error on 32 --data "

@@ -78,7 +78,7 @@ def _asym(native, percentile: float, num_bits: int, signed: bool) -> AsymmetricR
 ALGORITHMS: Dict[str, Algorithm] = {
     a.name: a
     for a in [
-        Algorithm("max", "absmax of the observed values (per channel with per_channel=True)", True,
+        Algorithm("max", "absmax of the observed values (per channel for statistics kept per channel)", True,
                   {"per_channel": False}, _max),
         Algorithm("percentile", "percentile of |x| on the exact grid", True, {"percentile": 99.99},
                   lambda n, percentile: float(n.amax_percentile(float(percentile)))),

@@ -12,7 +12,7 @@ from ptqengine import TensorStats, _core
 from ptqengine.algorithms import compute_amax
 
 MISSING = {  # what a test may need -> how its absence reads in a skip reason
-    "cupy": "CuPy cannot be imported (pip install 'ptqengine[gpu]')",
+    "cupy": "CuPy cannot be imported (pip install '.[gpu]')",
     "gpu": "no CUDA GPU is visible",
     "nvcc_kernels": "the extension was built without its nvcc kernels (_core.cuda_built is False)",
 }

@@ -15,8 +15,9 @@ from ..errors import OptionError
 
 _DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 CUDA_PROVIDER = "CUDAExecutionProvider"
-INSTALL_GPU = ('pip uninstall -y onnxruntime onnxruntime-gpu && pip install "ptqengine[gpu]" '
-               '&& pip install --force-reinstall --no-deps onnxruntime-gpu')
+# as the README's GPU section says it, in the ptqengine checkout
+INSTALL_GPU = ('pip install ".[gpu]" && pip uninstall -y onnxruntime && pip install --force-reinstall --no-deps '
+               '"onnxruntime-gpu>=1.31"')
 
 
 @dataclass(frozen=True)

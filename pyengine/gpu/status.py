@@ -6,7 +6,7 @@ from typing import Any
 
 from ..errors import OptionError
 
-INSTALL_HINT = "pip install 'ptqengine[gpu]'"
+INSTALL_HINT = 'pip install ".[gpu]" in the ptqengine checkout'  # as the README's GPU section says
 
 
 def _one_line(exc: BaseException) -> str:
