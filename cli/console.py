@@ -175,6 +175,10 @@ def print_summary(result: "CalibrationResult", outputs: Outputs, verb: str = "Ca
     report = result.report
     console = stdout_console()
     line = f"{verb} {len(result.amax)} tensors with {result.algo}"
+    constants = len(result.cache_amax) - len(result.amax)
+    if constants:  # a TensorRT cache lists them too: say so, or its entry count looks wrong
+        line += f" and {constants} constant{'s' if constants > 1 else ''} from their values"
+        line += "," if report.seconds > 0 else ""
     if report.seconds > 0:
         line += (f" from {report.samples} samples in {report.seconds:.1f} s ({report.samples_per_s:,.1f} images/s "
                  f"over the data, peak memory {report.peak_rss_mb:,.0f} MB)")

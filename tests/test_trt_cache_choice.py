@@ -151,6 +151,7 @@ def test_constant_entries_are_max_abs_of_their_values(tmp_path, cli):
     for name, amax in {"c": 2.0, "pad_value": 0.75, "bias": np.float32(0.4)}.items():
         assert lines[name] == struct.pack("!f", amax / 127.0).hex()
     assert "w" not in lines and "pads" not in lines and "zero_b" not in lines
+    assert "and 3 constants from their values" in out.stdout  # the cache's entries = tensors + constants
     warnings = [line for line in out.output.splitlines() if line.lower().startswith("warning")]
     assert warnings and not any(f"'{name}'" in w for w in warnings for name in found), warnings  # only 'unused'
 
