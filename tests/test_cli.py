@@ -453,6 +453,10 @@ def test_evaluate_warns_once_without_mean_and_std(tmp_path, tiny_model, small_im
     result = run("evaluate", tiny_model, tiny_model, "--data", small_images)
     assert result.exit_code == 0, result.output
     assert result.stderr.count("no mean/std given") == 1
+    quiet = run("evaluate", tiny_model, tiny_model, "--data", small_images, "-q", "--json", tmp_path / "e.json")
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stdout.splitlines() == [result.stdout.splitlines()[-1]]  # the verdict line alone
+    assert json.loads((tmp_path / "e.json").read_text())["samples"] == 10
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz"])

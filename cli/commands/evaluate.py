@@ -34,6 +34,8 @@ def evaluate(
              "saturates), beside the default Q/DQ-unfused figures that match TensorRT's int8.")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", metavar="PATH", rich_help_panel=opt.OUTPUT,
                                                      help="Write every number as JSON.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=opt.OUTPUT,
+                                        help="Only the verdict line (every number still goes to --json).")] = False,
     run: Dict[str, Any] = None,  # the run option set, parsed (opt.with_run_options)
     preprocess: Any = None,  # the preprocessing option set, parsed (opt.with_preprocess_options)
 ) -> None:
@@ -44,7 +46,10 @@ def evaluate(
         opt.check_writable(json_out, "--json")
     report = run_evaluation(fp32, int8, data, labels=labels, preprocess=preprocess, cpu_kernels=cpu_kernels,
                             target_cosine=target_cosine, **run)
-    _print(report)
+    if quiet:
+        stdout_console().print(Text(report.verdict))
+    else:
+        _print(report)
     if json_out is not None:
         report.write_json(json_out)
 
