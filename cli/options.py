@@ -159,6 +159,9 @@ LoaderScriptOpt = Annotated[Optional[str], typer.Option(
          "the model's input: the preprocessing options do not apply.")]
 
 
+_PREPROCESSING = "--size/--resize/--mean/--std/--color/--layout/--config"  # what data given as model input skips
+
+
 def with_data_loader_script(command):
     """--data-loader-script beside the command's --data, in one line: the command's `data` receives a
     ptqengine.LoaderScript in its place. The two are exclusive; a `data` without a default is then
@@ -177,16 +180,16 @@ def with_data_loader_script(command):
             if kwargs.get("data") is not None:
                 raise OptionError("--data and --data-loader-script are exclusive: give one")
             if kwargs.get("preprocess") is not None:
-                raise OptionError("--data-loader-script gives model input as is: --size/--resize/--mean/--std/"
-                                  "--color/--layout/--config do not apply (normalise in the script)")
+                raise OptionError(f"--data-loader-script gives model input as is: {_PREPROCESSING} do not apply "
+                                  "(normalise in the script)")
             from ptqengine.loader_script import LoaderScript
 
             kwargs["data"] = LoaderScript.parse(data_loader_script)
         elif required and kwargs.get("data") is None:
             raise OptionError("give --data or --data-loader-script")
-        elif kwargs.get("preprocess") is not None and Path(str(kwargs.get("data"))).suffix.lower() in ARRAY_SUFFIXES:
-            raise OptionError(f"--data {kwargs['data']}: arrays are model input as is: --size/--resize/--mean/--std/"
-                              "--color/--layout/--config do not apply (normalise the arrays beforehand)")
+        elif kwargs.get("preprocess") is not None and Path(str(kwargs["data"])).suffix.lower() in ARRAY_SUFFIXES:
+            raise OptionError(f"--data {kwargs['data']}: arrays are model input as is: {_PREPROCESSING} do not "
+                              "apply (normalise the arrays beforehand)")
         return command(*args, **kwargs)
 
     run.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]

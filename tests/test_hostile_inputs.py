@@ -421,10 +421,8 @@ def test_npz_array_of_the_wrong_shape_is_refused_before_decompressing(tmp_path, 
         raise AssertionError(f"{key} decompressed")
 
     monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", decompress)
-    result = cli("calibrate", model, "--data", path, "-o", tmp_path / "c.cache", "-q")
-    assert result.exit_code == 2, result.output
-    assert "input 'x' expects shape [N,4], got [1000]" in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    assert_refused_in_one_line(cli("calibrate", model, "--data", path, "-o", tmp_path / "c.cache", "-q"),
+                               "input 'x' expects shape [N,4], got [1000]", tmp_path / "c.cache")
 
 
 @pytest.mark.parametrize("content", [

@@ -51,7 +51,8 @@ def trt_version_code(version: str) -> int:
         raise OptionError(f"--trt-version: expected a TensorRT version like 10.3.0 or 8.6.1, got {version!r}")
     major, minor, patch = (int(p) for p in (parts + ["0", "0"])[:3])  # a 4th part (build) is not encoded
     if major == 9:
-        raise OptionError("--trt-version: TensorRT 9 was never released publicly; give the 8.x or 10.x that reads the cache")
+        raise OptionError("--trt-version: TensorRT 9 was never released publicly; give the 8.x or 10.x that "
+                          "reads the cache")
     if major >= 11:
         raise OptionError(f"--trt-version: TensorRT {major} removed implicit INT8 calibration caches; "
                           "write a Q/DQ ONNX model for it instead (calibrate --qdq MODEL.int8.onnx, or "

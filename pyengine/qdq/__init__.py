@@ -29,8 +29,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import onnx
 
 from .._version import __version__
-from ..atomic import write_bytes_atomic
 from ..algorithms import CHOICE
+from ..atomic import write_bytes_atomic
 from ..errors import ModelError, OptionError
 from ..model import find_activations, load_model
 from .dynamic import DYNAMIC_OP_TYPES, quantize_dynamic_model
